@@ -1,0 +1,3 @@
+from diffmix.cli import main
+
+raise SystemExit(main())

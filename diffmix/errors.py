@@ -1,0 +1,13 @@
+"""The one user-facing error type.
+
+A `DiffmixError` carries a one-line message naming the file, field or value at
+fault. The CLI prints it on stderr and exits non-zero, without a traceback.
+Bad *rows* are never errors: they go to `rejects/` with a reason.
+"""
+
+
+class DiffmixError(Exception):
+    """Bad input or configuration, reported as one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))

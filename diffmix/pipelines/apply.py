@@ -1,0 +1,199 @@
+"""Parse and apply diff-model unified diffs; classify the broken ones.
+
+The build applies every emitted DFF *strictly* to its BEF and requires the new
+file back byte for byte. The training stage scores model generations with the
+same code: `verify_diff` classifies a diff the way OpenELM's `verify_diff`
+does, and `apply_lenient` applies by content, ignoring line numbers (OpenELM's
+`apply_diff(use_line_number=False)`), so strict and lenient apply rates can be
+reported side by side.
+
+Lines are split on "\\n" only: a CR stays part of its line, so CRLF files
+round-trip byte for byte.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+NO_EOL = "\\ No newline at end of file"
+_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(?: (.*))?$")
+
+
+class DiffState(StrEnum):
+    """Outcome of checking a diff against a file (stable reason codes)."""
+
+    VALID = "valid"
+    BAD_HEADER = "bad_header"  # no hunk, or a header that is not `@@ -a,b +c,d @@`
+    BAD_HUNK_LINE = "bad_hunk_line"  # a line that is not ' ', '+', '-' or the no-newline marker
+    WRONG_LINE_NUMBERS = "wrong_line_numbers"  # counts disagree with the hunk, or text sits elsewhere
+    CONTEXT_NOT_FOUND = "context_not_found"  # context / removed text is not in the file at all
+
+
+class DiffError(ValueError):
+    def __init__(self, state: DiffState, detail: str) -> None:
+        super().__init__(f"{state}: {detail}")
+        self.state = state
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class Hunk:
+    old_start: int
+    old_len: int
+    new_start: int
+    new_len: int
+    section: str | None
+    # (op, line with its terminator) where op is ' ', '-' or '+'; the terminator is
+    # "\n", or "" for a last line followed by the no-newline marker.
+    lines: list[tuple[str, str]] = field(default_factory=list)
+
+    def old_side(self) -> list[str]:
+        return [text for op, text in self.lines if op != "+"]
+
+    def new_side(self) -> list[str]:
+        return [text for op, text in self.lines if op != "-"]
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines with their "\\n" kept; a final line without one is kept as is."""
+    if not text:
+        return []
+    lines = [line + "\n" for line in text.split("\n")]
+    last = lines.pop()
+    if last != "\n":  # text did not end with "\n": its last line has no terminator
+        lines.append(last[:-1])
+    return lines
+
+
+def parse_diff(diff: str, strict: bool = True) -> list[Hunk]:
+    """Parse hunks. Strict: every header count must match its lines exactly.
+
+    Lenient (`strict=False`, for model output): an empty line counts as a blank
+    context line, lines after the last complete hunk are ignored, and header
+    counts are not checked.
+    """
+    hunks: list[Hunk] = []
+    raw = diff.split("\n")
+    if raw and raw[-1] == "":
+        raw.pop()
+    elif raw and strict:
+        raise DiffError(DiffState.BAD_HUNK_LINE, "diff does not end with a newline")
+    current: Hunk | None = None
+    for number, line in enumerate(raw, 1):
+        if line.startswith("@@"):
+            match = _HEADER.match(line)
+            if match is None:
+                raise DiffError(DiffState.BAD_HEADER, f"line {number}: {line[:60]!r}")
+            a, b, c, d, section = match.groups()
+            current = Hunk(int(a), 1 if b is None else int(b), int(c), 1 if d is None else int(d), section)
+            hunks.append(current)
+            continue
+        if current is None:
+            raise DiffError(DiffState.BAD_HEADER, f"line {number}: text before the first hunk header")
+        op = line[:1]
+        if op in (" ", "-", "+"):
+            current.lines.append((op, line[1:] + "\n"))
+        elif line == NO_EOL or (not strict and line.startswith("\\")):
+            if not current.lines:
+                raise DiffError(DiffState.BAD_HUNK_LINE, f"line {number}: no-newline marker without a line")
+            prev_op, prev_text = current.lines[-1]
+            current.lines[-1] = (prev_op, prev_text[:-1] if prev_text.endswith("\n") else prev_text)
+        elif line == "" and not strict:
+            current.lines.append((" ", "\n"))
+        else:
+            raise DiffError(DiffState.BAD_HUNK_LINE, f"line {number}: {line[:60]!r}")
+    if not hunks:
+        raise DiffError(DiffState.BAD_HEADER, "no hunk header")
+    if strict:
+        for hunk in hunks:
+            old_n, new_n = len(hunk.old_side()), len(hunk.new_side())
+            if (old_n, new_n) != (hunk.old_len, hunk.new_len):
+                raise DiffError(
+                    DiffState.WRONG_LINE_NUMBERS,
+                    f"hunk -{hunk.old_start},{hunk.old_len} +{hunk.new_start},{hunk.new_len} has {old_n}/{new_n} lines",
+                )
+    return hunks
+
+
+def apply_strict(before: str, diff: str) -> str:
+    """Apply exactly as stated (`git apply` without fuzz): every line where its header says."""
+    hunks = parse_diff(diff, strict=True)
+    old = split_lines(before)
+    out: list[str] = []
+    cursor = 0  # next unconsumed old line (0-based)
+    offset = 0  # new_start - old_start drift from earlier hunks
+    for hunk in hunks:
+        # `-a,0` inserts after line a; otherwise the hunk starts at line a.
+        start = hunk.old_start if hunk.old_len == 0 else hunk.old_start - 1
+        if start < cursor or start > len(old):
+            raise DiffError(DiffState.WRONG_LINE_NUMBERS, f"hunk at -{hunk.old_start} is out of order or past the end")
+        expected_new = start + offset + (0 if hunk.new_len == 0 else 1)
+        if hunk.new_start != expected_new:
+            raise DiffError(DiffState.WRONG_LINE_NUMBERS, f"hunk +{hunk.new_start} should be +{expected_new}")
+        old_side = hunk.old_side()
+        if old[start : start + len(old_side)] != old_side:
+            state = DiffState.WRONG_LINE_NUMBERS if _find_block(old, old_side, 0) >= 0 else DiffState.CONTEXT_NOT_FOUND
+            raise DiffError(state, f"hunk at -{hunk.old_start} does not match the file")
+        out.extend(old[cursor:start])
+        out.extend(hunk.new_side())
+        cursor = start + len(old_side)
+        offset += hunk.new_len - hunk.old_len
+    out.extend(old[cursor:])
+    return "".join(out)
+
+
+def apply_lenient(before: str, diff: str) -> tuple[str, int]:
+    """Apply by content, ignoring line numbers; return (result, hunks that failed).
+
+    Each hunk's old side is searched from the end of the previous applied hunk
+    onwards; a hunk whose text is not found is skipped (as OpenELM does) and
+    counted. A missing final newline marker is forgiven.
+    """
+    hunks = parse_diff(diff, strict=False)
+    old = split_lines(before)
+    out: list[str] = []
+    cursor = 0
+    failed = 0
+    for hunk in hunks:
+        old_side = hunk.old_side()
+        at = _find_block(old, old_side, cursor)
+        if at < 0 and old_side and not old_side[-1].endswith("\n"):
+            old_side = [*old_side[:-1], old_side[-1] + "\n"]
+            at = _find_block(old, old_side, cursor)
+        if at < 0 and not old_side:  # pure insertion: trust the header
+            at = min(max(cursor, hunk.old_start), len(old))
+        if at < 0:
+            failed += 1
+            continue
+        out.extend(old[cursor:at])
+        out.extend(hunk.new_side())
+        cursor = at + len(old_side)
+    out.extend(old[cursor:])
+    return "".join(out), failed
+
+
+def verify_diff(before: str, diff: str) -> DiffState:
+    """Classify a diff against its file without raising."""
+    try:
+        apply_strict(before, diff)
+    except DiffError as exc:
+        return exc.state
+    return DiffState.VALID
+
+
+def _find_block(lines: list[str], block: list[str], start: int) -> int:
+    """First index >= start where `block` occurs as consecutive lines, or -1."""
+    if not block:
+        return start if start <= len(lines) else -1
+    first, size = block[0], len(block)
+    index = start
+    try:
+        while True:
+            index = lines.index(first, index)
+            if lines[index : index + size] == block:
+                return index
+            index += 1
+    except ValueError:
+        return -1

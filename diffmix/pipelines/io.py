@@ -1,0 +1,100 @@
+"""Atomic, deterministic file writes and content hashes.
+
+Every output file is written to a temporary name beside its destination and
+renamed into place, so a killed process leaves either the old file or the new
+one, never half of one. JSON is written with sorted keys and no timestamps so
+that the same inputs and config give the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+
+_HASH_CHUNK = 1 << 22
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_json(value: Any) -> str:
+    """Hex sha256 of a value's canonical JSON (sorted keys, compact)."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Open `path` for binary writing through a temporary file renamed on success."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(final)
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike[str], value: Any) -> None:
+    """Atomically write pretty, key-sorted JSON (byte-stable for equal values)."""
+    text = json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+    with atomic_open(path) as f:
+        f.write(text.encode())
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_ipc_stream(path: str | os.PathLike[str], table: pa.Table, max_chunksize: int | None = None) -> int:
+    """Atomically write `table` as one Arrow IPC *stream* file; return its size in bytes.
+
+    The stream format (not the random-access file format) is what
+    `datasets.Dataset.from_file` memory-maps.
+    """
+    with atomic_open(path) as f:
+        with pa.ipc.new_stream(f, table.schema) as writer:
+            writer.write_table(table, max_chunksize=max_chunksize)
+    return os.path.getsize(path)
+
+
+def read_ipc_stream(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
+    """Memory-map an Arrow IPC stream file (zero copy for the columns read)."""
+    with pa.memory_map(str(path)) as source:
+        table = pa.ipc.open_stream(source).read_all()
+    return table.select(columns) if columns is not None else table
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> None:
+    """Delete `.name.tmp-PID` leftovers of a killed writer (they are never valid output)."""
+    root = Path(directory)
+    if not root.is_dir():
+        return
+    for tmp in root.rglob(".*.tmp-*"):
+        tmp.unlink(missing_ok=True)

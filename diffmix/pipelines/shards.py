@@ -1,0 +1,150 @@
+"""Dataset directories: Arrow IPC stream shards plus `manifest.json`.
+
+    DIR/manifest.json
+    DIR/data/part-00000-of-00004.arrow     (datasets.Dataset.from_file can map these)
+    DIR/rejects/part-00000-of-00001.arrow
+    DIR/tokenizer.json                      (when the documents are pre-tokenised)
+
+Corpora and mixtures share this layout and these functions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from pydantic import ValidationError
+
+from diffmix.errors import DiffmixError
+from diffmix.pipelines.io import read_ipc_stream, read_json, sha256_file, write_ipc_stream, write_json
+from diffmix.schemas.manifest import FileEntry, Manifest
+
+MANIFEST = "manifest.json"
+DATA_DIR = "data"
+REJECTS_DIR = "rejects"
+DEFAULT_SHARD_BYTES = 128 * 1024 * 1024
+# Record batches inside a shard: small enough for bounded-memory streaming readers.
+BATCH_ROWS = 1024
+
+
+def shard_name(index: int, count: int) -> str:
+    return f"part-{index:05d}-of-{count:05d}.arrow"
+
+
+def plan_shards(row_bytes: np.ndarray, target_bytes: int) -> list[tuple[int, int]]:
+    """Cut rows (in order) into contiguous `[start, stop)` ranges of about `target_bytes`.
+
+    A shard closes at the first row that brings it to the target, so every shard
+    but the last holds at least `target_bytes`; an empty input gives one empty shard.
+    """
+    n = len(row_bytes)
+    if n == 0:
+        return [(0, 0)]
+    cumulative = np.cumsum(np.asarray(row_bytes, dtype=np.int64))
+    total = int(cumulative[-1])
+    count = max(1, -(-total // max(1, target_bytes)))
+    # Shard k ends at the first row whose cumulative size reaches k * total / count.
+    cuts = np.searchsorted(cumulative, [k * total / count for k in range(1, count)], side="left") + 1
+    bounds = [0, *sorted(set(int(c) for c in cuts if 0 < c < n)), n]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def write_table_shards(
+    directory: str | os.PathLike[str],
+    subdir: str,
+    table: pa.Table,
+    target_bytes: int = DEFAULT_SHARD_BYTES,
+) -> list[FileEntry]:
+    """Write `table` in order as `DIR/subdir/part-*.arrow` shards; return their entries."""
+    root = Path(directory)
+    sizes = _row_bytes(table)
+    ranges = plan_shards(sizes, target_bytes)
+    entries = []
+    for index, (start, stop) in enumerate(ranges):
+        rel = f"{subdir}/{shard_name(index, len(ranges))}"
+        entries.append(write_shard(root, rel, table.slice(start, stop - start)))
+    return entries
+
+
+def write_shard(root: str | os.PathLike[str], rel: str, table: pa.Table) -> FileEntry:
+    """Atomically write one shard and describe it (rows, bytes, sha256)."""
+    path = Path(root) / rel
+    size = write_ipc_stream(path, table, max_chunksize=BATCH_ROWS)
+    return FileEntry(path=rel, rows=table.num_rows, bytes=size, sha256=sha256_file(path))
+
+
+def _row_bytes(table: pa.Table) -> np.ndarray:
+    """Approximate in-memory bytes per row: the length of every string column plus 64."""
+    sizes = np.full(table.num_rows, 64, dtype=np.int64)
+    for column in table.columns:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            lengths = pa.compute.binary_length(column).to_numpy(zero_copy_only=False)
+            sizes += np.nan_to_num(lengths.astype(np.float64)).astype(np.int64)
+    return sizes
+
+
+def write_manifest(directory: str | os.PathLike[str], manifest: Manifest) -> None:
+    write_json(Path(directory) / MANIFEST, manifest.to_json_dict())
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
+    """Load `DIR/manifest.json`, or fail with one line naming what is wrong."""
+    path = Path(directory) / MANIFEST
+    if not Path(directory).is_dir():
+        raise DiffmixError(f"{directory}: not a directory")
+    if not path.is_file():
+        raise DiffmixError(f"{directory}: no manifest.json (not a diffmix dataset, or its build did not finish)")
+    try:
+        return Manifest.model_validate(read_json(path))
+    except (ValueError, ValidationError) as exc:
+        first = str(exc).splitlines()[0]
+        raise DiffmixError(f"{path}: invalid manifest ({first})") from None
+
+
+def verify_files(directory: str | os.PathLike[str], entries: list[FileEntry], check_hashes: bool = True) -> None:
+    """Check that every listed file exists with its size (and sha256); fail naming the first that does not."""
+    root = Path(directory)
+    for entry in entries:
+        path = root / entry.path
+        if not path.is_file():
+            raise DiffmixError(f"{path}: listed in the manifest but missing")
+        if path.stat().st_size != entry.bytes:
+            raise DiffmixError(f"{path}: size {path.stat().st_size} does not match the manifest ({entry.bytes})")
+        if check_hashes and sha256_file(path) != entry.sha256:
+            raise DiffmixError(f"{path}: sha256 does not match the manifest")
+
+
+def open_dataset(directory: str | os.PathLike[str], check_hashes: bool = False) -> Manifest:
+    """Read and verify a dataset directory's manifest and shards."""
+    manifest = read_manifest(directory)
+    verify_files(directory, manifest.shards, check_hashes=check_hashes)
+    return manifest
+
+
+def shard_paths(directory: str | os.PathLike[str], manifest: Manifest | None = None) -> list[Path]:
+    manifest = manifest or read_manifest(directory)
+    return [Path(directory) / entry.path for entry in manifest.shards]
+
+
+def load_table(
+    directory: str | os.PathLike[str],
+    columns: list[str] | None = None,
+    manifest: Manifest | None = None,
+) -> pa.Table:
+    """All shards of a dataset as one memory-mapped table, in shard order."""
+    manifest = manifest or read_manifest(directory)
+    tables = [read_ipc_stream(path, columns) for path in shard_paths(directory, manifest)]
+    if not tables:
+        raise DiffmixError(f"{directory}: the manifest lists no shards")
+    return pa.concat_tables(tables)
+
+
+def iter_batches(directory: str | os.PathLike[str], columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Stream record batches of every shard in order (bounded memory)."""
+    for path in shard_paths(directory):
+        with pa.memory_map(str(path)) as source:
+            for batch in pa.ipc.open_stream(source):
+                yield batch.select(columns) if columns is not None else batch

@@ -1,0 +1,1 @@
+"""The one source of truth for columns, files and configs."""

@@ -1,0 +1,69 @@
+"""`DIR/manifest.json`: what a dataset directory holds and how it was made.
+
+One model for corpora (`diffmix build`) and mixtures (`diffmix mix`). The
+manifest is written last, atomically: a directory whose manifest is present
+and whose shards match it is complete.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from diffmix.schemas.columns import SCHEMA_VERSION
+
+
+class FileEntry(BaseModel):
+    """One file of the dataset, relative to the directory."""
+
+    path: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+class InputEntry(BaseModel):
+    """One input and a fingerprint that changes when its content changes."""
+
+    uri: str
+    kind: str
+    fingerprint: str
+
+
+class Counts(BaseModel):
+    """The accounting identity: `rows_in == kept + sum(dropped.values())`."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    rows_in: int = Field(alias="in")
+    kept: int
+    dropped: dict[str, int] = Field(default_factory=dict)
+    # Per stage ("ingest", "structural", "filter", "dedup"...): in / kept / dropped per reason.
+    by_stage: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def balanced(self) -> bool:
+        return self.rows_in == self.kept + sum(self.dropped.values())
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["corpus", "mixture"]
+    config: dict[str, Any]
+    config_hash: str
+    inputs: list[InputEntry]
+    counts: Counts
+    columns: list[str]
+    shards: list[FileEntry]
+    rejects: list[FileEntry] = Field(default_factory=list)
+    splits: dict[str, int] = Field(default_factory=dict)
+    formats: dict[str, int] = Field(default_factory=dict)
+    tokenizer: dict[str, Any] | None = None
+    tokens: dict[str, Any] | None = None
+    # Stage-specific reports (dedup clusters, mixture audit table, ...).
+    reports: dict[str, Any] = Field(default_factory=dict)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
