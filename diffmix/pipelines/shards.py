@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import ValidationError
 
 from diffmix.errors import DiffmixError
@@ -81,7 +82,7 @@ def _row_bytes(table: pa.Table) -> np.ndarray:
     sizes = np.full(table.num_rows, 64, dtype=np.int64)
     for column in table.columns:
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            lengths = pa.compute.binary_length(column).to_numpy(zero_copy_only=False)
+            lengths = pc.binary_length(column).to_numpy(zero_copy_only=False)
             sizes += np.nan_to_num(lengths.astype(np.float64)).astype(np.int64)
     return sizes
 

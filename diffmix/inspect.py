@@ -1,0 +1,68 @@
+"""`diffmix inspect DIR`: what a dataset holds, in a terminal page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffmix.pipelines.io import read_ipc_stream
+from diffmix.pipelines.shards import read_manifest, shard_paths
+from diffmix.schemas.manifest import Manifest
+
+_MAX_SECTION_LINES = 12
+
+
+def describe(directory: Path, documents: int = 1) -> str:
+    """Counts per reason, sizes, splits and formats, then documents pretty-printed."""
+    manifest = read_manifest(directory)
+    if manifest.kind == "mixture":
+        from diffmix.mixers.mixture import describe_mixture
+
+        return describe_mixture(directory)
+    lines = [f"{directory}  ({manifest.kind}, config {manifest.config_hash[:12]})"]
+    lines += [f"  input  {i.kind:9} {i.uri}  {i.fingerprint[:24]}" for i in manifest.inputs]
+    counts = manifest.counts
+    lines.append(f"\nrows in {counts.rows_in:,}  kept {counts.kept:,}  dropped {counts.rows_in - counts.kept:,}")
+    for stage, info in counts.by_stage.items():
+        lines.append(f"  {stage:<11} in {info['in']:>9,}  kept {info['kept']:>9,}")
+        for reason, n in sorted(info.get("dropped", {}).items(), key=lambda kv: -kv[1]):
+            lines.append(f"    {reason:<28} {n:>9,}  {100 * n / max(1, info['in']):5.1f}%")
+    total = sum(s.bytes for s in manifest.shards)
+    lines.append(f"\nshards {len(manifest.shards)}  ({total / 1e6:,.1f} MB)   rejects {len(manifest.rejects)} file(s)")
+    lines.append("splits  " + "  ".join(f"{k} {v:,}" for k, v in manifest.splits.items()))
+    lines.append("formats " + "  ".join(f"{k} {v:,}" for k, v in manifest.formats.items()))
+    if manifest.tokenizer:
+        lines.append(f"tokenizer {manifest.tokenizer}")
+    lines += [_pretty(row) for row in _sample(directory, manifest, documents)]
+    return "\n".join(lines)
+
+
+def _sample(directory: Path, manifest: Manifest, per_format: int) -> list[dict]:
+    """The first `per_format` documents of each format."""
+    seen: dict[str, int] = {}
+    picked = []
+    for path in shard_paths(directory, manifest):
+        table = read_ipc_stream(path)
+        formats = table.column("format").to_pylist()
+        for i, name in enumerate(formats):
+            if seen.get(name, 0) < per_format:
+                seen[name] = seen.get(name, 0) + 1
+                picked.append(table.slice(i, 1).to_pylist()[0])
+        if len(seen) == len(manifest.formats) and all(v >= per_format for v in seen.values()):
+            break
+    return picked
+
+
+def _clip(text: str) -> str:
+    lines = text.split("\n")
+    if len(lines) <= _MAX_SECTION_LINES:
+        return text
+    keep = lines[: _MAX_SECTION_LINES // 2] + [f"  … {len(lines) - _MAX_SECTION_LINES} more lines …"] + lines[-_MAX_SECTION_LINES // 2 :]
+    return "\n".join(keep)
+
+
+def _pretty(row: dict) -> str:
+    where = " · ".join(str(row[k]) for k in ("repo", "path") if row.get(k)) or row.get("source", "")
+    head = f"\n── {row['doc_id']} · {row['format']} · {row['split']} · {where} ──"
+    prompt, target = row["text"][: row["target_start"]], row["text"][row["target_start"] :]
+    return f"{head}\n{_clip(prompt)}\n▼ target ({len(target)} chars)\n{_clip(target)}"
+

@@ -1,0 +1,418 @@
+"""Input sources -> CommitPack-style Arrow tables (`COMMIT_SCHEMA`).
+
+A source URI is one of:
+
+* a local git repository (a directory): see `diffmix.pipelines.gitlog`;
+* a CommitPack-style `.parquet` file (read by row group, in parallel partitions);
+* a `.jsonl`, `.jsonl.gz` or `.jsonl.zst` file (streamed with pyarrow's JSON reader);
+* `hf:NAME[:SPLIT]`: a Hugging Face dataset through `datasets.load_dataset(streaming=True)`
+  (NAME may be a hub id, online, or a local dataset directory);
+* `synthetic:TASK?key=value&...`: generated documents (see `diffmix.mixers.synthetic`).
+
+`Source.validate()` does every cheap check up front (file exists, Parquet footer
+readable, required columns present, hub reachable) so that bad input fails in
+one line before anything is written. Missing optional columns are derived or
+filled by `normalize_commits`; bad *rows* are left for the build to reject.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+from diffmix.errors import DiffmixError
+from diffmix.pipelines.io import sha256_file
+from diffmix.schemas.columns import COMMIT_SCHEMA, MESSAGE_COLUMNS, PATH_COLUMNS, REQUIRED_COMMIT_COLUMNS
+from diffmix.schemas.config import BuildConfig
+from diffmix.schemas.languages import language_expr
+from diffmix.schemas.manifest import InputEntry
+
+_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".ndjson", ".json.gz")
+_HUB_HOST = ("huggingface.co", 443)
+
+
+def check_columns(names: list[str] | set[str], where: str) -> None:
+    """Fail naming every required column a source lacks."""
+    present = set(names)
+    missing = [c for c in REQUIRED_COMMIT_COLUMNS if c not in present]
+    if not present & set(PATH_COLUMNS):
+        missing.append(" or ".join(PATH_COLUMNS))
+    if not present & set(MESSAGE_COLUMNS):
+        missing.append(" or ".join(MESSAGE_COLUMNS))
+    if missing:
+        raise DiffmixError(f"{where}: missing required column(s): {', '.join(missing)}")
+
+
+class Source(ABC):
+    """One input of a build."""
+
+    kind: str
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    @abstractmethod
+    def validate(self) -> None:
+        """Cheap up-front checks; raise DiffmixError naming the problem."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """Changes whenever the input's content changes."""
+
+    def input_entry(self) -> InputEntry:
+        return InputEntry(uri=self.uri, kind=self.kind, fingerprint=self.fingerprint())
+
+
+class StreamSource(Source):
+    """A source read once, start to end, in bounded batches (staged by the build)."""
+
+    @abstractmethod
+    def iter_tables(self, config: BuildConfig) -> Iterator[pa.Table]:
+        """COMMIT_SCHEMA tables of bounded size, in a deterministic order."""
+
+
+@dataclass(frozen=True)
+class RowGroupSlice:
+    row_group: int
+    start: int
+    stop: int
+
+
+class ParquetSource(Source):
+    """A CommitPack-style Parquet file, read directly by row-group slices."""
+
+    kind = "parquet"
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        self.path = Path(uri)
+
+    def _open(self) -> pq.ParquetFile:
+        if not self.path.is_file():
+            raise DiffmixError(f"{self.path}: no such file")
+        try:
+            return pq.ParquetFile(self.path)
+        except (pa.ArrowException, OSError) as exc:
+            raise DiffmixError(f"{self.path}: unreadable Parquet ({_first_line(exc)})") from None
+
+    def validate(self) -> None:
+        check_columns(self._open().schema_arrow.names, str(self.path))
+
+    def fingerprint(self) -> str:
+        return f"sha256:{sha256_file(self.path)}"
+
+    def slices(self, rows_per_partition: int) -> list[RowGroupSlice]:
+        """Each row group cut into equal pieces of at most `rows_per_partition` rows."""
+        meta = self._open().metadata
+        out = []
+        for group in range(meta.num_row_groups):
+            n = meta.row_group(group).num_rows
+            pieces = max(1, -(-n // rows_per_partition))
+            bounds = [round(i * n / pieces) for i in range(pieces + 1)]
+            out.extend(RowGroupSlice(group, a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a)
+        return out
+
+    def read_slice(self, piece: RowGroupSlice) -> pa.Table:
+        try:
+            table = self._open().read_row_group(piece.row_group)
+        except (pa.ArrowException, OSError) as exc:
+            raise DiffmixError(f"{self.path}: row group {piece.row_group} unreadable ({_first_line(exc)})") from None
+        return normalize_commits(table.slice(piece.start, piece.stop - piece.start), str(self.path))
+
+
+class JsonlSource(StreamSource):
+    """CommitPack-style JSON lines, optionally gzip- or zstd-compressed."""
+
+    kind = "jsonl"
+    block_size = 16 << 20
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        self.path = Path(uri)
+
+    def validate(self) -> None:
+        if not self.path.is_file():
+            raise DiffmixError(f"{self.path}: no such file")
+        try:
+            first = _first_line_of(self.path)
+        except (pa.ArrowException, OSError) as exc:
+            raise DiffmixError(f"{self.path}: unreadable ({_first_line(exc)})") from None
+        if not first.strip():
+            raise DiffmixError(f"{self.path}: empty file (no JSON line)")
+        try:
+            record = json.loads(first)
+        except ValueError as exc:
+            raise DiffmixError(f"{self.path}: line 1 is not JSON ({exc})") from None
+        if not isinstance(record, dict):
+            raise DiffmixError(f"{self.path}: line 1 is not a JSON object")
+        check_columns(list(record), str(self.path))
+
+    def fingerprint(self) -> str:
+        return f"sha256:{sha256_file(self.path)}"
+
+    def iter_tables(self, config: BuildConfig) -> Iterator[pa.Table]:
+        # Known columns get their types up front; unknown fields are ignored.
+        nullable = pa.schema([f.with_nullable(True) for f in COMMIT_SCHEMA])  # absent fields are filled later
+        parse = pa_json.ParseOptions(explicit_schema=nullable, unexpected_field_behavior="ignore")
+        read = pa_json.ReadOptions(block_size=self.block_size)
+        rows = 0
+        try:
+            with pa.input_stream(str(self.path), compression="detect") as stream:
+                reader = pa_json.open_json(stream, read_options=read, parse_options=parse)
+                for batch in reader:
+                    rows += batch.num_rows
+                    yield normalize_commits(pa.Table.from_batches([batch]), str(self.path))
+        except pa.ArrowException as exc:
+            raise DiffmixError(f"{self.path}: broken JSON line after row {rows} ({_first_line(exc)})") from None
+
+
+class GitSource(StreamSource):
+    """A local git repository (every non-merge commit reachable from HEAD)."""
+
+    kind = "git"
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        self.path = Path(uri)
+
+    def validate(self) -> None:
+        from diffmix.pipelines.gitlog import open_repository
+
+        open_repository(self.path)
+
+    def fingerprint(self) -> str:
+        from diffmix.pipelines.gitlog import head_commit, open_repository
+
+        return f"git:{head_commit(open_repository(self.path))}"
+
+    def iter_tables(self, config: BuildConfig) -> Iterator[pa.Table]:
+        from diffmix.pipelines.gitlog import iter_repository_rows
+
+        for table in iter_repository_rows(
+            self.path,
+            batch_rows=min(512, config.partition_rows),
+            max_file_bytes=config.max_file_bytes,
+            repo_name=config.git.repo_name,
+            license=config.git.license,
+        ):
+            yield normalize_commits(table, str(self.path))
+
+
+class HuggingFaceSource(StreamSource):
+    """`hf:NAME[:SPLIT]` through `datasets.load_dataset(..., streaming=True)`."""
+
+    kind = "hf"
+    batch_rows = 1000
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        spec = uri[len("hf:") :]
+        name, _, split = spec.rpartition(":") if ":" in spec and "/" not in spec.rpartition(":")[2] else (spec, "", "")
+        self.name = name or spec
+        self.split = split or "train"
+
+    def _is_local(self) -> bool:
+        return Path(self.name).exists()
+
+    def validate(self) -> None:
+        if not self.name:
+            raise DiffmixError(f"{self.uri}: expected hf:NAME[:SPLIT]")
+        if self._is_local():
+            return
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get(
+            "HF_DATASETS_OFFLINE", "0"
+        ).lower() in ("1", "true", "yes"):
+            raise DiffmixError(f"{self.uri}: the Hugging Face Hub is offline here (HF_HUB_OFFLINE=1) and {self.name!r} is not a local dataset")
+        try:  # fail at once instead of hanging on a network that drops packets
+            socket.create_connection(_HUB_HOST, timeout=5).close()
+        except OSError as exc:
+            raise DiffmixError(f"{self.uri}: cannot reach the Hugging Face Hub ({exc})") from None
+
+    def fingerprint(self) -> str:
+        return f"hf:{self.name}:{self.split}"
+
+    def _dataset(self) -> Any:
+        import datasets
+
+        try:
+            return datasets.load_dataset(self.name, split=self.split, streaming=True)
+        except Exception as exc:  # datasets raises many types for a missing/unreachable dataset
+            raise DiffmixError(f"{self.uri}: cannot load dataset ({_first_line(exc)})") from None
+
+    def iter_tables(self, config: BuildConfig) -> Iterator[pa.Table]:
+        dataset = self._dataset()
+        checked = False
+        for batch in dataset.iter(batch_size=self.batch_rows):
+            if not checked:
+                check_columns(list(batch), self.uri)
+                checked = True
+            yield normalize_commits(pa.Table.from_pydict(batch), self.uri)
+
+
+class SyntheticSource(Source):
+    """`synthetic:TASK?key=value&...`: documents generated from a seed (no commits, no diffing)."""
+
+    kind = "synthetic"
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        from diffmix.mixers.synthetic import parse_synthetic_uri
+
+        self.spec = parse_synthetic_uri(uri)
+
+    def validate(self) -> None:
+        pass  # parsing the URI in __init__ already checked every key and value
+
+    def fingerprint(self) -> str:
+        return f"synthetic:{self.spec.fingerprint()}"
+
+    def documents(self) -> pa.Table:
+        from diffmix.mixers.synthetic import synthetic_documents
+
+        return synthetic_documents(self.spec)
+
+
+def resolve_source(uri: str) -> Source:
+    """Pick the source type from a URI (see the module docstring)."""
+    if uri.startswith("hf:"):
+        return HuggingFaceSource(uri)
+    if uri.startswith("synthetic:"):
+        return SyntheticSource(uri)
+    path = Path(uri)
+    lower = uri.lower()
+    if lower.endswith(".parquet"):
+        return ParquetSource(uri)
+    if lower.endswith(_JSONL_SUFFIXES):
+        return JsonlSource(uri)
+    if path.is_dir():
+        return GitSource(uri)
+    if not path.exists():
+        raise DiffmixError(f"{uri}: no such file or directory")
+    raise DiffmixError(f"{uri}: not a git repository, .parquet or .jsonl[.gz|.zst] file, hf:NAME or synthetic:TASK")
+
+
+# --- normalisation -------------------------------------------------------------------
+
+
+def normalize_commits(table: pa.Table, where: str) -> pa.Table:
+    """Any CommitPack-like table -> exactly COMMIT_SCHEMA, deriving what is missing.
+
+    Derived: subject/message from each other, old_file/new_file from each other,
+    lang from the new path, change_type (R when paths differ, else M),
+    is_binary (a NUL in the first 8,000 characters, or non-UTF-8 bytes), too_large
+    (false; the build applies its size cap). Filled with null: parent, author_*,
+    lines_added/deleted. A `repos` list keeps its first repository.
+    """
+    check_columns(table.column_names, where)
+    table = _decode_binary_columns(table)
+    frame = pl.from_arrow(table, rechunk=False)
+    assert isinstance(frame, pl.DataFrame)
+    names = set(frame.columns)
+    col = pl.col
+    fills: list[pl.Expr] = []
+    if "message" not in names:
+        fills.append(col("subject").alias("message"))
+    if "subject" not in names:
+        fills.append(col("message").str.split_exact("\n", 1).struct.field("field_0").alias("subject"))
+    if "old_file" not in names:
+        fills.append(col("new_file").alias("old_file"))
+    if "new_file" not in names:
+        fills.append(col("old_file").alias("new_file"))
+    frame = frame.with_columns(fills)
+    derived: dict[str, pl.Expr] = {
+        "lang": language_expr(col("new_file")),
+        "license": pl.lit("unknown"),
+        "change_type": pl.when(col("old_file") != col("new_file")).then(pl.lit("R")).otherwise(pl.lit("M")),
+        "is_binary": col("old_contents").str.slice(0, 8000).str.contains("\x00", literal=True).fill_null(False)
+        | col("new_contents").str.slice(0, 8000).str.contains("\x00", literal=True).fill_null(False),
+        "too_large": pl.lit(False),
+    }
+    frame = frame.with_columns(expr.alias(name) for name, expr in derived.items() if name not in names)
+    if "repos" in names:  # CommitPack joins every fork with commas; the first is the origin
+        frame = frame.with_columns(col("repos").str.split(",").list.first().str.strip_chars())
+    else:
+        frame = frame.with_columns(pl.lit(Path(where).name.split(".")[0]).alias("repos"))
+    for field in COMMIT_SCHEMA:
+        if field.name not in frame.columns:
+            frame = frame.with_columns(pl.lit(None).alias(field.name))
+    out = frame.select(COMMIT_SCHEMA.names).to_arrow()
+    try:
+        return out.cast(COMMIT_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DiffmixError(f"{where}: a column has the wrong type ({_first_line(exc)})") from None
+
+
+def _decode_binary_columns(table: pa.Table) -> pa.Table:
+    """Binary text columns -> strings; bytes that are not UTF-8 become null and mark the row binary."""
+    bad = None
+    for name in ("old_contents", "new_contents"):
+        if name not in table.column_names:
+            continue
+        column = table.column(name)
+        if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type) or not _valid_utf8(column):
+            texts, invalid = _decode_each(column)
+            table = table.set_column(table.column_names.index(name), name, texts)
+            bad = invalid if bad is None else [a or b for a, b in zip(bad, invalid)]
+    if bad is not None and any(bad):
+        flag = pa.array(bad, pa.bool_())
+        if "is_binary" in table.column_names:
+            flag = pc.or_(table.column("is_binary").combine_chunks().fill_null(False), flag)
+            table = table.set_column(table.column_names.index("is_binary"), "is_binary", flag)
+        else:
+            table = table.append_column("is_binary", flag)
+    return table
+
+
+def _valid_utf8(column: pa.ChunkedArray) -> bool:
+    try:
+        for chunk in column.chunks:
+            chunk.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _decode_each(column: pa.ChunkedArray) -> tuple[pa.Array, list[bool]]:
+    """Rare path (bytes or invalid UTF-8 in the input): decode row by row."""
+    values, invalid = [], []
+    for value in column.cast(pa.large_binary()).to_pylist():
+        if value is None:
+            values.append(None)
+            invalid.append(False)
+            continue
+        try:
+            values.append(value.decode("utf-8"))
+            invalid.append(False)
+        except UnicodeDecodeError:
+            values.append(None)
+            invalid.append(True)
+    return pa.array(values, pa.large_string()), invalid
+
+
+def _first_line_of(path: Path, limit: int = 64 << 20) -> bytes:
+    """The first line of a (possibly compressed) text file."""
+    data = b""
+    with pa.input_stream(str(path), compression="detect") as stream:
+        while b"\n" not in data and len(data) < limit:
+            chunk = stream.read(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    return data.split(b"\n", 1)[0]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
