@@ -317,36 +317,32 @@ def normalize_commits(table: pa.Table, where: str) -> pa.Table:
     """
     check_columns(table.column_names, where)
     table = _decode_binary_columns(table)
+    for field in COMMIT_SCHEMA:  # absent columns start as nulls and are derived like nulls
+        if field.name not in table.column_names:
+            table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
     frame = pl.from_arrow(table, rechunk=False)
     assert isinstance(frame, pl.DataFrame)
-    names = set(frame.columns)
     col = pl.col
-    fills: list[pl.Expr] = []
-    if "message" not in names:
-        fills.append(col("subject").alias("message"))
-    if "subject" not in names:
-        fills.append(col("message").str.split_exact("\n", 1).struct.field("field_0").alias("subject"))
-    if "old_file" not in names:
-        fills.append(col("new_file").alias("old_file"))
-    if "new_file" not in names:
-        fills.append(col("old_file").alias("new_file"))
-    frame = frame.with_columns(fills)
+    first_line = col("message").str.split_exact("\n", 1).struct.field("field_0")
+    frame = frame.with_columns(
+        pl.coalesce(col("message"), col("subject")).alias("message"),
+        pl.coalesce(col("subject"), first_line).alias("subject"),
+        pl.coalesce(col("old_file"), col("new_file")).alias("old_file"),
+        pl.coalesce(col("new_file"), col("old_file")).alias("new_file"),
+    )
+    nul = "\x00"
     derived: dict[str, pl.Expr] = {
         "lang": language_expr(col("new_file")),
         "license": pl.lit("unknown"),
         "change_type": pl.when(col("old_file") != col("new_file")).then(pl.lit("R")).otherwise(pl.lit("M")),
-        "is_binary": col("old_contents").str.slice(0, 8000).str.contains("\x00", literal=True).fill_null(False)
-        | col("new_contents").str.slice(0, 8000).str.contains("\x00", literal=True).fill_null(False),
+        "is_binary": col("old_contents").str.slice(0, 8000).str.contains(nul, literal=True).fill_null(False)
+        | col("new_contents").str.slice(0, 8000).str.contains(nul, literal=True).fill_null(False),
         "too_large": pl.lit(False),
+        # CommitPack joins every fork with commas; the first is the origin.
+        "repos": pl.lit(Path(where).name.split(".")[0]),
     }
-    frame = frame.with_columns(expr.alias(name) for name, expr in derived.items() if name not in names)
-    if "repos" in names:  # CommitPack joins every fork with commas; the first is the origin
-        frame = frame.with_columns(col("repos").str.split(",").list.first().str.strip_chars())
-    else:
-        frame = frame.with_columns(pl.lit(Path(where).name.split(".")[0]).alias("repos"))
-    for field in COMMIT_SCHEMA:
-        if field.name not in frame.columns:
-            frame = frame.with_columns(pl.lit(None).alias(field.name))
+    frame = frame.with_columns(pl.coalesce(col(name), expr).alias(name) for name, expr in derived.items())
+    frame = frame.with_columns(col("repos").str.split(",").list.first().str.strip_chars())
     out = frame.select(COMMIT_SCHEMA.names).to_arrow()
     try:
         return out.cast(COMMIT_SCHEMA)

@@ -1,0 +1,87 @@
+"""The strict applier, the lenient applier and OpenELM-style diff classification."""
+
+from __future__ import annotations
+
+import pytest
+
+from diffmix.pipelines.apply import DiffState, apply_lenient, apply_strict, parse_diff, split_lines, verify_diff
+from diffmix.pipelines.diff import diff_texts
+
+FILE = "a\nb\nc\nd\ne\nf\ng\n"
+
+ROUND_TRIPS = {
+    "middle": (FILE, FILE.replace("d\n", "D\n")),
+    "first line": (FILE, "A\n" + FILE[2:]),
+    "last line": (FILE, FILE.replace("g\n", "G\n")),
+    "no final newline": ("a\nb", "a\nc"),
+    "newline added at end": ("a\nb", "a\nb\n"),
+    "newline removed at end": ("a\nb\n", "a\nb"),
+    "crlf": ("a\r\nb\r\nc\r\n", "a\r\nX\r\nc\r\n"),
+    "mixed endings": ("a\r\nb\nc\r\n", "a\r\nb2\nc\r\n"),
+    "new file": ("", "one\ntwo\n"),
+    "new file without final newline": ("", "one"),
+    "emptied": ("one\ntwo\n", ""),
+    "one-line file": ("x\n", "y\n"),
+    "lone CR inside a line": ("a\rb\nc\n", "a\rb\nC\n"),
+    "unicode": ("π = 3.14\nτ = 2π\n", "π = 3.14159\nτ = 2π\n"),
+    "many hunks": ("".join(f"{i}\n" for i in range(100)), "".join(f"{i if i % 17 else 'x'}\n" for i in range(100))),
+}
+
+
+@pytest.mark.parametrize("name", list(ROUND_TRIPS))
+def test_strict_and_lenient_round_trip(name: str) -> None:
+    old, new = ROUND_TRIPS[name]
+    diff = diff_texts(old, new).text
+    assert apply_strict(old, diff) == new
+    assert apply_lenient(old, diff) == (new, 0)
+    assert verify_diff(old, diff) is DiffState.VALID
+
+
+@pytest.mark.parametrize(
+    ("diff", "state"),
+    [
+        ("@@ -4,1 +4,1 @@\n-d\n+D\n", DiffState.VALID),
+        ("", DiffState.BAD_HEADER),
+        ("just text\n", DiffState.BAD_HEADER),
+        ("@@ -4 +4 @\n-d\n+D\n", DiffState.BAD_HEADER),
+        ("@@ -4,1 +4,1 @@\n-d\n*D\n", DiffState.BAD_HUNK_LINE),
+        ("@@ -4,1 +4,1 @@\n-d\n+D", DiffState.BAD_HUNK_LINE),  # no final newline
+        ("@@ -4,2 +4,1 @@\n-d\n+D\n", DiffState.WRONG_LINE_NUMBERS),  # header count disagrees
+        ("@@ -2,1 +2,1 @@\n-d\n+D\n", DiffState.WRONG_LINE_NUMBERS),  # text exists, at line 4
+        ("@@ -4,1 +5,1 @@\n-d\n+D\n", DiffState.WRONG_LINE_NUMBERS),  # new start inconsistent
+        ("@@ -4,1 +4,1 @@\n-zzz\n+D\n", DiffState.CONTEXT_NOT_FOUND),
+        ("@@ -6,1 +6,1 @@\n-f\n+F\n@@ -2,1 +2,1 @@\n-b\n+B\n", DiffState.WRONG_LINE_NUMBERS),  # out of order
+    ],
+)
+def test_verify_diff_states(diff: str, state: DiffState) -> None:
+    assert verify_diff(FILE, diff) is state
+
+
+def test_lenient_ignores_line_numbers_and_counts() -> None:
+    # Wrong numbers and counts, a stripped blank context line: lenient still applies it.
+    diff = "@@ -1,9 +1,9 @@\n c\n-d\n+D\n e\n"
+    assert verify_diff(FILE, diff) is DiffState.WRONG_LINE_NUMBERS
+    assert apply_lenient(FILE, diff) == (FILE.replace("d\n", "D\n"), 0)
+
+
+def test_lenient_counts_failed_hunks() -> None:
+    diff = "@@ -2 +2 @@\n-b\n+B\n@@ -9 +9 @@\n-nope\n+x\n"
+    assert apply_lenient(FILE, diff) == (FILE.replace("b\n", "B\n"), 1)
+
+
+def test_parse_diff_reads_headers_and_no_newline_marker() -> None:
+    hunks = parse_diff("@@ -1,2 +1,2 @@ section\n a\n-b\n\\ No newline at end of file\n+c\n\\ No newline at end of file\n")
+    assert len(hunks) == 1
+    hunk = hunks[0]
+    assert (hunk.old_start, hunk.old_len, hunk.new_start, hunk.new_len, hunk.section) == (1, 2, 1, 2, "section")
+    assert hunk.old_side() == ["a\n", "b"]
+    assert hunk.new_side() == ["a\n", "c"]
+
+
+@pytest.mark.parametrize(
+    ("text", "lines"),
+    [("", []), ("a", ["a"]), ("a\n", ["a\n"]), ("a\nb", ["a\n", "b"]), ("a\r\nb\r\n", ["a\r\n", "b\r\n"]), ("\n\n", ["\n", "\n"])],
+)
+def test_split_lines_on_newline_only(text: str, lines: list[str]) -> None:
+    assert split_lines(text) == lines
+    assert "".join(lines) == text

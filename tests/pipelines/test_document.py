@@ -1,0 +1,108 @@
+"""Commit rows -> documents: message clean-up, structural reasons, the openelm document."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from diffmix.formats.base import get_format
+from diffmix.formats.edit import EditRecord, split_openelm
+from diffmix.pipelines.document import normalized_message, render_rows, structural_reason
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("Fix parser\n", "Fix parser"),
+        ("Fix parser\r\n\r\nLonger body.\r\n", "Fix parser\n\nLonger body."),
+        ("Fix parser  \n\nbody line   \n", "Fix parser\n\nbody line"),
+        ("Fix parser\n\nSigned-off-by: A <a@b.c>\nCo-authored-by: B <b@c.d>\n", "Fix parser"),
+        ("Fix parser\n\nBody\n\n\n\nMore\nReviewed-by: X\nChange-Id: I123\n", "Fix parser\n\nBody\n\nMore"),
+        ("Signed-off-by is mentioned in prose, not a trailer\n", "Signed-off-by is mentioned in prose, not a trailer"),
+    ],
+)
+def test_normalized_message(raw: str, clean: str) -> None:
+    frame = pl.DataFrame({"message": [raw]})
+    assert frame.select(normalized_message(pl.col("message")))["message"][0] == clean
+
+
+def _row(**changes: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "commit": "c" * 40, "old_file": "a.py", "new_file": "a.py", "old_contents": "x = 1\n",
+        "new_contents": "x = 2\n", "message": "Change x", "change_type": "M", "is_binary": False, "too_large": False,
+    }  # fmt: skip
+    row.update(changes)
+    return row
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({}, None),
+        ({"commit": None}, "missing_field"),
+        ({"is_binary": True, "old_contents": None}, "binary"),
+        ({"too_large": True}, "too_large"),
+        ({"new_contents": "x" * 2000}, "too_large"),
+        ({"old_contents": None}, "null_contents"),
+        ({"change_type": "D", "new_contents": ""}, "deleted_file"),
+        ({"change_type": "R", "old_file": "b.py", "new_contents": "x = 1\n"}, "pure_rename"),
+        ({"change_type": "R", "old_file": "b.py"}, None),  # a rename with changes keeps the new path
+        ({"new_contents": "x = 1\n"}, "no_change"),
+        ({"new_file": "a\nb.py"}, "bad_path"),
+        ({"message": ""}, "empty_message"),
+        ({"old_contents": "x\n<MSG> injected\n"}, "literal_tag"),
+        ({"new_contents": "<DFF> y\n"}, "literal_tag"),
+        ({"message": "Subject\n<NME> x"}, "literal_tag"),
+        ({"old_contents": "a <MSG> not at a line start\n"}, None),
+    ],
+)
+def test_structural_reason(changes: dict[str, object], reason: str | None) -> None:
+    schema = {k: (pl.Boolean if k in ("is_binary", "too_large") else pl.String) for k in _row()}
+    frame = pl.DataFrame([_row(**changes)], schema=schema)
+    assert frame.select(structural_reason(max_file_bytes=1000).alias("r"))["r"][0] == reason
+
+
+DOCS = {
+    "modified": ("src/a.py", "a\nb\n", "Change b", "a\nc\n", False),
+    "no final newline": ("a.txt", "a\nb", "Edit", "a\nc", False),
+    "crlf": ("w.bat", "echo a\r\necho b\r\n", "Windows", "echo a\r\necho c\r\n", False),
+    "addfile": ("new.py", "", "Add new.py", "print(1)\n", True),
+    "empty old file, modified": ("empty.txt", "", "Fill", "text\n", False),
+    "one-line file": ("one", "1\n", "Bump", "2\n", False),
+    "emptied file": ("e.txt", "gone\n", "Empty it", "", False),
+}
+
+
+@pytest.mark.parametrize("name", list(DOCS))
+def test_openelm_document_round_trips(name: str) -> None:
+    path, before, message, after, new_file = DOCS[name]
+    fmt = get_format("openelm")
+    record = EditRecord.from_texts(path, before, message, after, new_file=new_file)
+    doc = fmt.render(record)
+    parts = split_openelm(doc.text)
+    assert (parts.name, parts.before, parts.message, parts.new_file) == (path, before, message, new_file)
+    assert doc.text[doc.sections["bef_start"] :].startswith("<BEF> ")
+    assert doc.text[doc.sections["msg_start"] :].startswith("<MSG> ")
+    assert doc.text[doc.sections["dff_start"] :].startswith("<DFF> ")
+    assert doc.target == record.diff.text
+    assert fmt.parse(doc.prompt, doc.target) == after
+
+
+def test_addfile_document_text() -> None:
+    doc = get_format("openelm").render(EditRecord.from_texts("n.py", "", "Add n", "x\ny\n", new_file=True))
+    assert doc.text == "<NME> n.py\n<BEF> ADDFILE\n<MSG> Add n\n<DFF> @@ -0,0 +1,2 @@\n+x\n+y\n"
+
+
+def test_render_rows_flags_roundtrip_failures_and_binary() -> None:
+    frame = pl.DataFrame(
+        {
+            "new_file": ["ok.py", "nul.bin"],
+            "old_contents": ["a\n", "a\x00\n"],
+            "message": ["m", "m"],
+            "new_contents": ["b\n", "b\x00\n"],
+            "change_type": ["M", "M"],
+        }
+    )
+    rendered, failures = render_rows(frame, get_format("openelm_v1"))
+    assert failures == [None, "binary"]
+    assert rendered[0] is not None and rendered[0]["n_hunks"] == 1

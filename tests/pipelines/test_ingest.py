@@ -1,0 +1,216 @@
+"""Ingest: git repositories, CommitPack Parquet / JSONL and HF datasets -> COMMIT_SCHEMA."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from diffmix.errors import DiffmixError
+from diffmix.pipelines.gitlog import iter_repository_rows, license_from_text
+from diffmix.pipelines.ingest import (
+    GitSource,
+    HuggingFaceSource,
+    JsonlSource,
+    ParquetSource,
+    normalize_commits,
+    resolve_source,
+)
+from diffmix.schemas.config import BuildConfig
+from diffmix.schemas.columns import COMMIT_SCHEMA
+from tests.conftest import commit_files, git
+
+
+def _rows(repo: Path) -> list[dict]:
+    return [row for table in iter_repository_rows(repo, batch_rows=3) for row in table.to_pylist()]
+
+
+def test_git_history_rows(git_repo: Path) -> None:
+    c1 = commit_files(git_repo, {"a.py": "x = 1\n", "img.bin": b"\x89PNG\x00\x01", "notes.txt": "no newline"}, "Add files")
+    c2 = commit_files(git_repo, {"a.py": "x = 2\n", "win.bat": "echo a\r\necho b\r\n"}, "Change x\n\nSigned-off-by: A <a@b.c>")
+    git(git_repo, "mv", "notes.txt", "docs.txt")
+    c3 = commit_files(git_repo, {}, "Rename notes")
+    git(git_repo, "mv", "a.py", "b.py")
+    c4 = commit_files(git_repo, {"b.py": "x = 2\ny = 3\n", "win.bat": None}, "Rename with change, delete")
+    rows = _rows(git_repo)
+    by_commit: dict[str, list[dict]] = {}
+    for row in rows:
+        by_commit.setdefault(row["commit"], []).append(row)
+    assert list(by_commit) == [c4, c3, c2, c1]  # newest first
+    first = {r["new_file"]: r for r in by_commit[c1]}
+    assert first["a.py"]["change_type"] == "A" and first["a.py"]["old_contents"] == "" and first["a.py"]["parent"] is None
+    assert first["img.bin"]["is_binary"] and first["img.bin"]["new_contents"] is None
+    assert first["notes.txt"]["new_contents"] == "no newline"
+    second = {r["new_file"]: r for r in by_commit[c2]}
+    assert second["a.py"]["change_type"] == "M"
+    assert (second["a.py"]["old_contents"], second["a.py"]["new_contents"]) == ("x = 1\n", "x = 2\n")
+    assert (second["a.py"]["lines_added"], second["a.py"]["lines_deleted"]) == (1, 1)
+    assert second["win.bat"]["new_contents"] == "echo a\r\necho b\r\n"  # bytes kept exactly
+    assert second["a.py"]["message"].startswith("Change x") and second["a.py"]["subject"] == "Change x"
+    assert second["a.py"]["parent"] == c1
+    (renamed,) = by_commit[c3]
+    assert (renamed["change_type"], renamed["old_file"], renamed["new_file"]) == ("R", "notes.txt", "docs.txt")
+    assert renamed["old_contents"] == renamed["new_contents"]
+    last = {r["new_file"]: r for r in by_commit[c4]}
+    assert last["b.py"]["change_type"] == "R" and last["b.py"]["old_file"] == "a.py"
+    assert last["win.bat"]["change_type"] == "D" and last["win.bat"]["new_contents"] == ""
+    assert all(r["repos"] == "repo" and r["license"] == "unknown" for r in rows)
+    assert all(len(r["author_email_hash"]) == 40 and r["author_date"] == "2026-01-01T00:00:00Z" for r in rows)
+
+
+def test_git_skips_merges_and_reads_license(git_repo: Path) -> None:
+    commit_files(git_repo, {"LICENSE": "MIT License\n\nPermission is hereby granted, free of charge, to any person\n"}, "Add license")
+    git(git_repo, "checkout", "-q", "-b", "side")
+    commit_files(git_repo, {"side.py": "s = 1\n"}, "Side work")
+    git(git_repo, "checkout", "-q", "main")
+    commit_files(git_repo, {"main.py": "m = 1\n"}, "Main work")
+    git(git_repo, "merge", "-q", "--no-ff", "side", "-m", "Merge branch side")
+    rows = _rows(git_repo)
+    assert {r["subject"] for r in rows} == {"Add license", "Side work", "Main work"}
+    assert {r["license"] for r in rows} == {"MIT"}
+
+
+def test_git_non_utf8_and_too_large(git_repo: Path) -> None:
+    commit_files(git_repo, {"latin.txt": "caf\xe9\n".encode("latin-1"), "big.txt": "x" * 5000}, "Add")
+    rows = {r["new_file"]: r for t in iter_repository_rows(git_repo, max_file_bytes=1000) for r in t.to_pylist()}
+    assert rows["latin.txt"]["is_binary"] and rows["latin.txt"]["new_contents"] is None
+    assert rows["big.txt"]["too_large"] and rows["big.txt"]["new_contents"] is None
+
+
+@pytest.mark.parametrize(
+    ("text", "spdx"),
+    [
+        ("Apache License\nVersion 2.0, January 2004", "Apache-2.0"),
+        ("Redistribution and use in source and binary forms ... Neither the name of", "BSD-3-Clause"),
+        ("GNU GENERAL PUBLIC LICENSE\nVersion 3, 29 June 2007", "GPL-3.0"),
+        ("Some custom terms", "unknown"),
+    ],
+)
+def test_license_from_text(text: str, spdx: str) -> None:
+    assert license_from_text(text) == spdx
+
+
+COMMITPACK_ROWS = [
+    {"commit": "1" * 40, "old_file": "a.py", "new_file": "a.py", "old_contents": "a = 1\n", "new_contents": "a = 2\n",
+     "subject": "Bump a", "message": "Bump a\n\nbody", "lang": "Python", "license": "mit", "repos": "o/r,fork/r"},
+    {"commit": "2" * 40, "old_file": "x.js", "new_file": "y.js", "old_contents": "x\n", "new_contents": "y\n",
+     "subject": "Move x", "message": "Move x", "lang": "JavaScript", "license": "mit", "repos": "o/r"},
+]  # fmt: skip
+
+
+def test_normalize_fills_optional_columns() -> None:
+    table = normalize_commits(pa.Table.from_pylist(COMMITPACK_ROWS), "test")
+    assert table.schema == COMMIT_SCHEMA
+    rows = table.to_pylist()
+    assert [r["change_type"] for r in rows] == ["M", "R"]
+    assert rows[0]["repos"] == "o/r"  # the first of the forks
+    assert rows[0]["is_binary"] is False and rows[0]["parent"] is None
+
+
+def test_normalize_derives_subject_and_lang() -> None:
+    table = pa.table({"commit": ["c"], "new_file": ["src/m.go"], "old_contents": ["a\n"], "new_contents": ["b\n"], "message": ["Fix it\n\nmore"]})
+    row = normalize_commits(table, "x").to_pylist()[0]
+    assert (row["subject"], row["lang"], row["old_file"]) == ("Fix it", "Go", "src/m.go")
+
+
+def test_normalize_marks_invalid_utf8_as_binary() -> None:
+    table = pa.table(
+        {"commit": ["c", "d"], "new_file": ["a", "b"], "old_contents": pa.array([b"ok\n", b"\xff\xfe"], pa.binary()),
+         "new_contents": ["ok2\n", "x"], "message": ["m", "m"]}
+    )  # fmt: skip
+    rows = normalize_commits(table, "x").to_pylist()
+    assert [r["is_binary"] for r in rows] == [False, True]
+    assert rows[1]["old_contents"] is None
+
+
+def test_missing_required_columns_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"commit": ["c"], "new_file": ["a"]}), path)
+    with pytest.raises(DiffmixError, match="missing required column.*old_contents, new_contents, message or subject"):
+        ParquetSource(str(path)).validate()
+
+
+def test_truncated_parquet(tmp_path: Path) -> None:
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.Table.from_pylist(COMMITPACK_ROWS), good)
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(DiffmixError, match="unreadable Parquet"):
+        ParquetSource(str(bad)).validate()
+
+
+def test_parquet_slices_cover_every_row(tmp_path: Path) -> None:
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.Table.from_pylist(COMMITPACK_ROWS * 5), path, row_group_size=4)
+    source = ParquetSource(str(path))
+    pieces = source.slices(rows_per_partition=3)
+    assert sum(p.stop - p.start for p in pieces) == 10
+    assert all(p.stop - p.start <= 3 for p in pieces)
+    assert sum(source.read_slice(p).num_rows for p in pieces) == 10
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst"])
+def test_jsonl_variants_equal_parquet(tmp_path: Path, suffix: str) -> None:
+    lines = "".join(json.dumps(r) + "\n" for r in COMMITPACK_ROWS).encode()
+    path = tmp_path / f"c{suffix}"
+    if suffix.endswith(".gz"):
+        path.write_bytes(gzip.compress(lines))
+    elif suffix.endswith(".zst"):
+        path.write_bytes(zstandard.ZstdCompressor().compress(lines))
+    else:
+        path.write_bytes(lines)
+    source = resolve_source(str(path))
+    assert isinstance(source, JsonlSource)
+    source.validate()
+    table = pa.concat_tables(source.iter_tables(BuildConfig()))
+    expected = normalize_commits(pa.Table.from_pylist(COMMITPACK_ROWS), str(path))
+    assert table.to_pylist() == expected.to_pylist()
+
+
+def test_jsonl_broken_line(tmp_path: Path) -> None:
+    path = tmp_path / "b.jsonl"
+    path.write_text(json.dumps(COMMITPACK_ROWS[0]) + "\n{broken\n")
+    source = JsonlSource(str(path))
+    source.validate()  # the first line is fine
+    with pytest.raises(DiffmixError, match="broken JSON line"):
+        list(source.iter_tables(BuildConfig()))
+
+
+def test_hf_local_dataset_directory(tmp_path: Path) -> None:
+    folder = tmp_path / "hfdata"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist(COMMITPACK_ROWS), folder / "train.parquet")
+    source = resolve_source(f"hf:{folder}:train")
+    assert isinstance(source, HuggingFaceSource) and source.split == "train"
+    source.validate()
+    rows = pa.concat_tables(source.iter_tables(BuildConfig())).to_pylist()
+    assert [r["commit"] for r in rows] == [r["commit"] for r in COMMITPACK_ROWS]
+
+
+def test_hf_hub_offline_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(DiffmixError, match="offline"):
+        resolve_source("hf:bigcode/commitpackft:train").validate()
+    assert time.monotonic() - start < 2
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [("/no/such/file.parquet", "no such file"), ("/no/such/dir", "no such file or directory"), (os.devnull, "not a git repository, .parquet")],
+)
+def test_bad_uris(uri: str, message: str) -> None:
+    with pytest.raises(DiffmixError, match=message):
+        resolve_source(uri).validate()
+
+
+def test_not_a_git_repository(tmp_path: Path) -> None:
+    with pytest.raises(DiffmixError, match="not a git repository"):
+        GitSource(str(tmp_path)).validate()

@@ -1,0 +1,170 @@
+"""The build_corpus flow end to end on Dask under one Prefect test server.
+
+Determinism across worker counts, skipping a complete build, resume after
+SIGKILL, bad input through the CLI, and real data (a slice of the dev Parquet).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from diffmix.cli import main
+from diffmix.flows import run_build_corpus
+from diffmix.formats.base import get_format
+from diffmix.pipelines.shards import load_table, read_manifest
+from tests.conftest import commit_files, git
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+SMALL = {"partition_rows": 4, "split": {"by": "commit", "seed": 0, "fractions": {"train": 0.5, "test": 0.5}}}
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def history(git_repo: Path) -> Path:
+    """A small repository with every kind of change."""
+    commit_files(git_repo, {"a.py": "def f():\n    return 1\n", "b.txt": "one\ntwo\n", "bin.dat": b"\x00\x01"}, "Add a, b and data")
+    commit_files(git_repo, {"a.py": "def f():\n    return 2\n", "c.md": "# C\n"}, "Return two from f")
+    git(git_repo, "mv", "b.txt", "bb.txt")
+    commit_files(git_repo, {}, "Rename b")
+    commit_files(git_repo, {"bb.txt": "one\n2\n", "a.py": None}, "Edit bb, drop a")
+    for i in range(6):
+        commit_files(git_repo, {f"m{i}.py": f"x = {i}\n" * (i + 1)}, f"Add module {i}")
+    return git_repo
+
+
+def _parquet(tmp_path: Path, rows: int = 60) -> Path:
+    body = "\n".join(f"line {j}" for j in range(40)) + "\n"
+    table = pa.table(
+        {
+            "commit": [f"{i:040x}" for i in range(rows)],
+            "old_file": [f"f{i % 7}.py" for i in range(rows)],
+            "new_file": [f"f{i % 7}.py" for i in range(rows)],
+            "old_contents": [body] * rows,
+            "new_contents": [body.replace(f"line {i % 40}\n", f"line {i % 40} changed\n") for i in range(rows)],
+            "message": [f"Change line {i % 40} of f{i % 7}" for i in range(rows)],
+            "license": ["mit"] * rows,
+            "repos": [f"org/r{i % 3}" for i in range(rows)],
+        }
+    )
+    path = tmp_path / "commits.parquet"
+    pq.write_table(table, path, row_group_size=25)
+    return path
+
+
+def test_build_is_deterministic_across_workers_and_skips_when_complete(tmp_path: Path, history: Path) -> None:
+    parquet = _parquet(tmp_path)
+    outs = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        manifest = run_build_corpus([str(history), str(parquet)], str(out), workers=workers, config_overrides=SMALL)
+        assert manifest["counts"]["in"] == manifest["counts"]["kept"] + sum(manifest["counts"]["dropped"].values())
+        outs.append(out)
+    assert tree_digest(outs[0]) == tree_digest(outs[1])
+    manifest = read_manifest(outs[0])
+    assert manifest.counts.dropped == {"binary": 1, "deleted_file": 1, "pure_rename": 1}
+    assert len(manifest.shards) == 1 and not (outs[0] / ".work").exists()
+    before = {p: p.stat().st_mtime_ns for p in outs[0].rglob("*")}
+    run_build_corpus([str(history), str(parquet)], str(outs[0]), workers=1, config_overrides=SMALL)
+    assert {p: p.stat().st_mtime_ns for p in outs[0].rglob("*")} == before  # complete: nothing rewritten
+
+
+def test_datasets_reads_shards(tmp_path: Path, history: Path) -> None:
+    out = tmp_path / "out"
+    run_build_corpus([str(history)], str(out), workers=1, config_overrides=SMALL)
+    files = [str(out / s.path) for s in read_manifest(out).shards]
+    mapped = datasets.Dataset.from_file(files[0])
+    loaded = datasets.load_dataset("arrow", data_files=files, split="train")
+    assert len(loaded) == len(mapped) == read_manifest(out).counts.kept
+    row = loaded[0]
+    assert row["text"].startswith("<NME> ") and row["text"][row["target_start"] :].startswith("@@ ")
+
+
+def test_resume_after_sigkill_gives_identical_bytes(tmp_path: Path) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    parquet = _parquet(tmp_path, rows=400)
+    config = tmp_path / "cfg.yaml"
+    config.write_text("partition_rows: 10\nsplit: {by: commit, fractions: {train: 1.0}}\n")
+    reference = tmp_path / "reference"
+    run_build_corpus([str(parquet)], str(reference), str(config), workers=1)
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    cmd = [sys.executable, "-m", "diffmix", "build", "--input", str(parquet), "--out", str(killed), "--config", str(config), "--workers", "1"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stats = killed / ".work" / "stats"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(stats.glob("*.json"))) < 3:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the CLI, its Dask scheduler and workers
+    proc.wait()
+    done = len(list(stats.glob("*.json")))
+    assert 3 <= done < 40, "the kill must land mid-build"
+    assert not (killed / "manifest.json").exists()
+    run_build_corpus([str(parquet)], str(killed), str(config), workers=1)
+    assert tree_digest(killed) == tree_digest(reference)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--input", "/no/such.parquet"], "/no/such.parquet: no such file"),
+        (["--input", "{bad_parquet}"], "unreadable Parquet"),
+        (["--input", "{no_columns}"], "missing required column(s): old_contents, new_contents"),
+        (["--input", "{broken_jsonl}"], "broken JSON line"),
+        (["--input", "{not_repo}"], "not a git repository"),
+        (["--input", "{repo}", "--out-is-file"], "exists and is not a directory"),
+        (["--input", "{repo}", "--format", "nope_v1"], "unknown format 'nope_v1'"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, history: Path, capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    pq.write_table(pa.table({"commit": ["c"], "new_file": ["x"]}), tmp_path / "nocols.parquet")
+    (tmp_path / "broken.jsonl").write_text('{"commit": "c", "new_file": "x", "old_contents": "a", "new_contents": "b", "message": "m"}\n{oops\n')
+    (tmp_path / "plain").mkdir()
+    out = tmp_path / "out"
+    if "--out-is-file" in args:
+        args = [a for a in args if a != "--out-is-file"]
+        out.write_text("a file")
+    values = {"bad_parquet": tmp_path / "bad.parquet", "no_columns": tmp_path / "nocols.parquet",
+              "broken_jsonl": tmp_path / "broken.jsonl", "not_repo": tmp_path / "plain", "repo": history}  # fmt: skip
+    argv = ["build", *[a.format(**values) for a in args], "--out", str(out), "--workers", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert out.is_file() or not out.exists()
+
+
+def test_real_data_slice_round_trips(tmp_path: Path, dev_parquet: Path) -> None:
+    slice_path = tmp_path / "slice.parquet"
+    source = pq.ParquetFile(dev_parquet)
+    table = pa.concat_tables([source.read_row_group(g).slice(0, 300) for g in range(source.num_row_groups)])
+    pq.write_table(table, slice_path)
+    out = tmp_path / "out"
+    manifest = run_build_corpus([str(slice_path)], str(out), workers=2, config_overrides={"partition_rows": 500})
+    counts = manifest["counts"]
+    assert counts["in"] == table.num_rows == counts["kept"] + sum(counts["dropped"].values())
+    assert "diff_roundtrip_failed" not in counts["dropped"]
+    docs = load_table(out)
+    fmt = get_format("openelm_v1")
+    after = {}
+    for row in table.select(["repos", "commit", "new_file", "new_contents"]).to_pylist():
+        key = hashlib.blake2b(f"{row['repos']}\0{row['commit']}\0{row['new_file']}".encode(), digest_size=8).hexdigest()
+        after[key] = row["new_contents"]
+    for doc_id, text, start in zip(docs["doc_id"].to_pylist(), docs["text"].to_pylist(), docs["target_start"].to_pylist()):
+        assert fmt.parse(text[:start], text[start:]) == after[doc_id]
