@@ -98,4 +98,6 @@ def format_names(task: str | None = None) -> list[str]:
 
 def _load_builtin_formats() -> None:
     # Import side effect: each module registers its formats.
+    import diffmix.formats.arithmetic  # noqa: F401
+    import diffmix.formats.copy  # noqa: F401
     import diffmix.formats.edit  # noqa: F401
