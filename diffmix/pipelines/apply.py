@@ -56,10 +56,16 @@ class Hunk:
         return [text for op, text in self.lines if op != "-"]
 
 
+# str.splitlines also breaks at these; when none occurs it is the fast, exact path.
+_OTHER_BREAKS = ("\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+
+
 def split_lines(text: str) -> list[str]:
     """Lines with their "\\n" kept; a final line without one is kept as is."""
     if not text:
         return []
+    if text.count("\r") == text.count("\r\n") and not any(b in text for b in _OTHER_BREAKS):
+        return text.splitlines(keepends=True)  # same split, in C
     lines = [line + "\n" for line in text.split("\n")]
     last = lines.pop()
     if last != "\n":  # text did not end with "\n": its last line has no terminator

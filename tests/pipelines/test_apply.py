@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from diffmix.pipelines.apply import DiffState, apply_lenient, apply_strict, parse_diff, split_lines, verify_diff
 from diffmix.pipelines.diff import diff_texts
@@ -85,3 +87,30 @@ def test_parse_diff_reads_headers_and_no_newline_marker() -> None:
 def test_split_lines_on_newline_only(text: str, lines: list[str]) -> None:
     assert split_lines(text) == lines
     assert "".join(lines) == text
+
+
+_LINES = st.lists(st.sampled_from(["a", "b", "", " x", "\r", "c\r", "π", "\x0b", "\u2028"]), max_size=12)
+
+
+def _text(lines: list[str], final_newline: bool) -> str:
+    return "\n".join(lines) + ("\n" if final_newline and lines else "")
+
+
+@given(_LINES, st.booleans())
+def test_split_lines_matches_reference(lines: list[str], final_newline: bool) -> None:
+    text = _text(lines, final_newline)
+    reference = [line + "\n" for line in text.split("\n")]
+    last = reference.pop()
+    if last != "\n":
+        reference.append(last[:-1])
+    assert split_lines(text) == (reference if text else [])
+
+
+@settings(max_examples=300)
+@given(_LINES, st.booleans(), _LINES, st.booleans())
+def test_xdiff_then_strict_apply_round_trips(old: list[str], old_nl: bool, new: list[str], new_nl: bool) -> None:
+    before, after = _text(old, old_nl), _text(new, new_nl)
+    assume(before != after)  # no change has no diff (and is rejected as no_change)
+    diff = diff_texts(before, after).text
+    assert apply_strict(before, diff) == after
+    assert apply_lenient(before, diff)[0] == after

@@ -1,0 +1,120 @@
+"""Corpus build of the whole dev Parquet against the I/O floor, measured in one run.
+
+    python benchmarks/build.py [--workers 1 2] [--skip-diff]
+
+Prints (Markdown tables):
+* the floor: pyarrow reading the Parquet and writing the same rows as one Arrow IPC stream;
+* `diffmix build` with 1 and 2 Dask workers: wall time of the full input and of a
+  tiny input (50 rows: the fixed start-up of the CLI, the Dask cluster and the
+  flow), data work = T(full) - T(tiny), its ratio to the floor, peak RSS of any
+  process, and the 2-worker speed-up;
+* the diff engine (libgit2 xdiff via pygit2) against `difflib.unified_diff`, per pair.
+
+One Prefect server is started for the whole run (its start-up is printed on its own line).
+Targets (issue 2): data work <= 4x the floor on 2 workers, peak RSS <= 2 GB, 2 workers >= 1.6x faster than 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import machine, require_dev_data, run_measured, table, timed  # noqa: E402
+
+
+def floor(parquet: Path, scratch: Path) -> float:
+    def read_write() -> None:
+        data = pq.read_table(parquet)
+        with pa.OSFile(str(scratch / "floor.arrow"), "wb") as sink, pa.ipc.new_stream(sink, data.schema) as writer:
+            writer.write_table(data)
+
+    seconds, _ = timed(read_write, repeat=2)
+    (scratch / "floor.arrow").unlink()
+    return seconds
+
+
+def diff_engines(parquet: Path) -> list[list[object]]:
+    from diffmix.pipelines.diff import diff_texts
+
+    data = pq.read_table(parquet, columns=["old_contents", "new_contents"]).to_pylist()
+    pairs = [(r["old_contents"], r["new_contents"]) for r in data if r["old_contents"] is not None and r["new_contents"] is not None and r["old_contents"] != r["new_contents"] and "\x00" not in r["old_contents"] + r["new_contents"]]
+
+    def xdiff() -> None:
+        for old, new in pairs:
+            diff_texts(old, new)
+
+    def python_difflib() -> None:
+        for old, new in pairs:
+            "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), n=3))
+
+    t_x, _ = timed(xdiff)
+    t_d, _ = timed(python_difflib)
+    n = len(pairs)
+    return [
+        ["libgit2 xdiff (diffmix)", n, t_x, 1e3 * t_x / n, 1.0],
+        ["difflib.unified_diff", n, t_d, 1e3 * t_d / n, t_d / t_x],
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--skip-diff", action="store_true")
+    args = parser.parse_args()
+    parquet = require_dev_data()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from diffmix.flows import prefect_api
+
+    print(f"machine: {machine()}\n")
+    scratch = Path(tempfile.mkdtemp(prefix="diffmix-bench-"))
+    try:
+        tiny = scratch / "tiny.parquet"
+        pq.write_table(pq.ParquetFile(parquet).read_row_group(0).slice(0, 50), tiny)
+        t_floor = floor(parquet, scratch)
+        rows = pq.ParquetFile(parquet).metadata.num_rows
+        print(table(["floor: pyarrow read Parquet + write IPC stream", "rows", "seconds"], [["whole dev Parquet", rows, t_floor]]))
+
+        start = time.perf_counter()
+        with prefect_api() as url:
+            print(f"\nstart-up (own line, not in any throughput): local Prefect server {time.perf_counter() - start:.1f} s")
+            env = {**os.environ, "PREFECT_API_URL": str(url)}
+            results = {}
+            for workers in args.workers:
+                runs = {}
+                for name, source in (("tiny", tiny), ("full", parquet)):
+                    out = scratch / f"out-{name}-{workers}"
+                    cmd = [sys.executable, "-m", "diffmix", "build", "--input", str(source), "--out", str(out), "--workers", str(workers)]
+                    runs[name] = run_measured(cmd, env)
+                    shutil.rmtree(out)
+                results[workers] = runs
+        bench_rows = []
+        for workers, runs in results.items():
+            (t_tiny, rss_tiny), (t_full, rss_full) = runs["tiny"], runs["full"]
+            work = t_full - t_tiny
+            bench_rows.append([workers, t_full, t_tiny, work, work / t_floor, max(rss_tiny, rss_full)])
+        print()
+        print(table(["workers", "T(full) s", "T(tiny) s = start-up", "data work s", "x floor", "peak RSS MB (any process)"], bench_rows))
+        if 1 in results and 2 in results:
+            w1 = results[1]["full"][0] - results[1]["tiny"][0]
+            w2 = results[2]["full"][0] - results[2]["tiny"][0]
+            print(f"\n2 workers vs 1 on the data work: {w1 / w2:.2f}x")
+        if not args.skip_diff:
+            print()
+            print(table(["diff engine", "pairs", "seconds", "ms / pair", "x slower than xdiff"], diff_engines(parquet)))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
