@@ -1,0 +1,212 @@
+"""The blend index: Hamilton counts, the within-one-sample interleave, seeded reuse, repetition caps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from diffmix.errors import DiffmixError
+from diffmix.mixers.blend import (
+    BlendIndex,
+    blend,
+    check_repetition,
+    constant_run,
+    epoch_permutation,
+    hamilton,
+    interleave,
+    job_windows,
+    source_rows,
+    stepped_run,
+)
+
+
+def prefix_deviation(sources: np.ndarray, targets: np.ndarray) -> float:
+    """max over prefixes P and sources i of |c_i(P) - T_i(P)| (targets: (P+1, k) from Run.targets())."""
+    k = targets.shape[1]
+    counts = np.vstack([np.zeros((1, k)), np.cumsum(sources[:, None] == np.arange(k)[None, :], axis=0)])
+    return float(np.abs(counts - targets).max())
+
+
+# --- reference rules the issue names, to show why they are not used ------------------
+
+
+def megatron_greedy(counts: list[int]) -> np.ndarray:
+    """Megatron's build_blending_indices: each position to the largest error w_i * max(p, 1) - c_i."""
+    w = np.array(counts) / sum(counts)
+    taken = np.zeros(len(counts))
+    out = []
+    for p in range(sum(counts)):
+        i = int(np.argmax(w * max(p, 1) - taken))
+        taken[i] += 1
+        out.append(i)
+    return np.array(out)
+
+
+def ideal_position_sort(counts: list[int]) -> np.ndarray:
+    """Sort every sample by its ideal position (k + 1/2) / w_i."""
+    keys = np.concatenate([(np.arange(n) + 0.5) / n for n in counts])
+    ids = np.concatenate([np.full(n, i) for i, n in enumerate(counts)])
+    return ids[np.argsort(keys, kind="stable")]
+
+
+@pytest.mark.parametrize(
+    ("rule", "counts", "worst"),
+    [
+        (megatron_greedy, [1, 1, 9], 1.0909),
+        (megatron_greedy, [10, 360, 1, 2, 18], 1.6752),
+        (ideal_position_sort, [1, 1, 1, 5], 1.125),
+        (ideal_position_sort, [6, 28, 1, 1, 1, 191, 24, 1, 1], 2.5157),
+    ],
+)
+def test_simpler_rules_overshoot_where_the_quota_rule_does_not(rule, counts, worst) -> None:
+    run = constant_run(0, np.array(counts))
+    assert prefix_deviation(rule(counts), run.targets()) == pytest.approx(worst, abs=1e-3)
+    sources, _ = interleave(run)
+    assert prefix_deviation(sources, run.targets()) < 1
+
+
+# --- Hamilton apportionment ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("weights", "total", "expected"),
+    [
+        ([1, 1, 1], 10, [4, 3, 3]),  # equal remainders: the earlier source first
+        ([0.1, 0.9], 20000, [2000, 18000]),
+        ([0.5, 0.3, 0.2], 7, [4, 2, 1]),  # quotas 3.5 2.1 1.4: remainders .5 .1 .4
+        ([0.0, 1.0, 1.0], 3, [0, 2, 1]),  # a zero weight never gets a seat
+        ([1e-9, 1.0], 5, [0, 5]),
+        ([2, 3], 0, [0, 0]),
+        ([1 / 3, 1 / 3, 1 / 3], 2**32, [1431655766, 1431655765, 1431655765]),
+    ],
+)
+def test_hamilton(weights, total, expected) -> None:
+    counts = hamilton(np.array(weights), total)
+    assert counts.tolist() == expected
+    assert counts.sum() == total
+
+
+def test_hamilton_rows_match_single_calls() -> None:
+    rng = np.random.default_rng(0)
+    weights = rng.dirichlet(np.ones(5), size=50)
+    weights[rng.random(weights.shape) < 0.2] = 0
+    weights[:, 0] += 1e-3
+    totals = rng.integers(1, 1000, size=50)
+    rows = hamilton(weights, totals)
+    for w, t, r in zip(weights, totals, rows):
+        assert r.tolist() == hamilton(w, int(t)).tolist()
+        assert np.all(np.abs(r - w / w.sum() * t) < 1)
+
+
+# --- the interleave: every prefix within one sample ---------------------------------
+
+weight_vectors = st.lists(
+    st.one_of(st.just(0.0), st.floats(min_value=1e-4, max_value=1.0)), min_size=2, max_size=7
+).filter(lambda w: sum(w) > 0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(weights=weight_vectors, length=st.integers(min_value=1, max_value=600))
+def test_constant_phase_prefixes_within_one_sample(weights, length) -> None:
+    counts = hamilton(np.array(weights), length)
+    run = constant_run(0, counts)
+    sources, ordinals = interleave(run)
+    assert prefix_deviation(sources, run.targets()) < 1
+    # The phase ends exactly on its Hamilton counts, each source's samples numbered 0, 1, 2, ...
+    assert np.bincount(sources, minlength=len(weights)).tolist() == counts.tolist()
+    for i in range(len(weights)):
+        assert ordinals[sources == i].tolist() == list(range(counts[i]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    k=st.integers(min_value=2, max_value=6),
+    data=st.data(),
+)
+def test_changing_weights_prefixes_within_one_sample(k, data) -> None:
+    """Weights that change every step (a linear schedule, or anything else) keep the cumulative bound."""
+    n_steps = data.draw(st.integers(min_value=1, max_value=40))
+    widths = np.array(data.draw(st.lists(st.integers(1, 16), min_size=n_steps, max_size=n_steps)))
+    raw = np.array(
+        data.draw(
+            st.lists(
+                st.lists(st.one_of(st.just(0.0), st.floats(0.01, 1.0)), min_size=k, max_size=k),
+                min_size=n_steps,
+                max_size=n_steps,
+            )
+        )
+    )
+    raw[raw.sum(axis=1) == 0, 0] = 1.0
+    run = stepped_run(0, widths, raw)
+    sources, _ = interleave(run)
+    assert len(sources) == widths.sum()
+    assert prefix_deviation(sources, run.targets()) < 1
+
+
+def test_windows_are_respected_and_deterministic() -> None:
+    run = constant_run(0, np.array([5, 17, 3, 40]))
+    release, deadline, offsets = job_windows(run)
+    assert np.all(release <= deadline)
+    sources, ordinals = interleave(run)
+    again = interleave(run)
+    assert np.array_equal(sources, again[0]) and np.array_equal(ordinals, again[1])
+    position = np.arange(run.length)
+    job = offsets[sources] + ordinals
+    assert np.all(release[job] <= position) and np.all(position <= deadline[job])
+
+
+def test_runs_number_samples_across_phases() -> None:
+    first = constant_run(0, np.array([6, 2]))
+    second = constant_run(8, np.array([1, 7]))
+    index = blend([first, second], 2)
+    assert index.counts(2).tolist() == [7, 9]
+    for i in range(2):
+        assert index.ordinals[index.sources == i].tolist() == list(range(index.counts(2)[i]))
+
+
+# --- rows within a source: a seeded permutation, reshuffled on every reuse ----------
+
+
+def test_each_epoch_is_a_fresh_permutation() -> None:
+    size, drawn = 50, 175  # three full passes and half of a fourth
+    index = BlendIndex(np.zeros(drawn, dtype=np.int16), np.arange(drawn, dtype=np.int64))
+    rows = source_rows(index, ["code"], np.array([size]), seed=7)
+    epochs = [rows[e * size : (e + 1) * size] for e in range(3)]
+    for epoch in epochs:
+        assert sorted(epoch.tolist()) == list(range(size))
+    assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
+    assert len(set(rows[150:].tolist())) == 25  # the partial epoch repeats nothing
+    assert np.array_equal(rows, source_rows(index, ["code"], np.array([size]), seed=7))
+    assert not np.array_equal(rows, source_rows(index, ["code"], np.array([size]), seed=8))
+    # Epoch e does not depend on how many epochs the budget needs.
+    assert np.array_equal(rows[50:100], epoch_permutation(7, "code", 1, size))
+
+
+def test_sources_with_the_same_seed_shuffle_differently() -> None:
+    assert not np.array_equal(epoch_permutation(0, "code", 0, 100), epoch_permutation(0, "arith", 0, 100))
+
+
+# --- repetition caps ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("needed", "available", "cap", "fails"),
+    [
+        ([100, 50], [100, 50], [1, 1], None),
+        ([101, 50], [100, 50], [1, 1], "code | 101 | 100 | 1 | 100"),
+        ([400, 50], [100, 50], [4, 1], None),
+        ([400, 51], [100, 50], [4, 1], "arith | 51 | 50 | 1 | 50"),
+        ([150, 10], [100, 4], [1.5, 2], "arith | 10 | 4 | 2 | 8"),
+    ],
+)
+def test_repetition_cap(needed, available, cap, fails) -> None:
+    check = lambda: check_repetition(["code", "arith"], np.array(needed), np.array(available), np.array(cap))  # noqa: E731
+    if fails is None:
+        check()
+        return
+    with pytest.raises(DiffmixError) as err:
+        check()
+    message = str(err.value)
+    assert "\n" not in message and fails in message and "asked | available | max_repetition" in message
