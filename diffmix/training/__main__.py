@@ -1,0 +1,52 @@
+"""`python -m diffmix.training --data MIX --out RUN [...]`: the entry point torchrun starts once per rank."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from diffmix.errors import DiffmixError
+from diffmix.training import load_train_config, train
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m diffmix.training", description=__doc__)
+    parser.add_argument("--data", required=True, help="mixture dataset directory")
+    parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--config", help="training config YAML")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (YAML value), e.g. model.n_layer=4")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        overrides = dict(_parse_set(item) for item in args.set)
+        given = {"steps": args.steps, "device": args.device, "progress": False if args.no_progress else None}
+        overrides.update({key: value for key, value in given.items() if value is not None})
+        config = load_train_config(args.config, **overrides)
+        summary = train(args.data, args.out, config)
+    except DiffmixError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if summary.get("complete"):
+        print(json.dumps({k: summary[k] for k in ("steps", "tokens", "final_loss_ema")}))
+    return 0
+
+
+def _parse_set(item: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise DiffmixError(f"--set: expected KEY=VALUE, got {item!r}")
+    return key, yaml.safe_load(value)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

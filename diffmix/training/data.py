@@ -1,0 +1,319 @@
+"""The training loader: mixture rows in training order -> token batches with loss masks.
+
+A mixture is read once into flat NumPy arrays (`MixtureTokens`): every
+document's token ids back to back, each followed by EOS, with per-row offsets,
+target starts, source and phase. Batch `k` is then a pure function of `k`:
+
+* **pad**: global batch k holds rows `k*B .. k*B+B-1` (modulo the mixture
+  length, so epochs wrap without dropping a remainder), one document per
+  sequence, right-padded to the longest in the global batch and cut at the
+  context;
+* **pack**: the token stream is cut into windows of `block_size + 1` tokens
+  with stride `block_size`; global batch k holds windows `k*B .. k*B+B-1`.
+
+Each DDP rank takes its contiguous slice of every global batch. Because a batch
+depends on nothing but its index, resuming is just starting from a batch index,
+DataLoader workers cannot change the order, and single-process and DDP runs see
+the same global batches. The loss weights of a batch are 1/(loss tokens in the
+*global* batch), so per-rank sums add up to the global mean loss exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import torch
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader, Dataset
+
+from diffmix.errors import DiffmixError
+from diffmix.mixers.synthetic import is_synthetic_uri, parse_synthetic_uri, synthetic_documents
+from diffmix.pipelines.shards import load_table, open_dataset
+from diffmix.pipelines.tokenize import EOS, char_tokenizer, train_bpe
+from diffmix.training.config import TokenizerConfig
+
+
+@dataclass(frozen=True)
+class MixtureTokens:
+    """A tokenised mixture in training order (row i is mixture position i)."""
+
+    tokens: np.ndarray  # int32, every document followed by EOS
+    offsets: np.ndarray  # int64 (rows + 1): row i is tokens[offsets[i]:offsets[i+1]]
+    target_start: np.ndarray  # int64 (rows,): first target token, relative to the row
+    source: np.ndarray  # int64 (rows,): index into `source_names`
+    source_names: tuple[str, ...]
+    phase: np.ndarray  # int64 (rows,)
+    # unique_before[i]: distinct (source, source_row) among rows 0..i-1 (rows + 1 entries).
+    unique_before: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @classmethod
+    def from_columns(
+        cls,
+        ids: pa.ChunkedArray | pa.Array,
+        target_token_start: np.ndarray,
+        sources: pa.ChunkedArray | pa.Array,
+        source_rows: np.ndarray,
+        phases: np.ndarray,
+        eos_id: int,
+    ) -> MixtureTokens:
+        """Build from a list<int> column of token ids (EOS is appended where a row lacks it)."""
+        ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+        flat = ids.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+        starts = ids.offsets.to_numpy().astype(np.int64) - int(ids.offsets[0].as_py())
+        lengths = np.diff(starts)
+        # Append EOS to every row that does not end with it (vectorised insert at row ends).
+        ends_with_eos = np.zeros(len(lengths), dtype=bool)
+        nonempty = lengths > 0
+        ends_with_eos[nonempty] = flat[starts[1:][nonempty] - 1] == eos_id
+        missing = np.flatnonzero(~ends_with_eos)
+        flat = np.insert(flat, starts[1:][missing], np.int32(eos_id))
+        offsets = np.concatenate([[0], np.cumsum(lengths + ~ends_with_eos)])
+        frame = pl.DataFrame({"source": pl.Series(pa.chunked_array([sources]) if isinstance(sources, pa.Array) else sources).cast(pl.String), "source_row": source_rows})
+        names = tuple(sorted(frame["source"].unique().to_list()))
+        source_index = frame["source"].replace_strict(names, list(range(len(names))), return_dtype=pl.Int64).to_numpy()
+        first = frame.select(pl.struct("source", "source_row").is_first_distinct()).to_series().to_numpy()
+        unique_before = np.concatenate([[0], np.cumsum(first)])
+        return cls(
+            tokens=flat,
+            offsets=offsets.astype(np.int64),
+            target_start=np.asarray(target_token_start, dtype=np.int64),
+            source=source_index,
+            source_names=names,
+            phase=np.asarray(phases, dtype=np.int64),
+            unique_before=unique_before.astype(np.int64),
+        )
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """What global batch k consumed, for the metrics (identical on every rank)."""
+
+    first_row: int  # unwrapped position in the endless stream of mixture rows
+    stop_row: int  # one past the last row that started in this batch
+    tokens: int  # non-pad input tokens in the global batch
+    loss_tokens: int
+    phase: int
+
+
+class MixtureBatches(Dataset):
+    """Map-style dataset: item k is this rank's slice of global batch k (a dict of tensors)."""
+
+    def __init__(
+        self,
+        data: MixtureTokens,
+        batch_size: int,
+        block_size: int,
+        batching: str = "pad",
+        loss_on: str = "target",
+        pad_id: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        length: int | None = None,
+    ) -> None:
+        if data.rows == 0:
+            raise DiffmixError("mixture: no rows to train on")
+        if batch_size % world_size:
+            raise DiffmixError(f"batch_size: {batch_size} is not divisible by the world size {world_size}")
+        self.data = data
+        self.B = batch_size
+        self.T = block_size
+        self.batching = batching
+        self.loss_on = loss_on
+        self.pad_id = pad_id
+        self.rank = rank
+        self.world_size = world_size
+        self.length = length if length is not None else 1 << 62
+        self._row_len = np.minimum(data.lengths, block_size + 1)  # tokens used per row (pad mode)
+
+    def __len__(self) -> int:
+        return self.length
+
+    # --- the global batch ------------------------------------------------------
+
+    def _rows(self, k: int) -> np.ndarray:
+        """Unwrapped stream positions of the rows of global batch k (pad mode)."""
+        return np.arange(k * self.B, (k + 1) * self.B, dtype=np.int64)
+
+    def _pad_batch(self, k: int) -> dict[str, np.ndarray]:
+        d = self.data
+        rows = self._rows(k) % d.rows
+        n = self._row_len[rows]  # tokens per sequence incl. the last label
+        L = int(n.max()) - 1  # padded input length of the global batch
+        j = np.arange(L + 1)[None, :]
+        inside = j < n[:, None]
+        flat = np.where(inside, d.offsets[rows, None] + j, 0)
+        seq = np.where(inside, d.tokens[flat], self.pad_id)
+        # label j+1 is trained on when it exists and (loss_on target) lies in the target
+        label_ok = inside[:, 1:]
+        if self.loss_on == "target":
+            label_ok = label_ok & (j[:, 1:] >= d.target_start[rows, None])
+        src = np.broadcast_to(d.source[rows, None], (len(rows), L))
+        return {"x": seq[:, :-1], "y": seq[:, 1:], "mask": label_ok, "source": src, "tokens": int(n.sum() - len(n))}
+
+    def _pack_batch(self, k: int) -> dict[str, np.ndarray]:
+        d = self.data
+        total = len(d.tokens)
+        windows = np.arange(k * self.B, (k + 1) * self.B, dtype=np.int64)
+        pos = windows[:, None] * self.T + np.arange(self.T + 1)[None, :]  # unwrapped token positions
+        wrapped = pos % total
+        seq = d.tokens[wrapped]
+        row = np.searchsorted(d.offsets, wrapped, side="right") - 1
+        label_row, label_pos = row[:, 1:], wrapped[:, 1:]
+        if self.loss_on == "target":
+            mask = label_pos - d.offsets[label_row] >= d.target_start[label_row]
+        else:
+            mask = np.ones_like(label_row, dtype=bool)
+        return {"x": seq[:, :-1], "y": seq[:, 1:], "mask": mask, "source": d.source[label_row], "tokens": self.B * self.T}
+
+    def global_batch(self, k: int) -> dict[str, np.ndarray]:
+        return self._pad_batch(k) if self.batching == "pad" else self._pack_batch(k)
+
+    def info(self, k: int) -> BatchInfo:
+        """Rows and tokens of global batch k without building it in full."""
+        d = self.data
+        if self.batching == "pad":
+            rows = self._rows(k)
+            wrapped = rows % d.rows
+            n = self._row_len[wrapped]
+            if self.loss_on == "target":
+                loss = np.clip(n - np.maximum(d.target_start[wrapped], 1), 0, None)
+            else:
+                loss = n - 1
+            return BatchInfo(int(rows[0]), int(rows[-1]) + 1, int((n - 1).sum()), int(loss.sum()), int(d.phase[wrapped[-1]]))
+        total = len(d.tokens)
+        start, stop = k * self.B * self.T, (k + 1) * self.B * self.T  # unwrapped token range of the inputs
+        epoch_lo, epoch_hi = divmod(start, total), divmod(stop, total)
+        # Rows whose first token lies in [start, stop): counted as consumed by this batch.
+        first = epoch_lo[0] * d.rows + int(np.searchsorted(d.offsets[:-1], epoch_lo[1], side="left"))
+        end = epoch_hi[0] * d.rows + int(np.searchsorted(d.offsets[:-1], epoch_hi[1], side="left"))
+        batch = self._pack_batch(k)
+        last = (max(end, first + 1) - 1) % d.rows
+        return BatchInfo(first, end, self.B * self.T, int(batch["mask"].sum()), int(d.phase[last]))
+
+    # --- this rank's slice -------------------------------------------------------
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        batch = self.global_batch(k)
+        mask = batch["mask"]
+        n_loss = max(int(mask.sum()), 1)
+        per = self.B // self.world_size
+        part = slice(self.rank * per, (self.rank + 1) * per)
+        return {
+            "step": k,
+            "x": torch.from_numpy(np.ascontiguousarray(batch["x"][part], dtype=np.int64)),
+            "y": torch.from_numpy(np.ascontiguousarray(batch["y"][part], dtype=np.int64)),
+            # each label's share of the global mean loss
+            "weight": torch.from_numpy(np.ascontiguousarray(mask[part], dtype=np.float32) / n_loss),
+            "source": torch.from_numpy(np.ascontiguousarray(batch["source"][part], dtype=np.int64)),
+        }
+
+
+def make_loader(batches: MixtureBatches, start: int, stop: int, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """Batches `start .. stop-1` in order; workers build them ahead, each batch a pure function of its index."""
+    return DataLoader(
+        batches,
+        batch_size=None,
+        sampler=range(start, stop),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers else None,
+    )
+
+
+def stream_stats(data: MixtureTokens, first_row: int, stop_row: int) -> dict[str, float | int]:
+    """Examples seen, unique examples seen (by source and source row) and epoch once a batch is done.
+
+    Rows are unwrapped stream positions: the epoch is the share of passes over
+    the mixture completed before the batch started.
+    """
+    return {
+        "examples": int(stop_row),
+        "unique_examples": int(data.unique_before[min(stop_row, data.rows)]),
+        "epoch": first_row / data.rows,
+    }
+
+
+def env_rank() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment (0, 1 outside it)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+
+# --- reading a mixture -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class SourceRef:
+    """A mixture source: its name in the `source` column and where its documents live."""
+
+    name: str
+    path: str
+
+
+def open_mixture(data_dir: str | os.PathLike[str]) -> tuple[pa.Table, list[SourceRef], dict[str, Any]]:
+    """Mixture rows in training order, its sources and its manifest (as a dict).
+
+    Rows must carry `position` 0..n-1 in order (the mixer writes them so).
+    """
+    manifest = open_dataset(data_dir)
+    if manifest.kind != "mixture":
+        raise DiffmixError(f"{data_dir}: manifest kind is {manifest.kind!r}, expected 'mixture'")
+    wanted = [c for c in ("position", "source", "source_row", "phase", "text", "format", "target_start", "input_ids", "target_token_start") if c in manifest.columns]
+    table = load_table(data_dir, columns=wanted, manifest=manifest)
+    if "position" in table.column_names:
+        position = table.column("position").to_numpy()
+        if not np.array_equal(position, np.arange(len(position))):
+            raise DiffmixError(f"{data_dir}: position column is not 0..{len(position) - 1} in shard order")
+    sources = [SourceRef(name, str(spec.get("path", ""))) for name, spec in sorted(manifest.config.get("sources", {}).items())]
+    return table, sources, manifest.to_json_dict()
+
+
+def source_documents(source: SourceRef) -> pa.Table | None:
+    """A source's documents (with `split`): a dataset directory, or a `synthetic:` URI generated on the spot."""
+    if not source.path:
+        return None
+    if is_synthetic_uri(source.path):
+        return synthetic_documents(parse_synthetic_uri(source.path))
+    return load_table(source.path, columns=["text", "format", "target_start", "split"])
+
+
+# --- tokenizer for a mixture without pre-tokenised ids ---------------------------------
+
+
+def alphabet(texts: pa.ChunkedArray | pa.Array) -> str:
+    """The distinct characters of `texts`, sorted."""
+    series = pl.Series(pa.chunked_array([texts]) if isinstance(texts, pa.Array) else texts).cast(pl.String)
+    chars = series.str.split("").explode().unique().drop_nulls()
+    return "".join(sorted(c for c in chars.to_list() if c))
+
+
+def build_tokenizer_for(texts: pa.ChunkedArray, config: TokenizerConfig) -> Tokenizer:
+    """A char tokenizer for small-alphabet (synthetic) text, byte-level BPE otherwise (`kind: auto`)."""
+    kind = config.kind
+    chars = alphabet(texts) if kind != "bpe" else ""
+    if kind == "auto":
+        kind = "char" if len(chars) <= config.char_max_alphabet else "bpe"
+    if kind == "char":
+        return char_tokenizer(alphabet=chars)
+    array = texts.combine_chunks()
+    return train_bpe((array[i].as_py() for i in range(len(array))), config.vocab_size)
+
+
+def eos_id(tokenizer: Tokenizer) -> int:
+    eos = tokenizer.token_to_id(EOS)
+    if eos is None:
+        raise DiffmixError(f"tokenizer: no {EOS!r} token")
+    return eos

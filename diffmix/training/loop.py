@@ -1,0 +1,490 @@
+"""Train a small decoder on a mixture and measure how fast each skill is acquired.
+
+    train(MIX, RUN, config) ->  RUN/metrics.parquet   a row per step and per eval
+                                RUN/summary.json      skill speeds, AULC, plateaus, epoch gaps, N_eff
+                                RUN/loss.png, RUN/skills.png
+                                RUN/tokenizer.json, RUN/config.json, RUN/timing.json
+                                RUN/checkpoint.pt     model, optimiser, scheduler, RNG, loader position
+
+The loop is nanoGPT's: AdamW (fused on CUDA), a LambdaLR schedule, gradient
+clipping, bf16 autocast + TF32 on CUDA, optional `torch.compile`, DDP under
+`torchrun` (gloo on CPU, NCCL on CUDA). Rank 0 evaluates, logs and writes;
+every rank reads its slice of the same global batches (see `data`).
+
+A run directory with a checkpoint of the same config digest resumes from it
+and continues exactly (same batches, same RNG, same losses on CPU); one with a
+finished summary of the same digest is returned as is. Everything written is
+deterministic for a given input and config except `timing.json`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import random
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow.compute as pc
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from tokenizers import Tokenizer
+from torch.nn.parallel import DistributedDataParallel
+
+from diffmix.errors import DiffmixError
+from diffmix.pipelines.io import atomic_open, read_json, write_json
+from diffmix.training import plots
+from diffmix.training.config import TrainConfig
+from diffmix.training.metrics import metrics_frame, summarize
+from diffmix.pipelines.tokenize import TOKENIZER_FILE, load_tokenizer, save_tokenizer, tokenize_documents
+from diffmix.training.data import (
+    BatchInfo,
+    MixtureBatches,
+    MixtureTokens,
+    SourceRef,
+    build_tokenizer_for,
+    env_rank,
+    eos_id,
+    make_loader,
+    open_mixture,
+    source_documents,
+    stream_stats,
+)
+from diffmix.training.model import GPT
+from diffmix.training.probes import ProbeSet, build_probe_set, run_probe_set
+from diffmix.training.schedule import lr_multiplier
+
+CHECKPOINT = "checkpoint.pt"
+SUMMARY = "summary.json"
+METRICS = "metrics.parquet"
+
+
+# --- setup -------------------------------------------------------------------------
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto`: CUDA, then MPS, then CPU. Asking for an absent accelerator is an error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise DiffmixError("device: cuda requested but torch sees no CUDA device")
+        return torch.device("cuda", local_rank)
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise DiffmixError("device: mps requested but it is not available")
+    return torch.device(name)
+
+
+def _init_distributed(device_name: str) -> tuple[int, int, int]:
+    """(rank, local rank, world size); joins the torchrun process group when there is one."""
+    rank, world = env_rank()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return rank, local, world
+
+
+def _set_threads(config: TrainConfig, world: int) -> None:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    elif world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+
+
+def configure_optimizer(model: GPT, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not LayerNorm gains), fused kernels on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=device.type == "cuda")
+
+
+def load_tokens(data_dir: Path, config: TrainConfig, run: Path, rank: int, world: int) -> tuple[MixtureTokens, Tokenizer, list[SourceRef], dict]:
+    """The mixture as `MixtureTokens`, its tokenizer (saved to RUN/tokenizer.json) and its sources.
+
+    A pre-tokenised mixture (`input_ids` + DIR/tokenizer.json) is used as is;
+    otherwise rank 0 builds a tokenizer from the training text (see
+    `TokenizerConfig`) and every rank encodes the text with it.
+    """
+    table, sources, manifest = open_mixture(data_dir)
+    if "input_ids" in table.column_names and (data_dir / TOKENIZER_FILE).is_file():
+        tokenizer = load_tokenizer(data_dir)
+        if rank == 0:
+            save_tokenizer(tokenizer, run)
+    else:
+        if rank == 0 and not (run / TOKENIZER_FILE).is_file():
+            save_tokenizer(build_tokenizer_for(table.column("text"), config.tokenizer), run)
+        if world > 1:
+            dist.barrier()
+        tokenizer = load_tokenizer(run)
+        encoded = tokenize_documents(table.select(["text", "target_start"]), tokenizer)
+        table = table.drop_columns([c for c in ("input_ids", "target_token_start") if c in table.column_names])
+        table = table.append_column("input_ids", encoded.column("input_ids"))
+        table = table.append_column("target_token_start", encoded.column("target_token_start"))
+    eos = eos_id(tokenizer)
+    phases = table.column("phase").to_numpy() if "phase" in table.column_names else np.zeros(table.num_rows)
+    source_rows = table.column("source_row").to_numpy() if "source_row" in table.column_names else np.arange(table.num_rows)
+    data = MixtureTokens.from_columns(
+        table.column("input_ids"), table.column("target_token_start").to_numpy(), table.column("source"), source_rows, phases, eos
+    )
+    return data, tokenizer, sources, manifest
+
+
+def load_probe_sets(sources: list[SourceRef], tokenizer: Tokenizer, config: TrainConfig) -> list[ProbeSet]:
+    """Each source's held-out documents (its first split found among `config.probes.splits`)."""
+    probes = []
+    for source in sources:
+        docs = source_documents(source)
+        if docs is None:
+            continue
+        for split in config.probes.splits:
+            held = docs.filter(pc.equal(docs.column("split"), split))
+            if held.num_rows:
+                break
+        else:
+            warnings.warn(f"{source.path}: no {'/'.join(config.probes.splits)} documents; source {source.name!r} is not probed", stacklevel=2)
+            continue
+        probes.append(build_probe_set(source.name, held, tokenizer, config.probes, config.model.block_size, config.seed))
+    return probes
+
+
+# --- checkpoints -------------------------------------------------------------------
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    """Every RNG the run touches, as tensors and plain values (loadable with weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_open(path) as f:
+        f.write(buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by `save_checkpoint`; plain tensors and containers only (weights_only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which one
+        raise DiffmixError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+
+
+# --- the run ------------------------------------------------------------------------
+
+
+def train(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], config: TrainConfig) -> dict[str, Any]:
+    """Train on the mixture at `data_dir`, write the run to `out_dir`; return the summary.
+
+    Under `torchrun` every rank calls this; rank 0 writes the run directory.
+    With `config.stop_after` the run checkpoints and returns early (`"complete": False`).
+    """
+    data_dir, run = Path(data_dir), Path(out_dir)
+    rank, local_rank, world = _init_distributed(config.device)
+    device = resolve_device(config.device, local_rank)
+    _set_threads(config, world)
+    digest = config.digest()
+    done = _finished_summary(run, digest)
+    if done is not None:
+        return done
+    if rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+        write_json(run / "config.json", {"digest": digest, "config": config.model_dump(mode="json")})
+    if world > 1:
+        dist.barrier()
+
+    data, tokenizer, sources, manifest = load_tokens(data_dir, config, run, rank, world)
+    eos = eos_id(tokenizer)
+    pad = eos  # padding is masked everywhere; EOS is as good an id as any
+    probes = load_probe_sets(sources, tokenizer, config) if rank == 0 else []
+
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(config.seed)
+    model = GPT(config.model, tokenizer.get_vocab_size()).to(device)
+    optimizer = configure_optimizer(model, config, device)
+    batches = MixtureBatches(data, config.batch_size, config.model.block_size, config.batching, config.loss_on, pad, rank, world)
+    steps_per_epoch = data.rows / config.batch_size if config.batching == "pad" else len(data.tokens) / (config.batch_size * config.model.block_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, config, steps_per_epoch))
+
+    state = _Progress()
+    checkpoint_path = run / CHECKPOINT
+    if checkpoint_path.is_file():
+        ckpt = load_checkpoint(checkpoint_path)
+        if ckpt["digest"] != digest:
+            raise DiffmixError(f"{checkpoint_path}: written by a different config (digest {ckpt['digest'][:12]}, now {digest[:12]}); use another --out")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(ckpt["rng"][rank], device)
+        state = _Progress.from_dict(ckpt["progress"])
+    else:
+        torch.manual_seed(config.seed + rank)  # dropout streams differ per rank
+
+    ddp = DistributedDataParallel(model, device_ids=[local_rank] if cuda else None) if world > 1 else model
+    forward = torch.compile(ddp) if config.compile else ddp
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and config.bf16 else nullcontext()
+
+    n_sources = len(data.source_names)
+    last = min(config.steps, state.step + config.stop_after) if config.stop_after else config.steps
+    loader = make_loader(batches, state.step, last, config.num_workers, pin_memory=cuda)
+    bar = _bar(config.progress and rank == 0, config.steps, state.step)
+    pending: list[tuple[int, BatchInfo, float, torch.Tensor]] = []
+    tick = time.perf_counter()
+    model.train()
+    with bar:
+        for batch in loader:
+            k = batch["step"]
+            x, y = batch["x"].to(device, non_blocking=True), batch["y"].to(device, non_blocking=True)
+            weight = batch["weight"].to(device, non_blocking=True).flatten()
+            source = batch["source"].to(device, non_blocking=True).flatten()
+            lr = scheduler.get_last_lr()[0]
+            with autocast:
+                logits = forward(x)
+            token_loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
+            loss = (token_loss * weight).sum()  # this rank's share of the global mean
+            (loss * world).backward()  # DDP averages gradients over ranks
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            # [loss, per-source loss sums, per-source loss-token counts], summed over ranks
+            on = (weight > 0).float()
+            stats = torch.zeros(1 + 2 * n_sources, device=device)
+            stats[0] = loss.detach()
+            stats[1 : 1 + n_sources].index_add_(0, source, token_loss.detach() * on)
+            stats[1 + n_sources :].index_add_(0, source, on)
+            if world > 1:
+                dist.all_reduce(stats)
+            pending.append((k + 1, batches.info(k), lr, stats))
+            step = k + 1
+            evaluate = step % config.eval_interval == 0 or step == config.steps
+            save = step % config.checkpoint_interval == 0 or step == last
+            if len(pending) >= 10 or evaluate or save:
+                state.train_seconds += time.perf_counter() - tick
+                _flush(pending, state, data, n_sources, bar)
+                tick = time.perf_counter()
+            if evaluate:
+                if rank == 0:
+                    t0 = time.perf_counter()
+                    state.evals.append(_evaluate(model, probes, tokenizer, pad, eos, config, device, state))
+                    state.eval_seconds += time.perf_counter() - t0
+                    model.train()
+                if world > 1:
+                    dist.barrier()
+                tick = time.perf_counter()
+            if save:
+                t0 = time.perf_counter()
+                rng = [None] * world
+                if world > 1:
+                    dist.all_gather_object(rng, _rng_state(device))
+                else:
+                    rng = [_rng_state(device)]
+                if rank == 0:
+                    save_checkpoint(
+                        checkpoint_path,
+                        {
+                            "digest": digest,
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(),
+                            "rng": rng,
+                            "progress": state.to_dict(),
+                        },
+                    )
+                state.checkpoint_seconds += time.perf_counter() - t0
+                tick = time.perf_counter()
+    if world > 1:
+        dist.barrier()
+    if state.step < config.steps:
+        return {"complete": False, "step": state.step, "steps": config.steps}
+    summary = _finish(run, config, digest, data, model, state, probes, manifest, world) if rank == 0 else {}
+    if world > 1:
+        dist.barrier()
+        if rank != 0:
+            summary = read_json(run / SUMMARY)
+    return summary
+
+
+class _Progress:
+    """Where the run is and what it logged so far (checkpointed, so a resumed run logs identically)."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.tokens = 0
+        self.loss_tokens = 0
+        self.rows: list[dict[str, Any]] = []  # one per optimiser step
+        self.evals: list[dict[str, Any]] = []  # one per eval
+        self.train_seconds = 0.0
+        self.eval_seconds = 0.0
+        self.checkpoint_seconds = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> _Progress:
+        state = cls()
+        vars(state).update(values)
+        return state
+
+
+def _flush(pending: list[tuple[int, BatchInfo, float, torch.Tensor]], state: _Progress, data: MixtureTokens, n_sources: int, bar: Progress) -> None:
+    """Turn the device-side per-step stats into metric rows (one host sync for the lot)."""
+    if not pending:
+        return
+    values = torch.stack([p[3] for p in pending]).cpu().tolist()
+    for (step, info, lr, _), v in zip(pending, values):
+        state.tokens += info.tokens
+        state.loss_tokens += info.loss_tokens
+        seen = stream_stats(data, info.first_row, info.stop_row)
+        row = {
+            "step": step,
+            "tokens": state.tokens,
+            "loss_tokens": state.loss_tokens,
+            **seen,
+            "phase": info.phase,
+            "position": info.stop_row % data.rows,
+            "lr": lr,
+            "loss": v[0],
+        }
+        for i, name in enumerate(data.source_names):
+            count = v[1 + n_sources + i]
+            row[f"loss/{name}"] = v[1 + i] / count if count else math.nan
+        state.rows.append(row)
+        state.step = step
+    pending.clear()
+    rate = state.tokens / state.train_seconds if state.train_seconds > 0 else 0.0
+    bar.update(bar.task_ids[0], completed=state.step, tps=f"{rate:,.0f}", loss=f"{state.rows[-1]['loss']:.4f}")
+
+
+def _evaluate(model: GPT, probes: list[ProbeSet], tokenizer: Tokenizer, pad: int, eos: int, config: TrainConfig, device: torch.device, state: _Progress) -> dict[str, Any]:
+    model.eval()
+    last = state.rows[-1]
+    row: dict[str, Any] = {key: last[key] for key in ("step", "tokens", "loss_tokens", "examples", "unique_examples", "epoch", "phase", "lr")}
+    for probe in probes:
+        scores, _ = run_probe_set(model, probe, tokenizer.decode, eos, pad, config.probes, device)
+        for name, value in scores.items():
+            key = f"heldout_loss/{probe.source}" if name == "heldout_loss" else f"probe/{probe.source}/{name}"
+            row[key] = value
+    return row
+
+
+def _bar(enabled: bool, total: int, completed: int) -> Progress:
+    bar = Progress(
+        TextColumn("step {task.completed}/{task.total}"),
+        BarColumn(),
+        TextColumn("{task.fields[tps]} tok/s"),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+    bar.add_task("train", total=total, completed=completed, tps="-", loss="-")
+    return bar
+
+
+def _finished_summary(run: Path, digest: str) -> dict[str, Any] | None:
+    """The summary of a finished run of the same config in `run`, if there is one."""
+    if not (run / SUMMARY).is_file() or not (run / "config.json").is_file():
+        return None
+    if read_json(run / "config.json").get("digest") != digest:
+        return None
+    return read_json(run / SUMMARY)
+
+
+def _finish(run: Path, config: TrainConfig, digest: str, data: MixtureTokens, model: GPT, state: _Progress, probes: list[ProbeSet], manifest: dict, world: int) -> dict[str, Any]:
+    """Write metrics.parquet, summary.json, the PNG curves and timing.json (rank 0)."""
+    frame = metrics_frame(state.rows, state.evals, config.skills.ema_beta)
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, compression="zstd", statistics=False)
+    with atomic_open(run / METRICS) as f:
+        f.write(buffer.getvalue())
+    summary = summarize(frame, config.skills)
+    summary.update(
+        {
+            "complete": True,
+            "config_digest": digest,
+            "mixture_config_hash": manifest.get("config_hash"),
+            "steps": state.step,
+            "epochs": state.rows[-1]["examples"] / data.rows,
+            "model": {
+                "params": model.num_params(non_embedding=False),
+                "non_embedding_params": model.num_params(),
+                "vocab_size": model.vocab_size,
+                **config.model.model_dump(),
+            },
+            "mixture": {
+                "rows": data.rows,
+                "tokens": int(len(data.tokens)),
+                "unique_examples": int(data.unique_before[-1]),
+                "sources": list(data.source_names),
+                "truncated_rows": int((data.lengths > config.model.block_size + 1).sum()),
+            },
+            "probe_sets": {p.source: {"documents": len(p), "skipped_too_long": p.skipped_too_long} for p in probes},
+        }
+    )
+    write_json(run / SUMMARY, _json_safe(summary))
+    plots.plot_run(frame, summary, config.skills.tau, run)
+    evals = len(state.evals)
+    write_json(
+        run / "timing.json",
+        {
+            "world_size": world,
+            "train_seconds": state.train_seconds,
+            "eval_seconds": state.eval_seconds,
+            "checkpoint_seconds": state.checkpoint_seconds,
+            "eval_fraction": state.eval_seconds / state.train_seconds if state.train_seconds else None,
+            "evals": evals,
+            "tokens_per_second": state.tokens / state.train_seconds if state.train_seconds else None,
+        },
+    )
+    if state.train_seconds and state.eval_seconds / state.train_seconds > config.max_eval_fraction:
+        warnings.warn(
+            f"evaluation took {state.eval_seconds / state.train_seconds:.0%} of training time "
+            f"(budget {config.max_eval_fraction:.0%}): lower probes.samples or raise eval_interval",
+            stacklevel=2,
+        )
+    return read_json(run / SUMMARY)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN / inf -> None, recursively (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

@@ -1,0 +1,139 @@
+"""End-to-end training runs on the copy task: learning, resume equality, DDP equivalence, run-directory rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from diffmix.errors import DiffmixError
+from diffmix.training import train
+from diffmix.training.loop import CHECKPOINT, load_checkpoint
+from tests.training.mixtures import tiny_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _train_rows(run: Path) -> pl.DataFrame:
+    return pl.read_parquet(run / "metrics.parquet").filter(pl.col("kind") == "train")
+
+
+def test_a_tiny_model_learns_the_copy_task(copy_mixture: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = tiny_config(steps=500, batch_size=32, eval_interval=50, checkpoint_interval=500)
+    summary = train(copy_mixture, run, config)
+
+    skill = summary["skills"]["copy/exact_match"]
+    assert skill["censored"] is False, skill
+    assert skill["final"] >= 0.9
+    assert 0 < skill["steps"] <= 500 and skill["tokens"] > 0 and 0 < skill["unique_examples"] <= 1000
+    assert summary["heldout_loss"]["copy"] < 0.5
+    for name in ("metrics.parquet", "summary.json", "loss.png", "skills.png", "tokenizer.json", "timing.json", CHECKPOINT):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "summary.json").read_text()) == summary
+
+    frame = pl.read_parquet(run / "metrics.parquet")
+    train_rows = frame.filter(pl.col("kind") == "train")
+    eval_rows = frame.filter(pl.col("kind") == "eval")
+    assert train_rows["step"].to_list() == list(range(1, 501))
+    assert eval_rows["step"].to_list() == list(range(50, 501, 50))
+    assert (train_rows["tokens"].diff().drop_nulls() > 0).all()
+    assert train_rows["unique_examples"].max() == 1000  # every train document seen; later epochs repeat them
+    assert train_rows["epoch"].max() > 1
+    first, last = train_rows["loss_ema"][0], train_rows["loss_ema"][-1]
+    assert last < first / 5
+    assert summary["effective_params"]["clamped"] in (True, False)
+    assert summary["model"]["params"] < 1_000_000
+
+    # a finished run of the same config is not run again
+    mtime = (run / "metrics.parquet").stat().st_mtime_ns
+    assert train(copy_mixture, run, config) == summary
+    assert (run / "metrics.parquet").stat().st_mtime_ns == mtime
+
+
+def test_a_resumed_run_continues_exactly(copy_mixture: Path, tmp_path: Path) -> None:
+    config = tiny_config(steps=40, checkpoint_interval=10)
+    straight = train(copy_mixture, tmp_path / "straight", config)
+
+    resumed_run = tmp_path / "resumed"
+    partial = train(copy_mixture, resumed_run, config.model_copy(update={"stop_after": 20}))
+    assert partial == {"complete": False, "step": 20, "steps": 40}
+    assert not (resumed_run / "summary.json").exists()
+    ckpt = load_checkpoint(resumed_run / CHECKPOINT)  # weights_only=True
+    assert ckpt["progress"]["step"] == 20 and len(ckpt["progress"]["rows"]) == 20
+
+    resumed = train(copy_mixture, resumed_run, config)
+    assert resumed == straight
+    a, b = _train_rows(tmp_path / "straight"), _train_rows(resumed_run)
+    assert a["loss"].to_list() == b["loss"].to_list()  # bit for bit on CPU
+    assert (tmp_path / "straight" / "metrics.parquet").read_bytes() == (resumed_run / "metrics.parquet").read_bytes()
+    sa = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=True)["model"]
+    sb = torch.load(resumed_run / CHECKPOINT, weights_only=True)["model"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resuming_under_another_config_is_refused(copy_mixture: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(copy_mixture, run, tiny_config(steps=20, stop_after=10))
+    with pytest.raises(DiffmixError, match="different config"):
+        train(copy_mixture, run, tiny_config(steps=20, lr=1e-2))
+
+
+@pytest.mark.parametrize(
+    ("batching", "loss_on", "schedule"),
+    [("pack", "all", "cosine"), ("pad", "all", "onecycle"), ("pack", "target", "cyclic")],
+)
+def test_batching_loss_and_schedule_variants_train(copy_mixture: Path, tmp_path: Path, batching: str, loss_on: str, schedule: str) -> None:
+    summary = train(copy_mixture, tmp_path / "run", tiny_config(steps=20, batching=batching, loss_on=loss_on, schedule=schedule, eval_interval=10))
+    rows = _train_rows(tmp_path / "run")
+    assert summary["complete"] and rows.height == 20
+    assert rows["loss"][-1] < rows["loss"][0]
+    assert np.isfinite(rows["lr"].to_numpy()).all()
+
+
+def test_not_a_mixture_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DiffmixError, match="no manifest.json"):
+        train(tmp_path, tmp_path / "run", tiny_config())
+
+
+def test_ddp_with_two_gloo_processes_matches_one_process(copy_mixture: Path, tmp_path: Path) -> None:
+    if shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("torchrun is not installed beside this python")
+    settings = {"steps": 12, "eval_interval": 6, "checkpoint_interval": 12, "batch_size": 16}
+    single = train(copy_mixture, tmp_path / "single", tiny_config(**settings))
+
+    overrides = {**settings, "progress": False, "device": "cpu", "lr": 3e-3, "warmup_steps": 10, "threads": 1}
+    overrides.update({f"model.{k}": v for k, v in {"n_layer": 2, "d_model": 64, "n_head": 4, "block_size": 48}.items()})
+    overrides.update({"probes.samples": 32, "probes.batch_size": 32, "skills.plateau_patience": 20, "skills.epoch_window": 5})
+    command = [
+        str(Path(sys.executable).parent / "torchrun"),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "diffmix.training",
+        "--data",
+        str(copy_mixture),
+        "--out",
+        str(tmp_path / "ddp"),
+        *[arg for key, value in overrides.items() for arg in ("--set", f"{key}={json.dumps(value)}")],
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    ddp = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert json.loads((tmp_path / "ddp" / "timing.json").read_text())["world_size"] == 2
+    a, b = _train_rows(tmp_path / "single"), _train_rows(tmp_path / "ddp")
+    np.testing.assert_allclose(b["loss"].to_numpy(), a["loss"].to_numpy(), rtol=1e-4)
+    np.testing.assert_allclose(b["loss/copy"].to_numpy(), a["loss/copy"].to_numpy(), rtol=1e-4)
+    assert b["tokens"].to_list() == a["tokens"].to_list()
+    assert ddp["config_digest"] == single["config_digest"]
