@@ -32,8 +32,8 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
 from diffmix.errors import DiffmixError
-from diffmix.mixers.synthetic import is_synthetic_uri, parse_synthetic_uri, synthetic_documents
-from diffmix.pipelines.shards import load_table, open_dataset
+from diffmix.mixers.mixture import MixtureReader
+from diffmix.pipelines.shards import load_table
 from diffmix.pipelines.tokenize import EOS, char_tokenizer, train_bpe
 from diffmix.training.config import TokenizerConfig
 
@@ -255,38 +255,32 @@ def env_rank() -> tuple[int, int]:
 
 # --- reading a mixture -----------------------------------------------------------
 
+# Columns the trainer reads from a mixture (the token columns only when it is pre-tokenised).
+MIXTURE_COLUMNS = ("position", "source", "phase", "source_row", "text", "format", "target_start")
+TOKEN_COLUMNS = ("input_ids", "target_token_start")
+
+
 @dataclass(frozen=True)
 class SourceRef:
-    """A mixture source: its name in the `source` column and where its documents live."""
+    """A mixture source: its name in the `source` column and its dataset directory (held-out docs live there)."""
 
     name: str
     path: str
 
 
 def open_mixture(data_dir: str | os.PathLike[str]) -> tuple[pa.Table, list[SourceRef], dict[str, Any]]:
-    """Mixture rows in training order, its sources and its manifest (as a dict).
-
-    Rows must carry `position` 0..n-1 in order (the mixer writes them so).
-    """
-    manifest = open_dataset(data_dir)
-    if manifest.kind != "mixture":
-        raise DiffmixError(f"{data_dir}: manifest kind is {manifest.kind!r}, expected 'mixture'")
-    wanted = [c for c in ("position", "source", "source_row", "phase", "text", "format", "target_start", "input_ids", "target_token_start") if c in manifest.columns]
-    table = load_table(data_dir, columns=wanted, manifest=manifest)
-    if "position" in table.column_names:
-        position = table.column("position").to_numpy()
-        if not np.array_equal(position, np.arange(len(position))):
-            raise DiffmixError(f"{data_dir}: position column is not 0..{len(position) - 1} in shard order")
-    sources = [SourceRef(name, str(spec.get("path", ""))) for name, spec in sorted(manifest.config.get("sources", {}).items())]
-    return table, sources, manifest.to_json_dict()
+    """All rows of a mixture in training order (through `MixtureReader`), its sources and its manifest."""
+    reader = MixtureReader(data_dir)
+    wanted = [c for c in (*MIXTURE_COLUMNS, *TOKEN_COLUMNS) if c in reader.columns]
+    table = reader.rows(0, len(reader), columns=wanted)
+    sources = [SourceRef(s.name, str(s.path)) for s in reader.sources]
+    return table, sources, reader.manifest.to_json_dict()
 
 
 def source_documents(source: SourceRef) -> pa.Table | None:
-    """A source's documents (with `split`): a dataset directory, or a `synthetic:` URI generated on the spot."""
+    """A source's documents with their `split` (None when the source has no directory)."""
     if not source.path:
         return None
-    if is_synthetic_uri(source.path):
-        return synthetic_documents(parse_synthetic_uri(source.path))
     return load_table(source.path, columns=["text", "format", "target_start", "split"])
 
 

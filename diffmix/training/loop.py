@@ -41,6 +41,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from diffmix.errors import DiffmixError
 from diffmix.pipelines.io import atomic_open, read_json, write_json
+from diffmix.pipelines.shards import read_manifest
+from diffmix.schemas.manifest import Manifest
 from diffmix.training import plots
 from diffmix.training.config import TrainConfig
 from diffmix.training.metrics import metrics_frame, summarize
@@ -81,6 +83,21 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise DiffmixError("device: mps requested but it is not available")
     return torch.device(name)
+
+
+def resolve_config(config: TrainConfig, manifest: Manifest) -> TrainConfig:
+    """Take `batch_size` and `steps` from the mixture's plan (its global batch, its steps) unless set explicitly.
+
+    A recipe schedules its phases by step at its global batch size, so that is
+    the batch size under which its schedule means what it says.
+    """
+    plan = manifest.reports
+    update = {}
+    if "batch_size" not in config.model_fields_set and plan.get("global_batch_size"):
+        update["batch_size"] = int(plan["global_batch_size"])
+    if "steps" not in config.model_fields_set and plan.get("n_steps"):
+        update["steps"] = int(plan["n_steps"])
+    return config.model_copy(update=update) if update else config
 
 
 def _init_distributed(device_name: str) -> tuple[int, int, int]:
@@ -212,6 +229,7 @@ def train(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], con
     rank, local_rank, world = _init_distributed(config.device)
     device = resolve_device(config.device, local_rank)
     _set_threads(config, world)
+    config = resolve_config(config, read_manifest(data_dir))
     digest = config.digest()
     done = _finished_summary(run, digest)
     if done is not None:

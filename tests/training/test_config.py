@@ -1,0 +1,59 @@
+"""Training config: YAML, overrides, one-line errors, and what the digest covers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from diffmix.errors import DiffmixError
+from diffmix.training.config import load_train_config
+
+
+def test_defaults_are_the_measured_cpu_setting() -> None:
+    config = load_train_config(None)
+    assert (config.model.n_layer, config.model.d_model, config.model.n_head) == (2, 128, 4)
+    assert (config.lr, config.weight_decay, config.grad_clip, config.warmup_steps) == (1e-3, 0.1, 1.0, 100)
+    assert (config.skills.tau, config.skills.k, config.loss_on, config.device) == (0.9, 2, "target", "auto")
+
+
+def test_yaml_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("steps: 300\nmodel:\n  n_layer: 3\nprobes:\n  samples: 50\n")
+    config = load_train_config(path, steps=None, device="cpu", model__d_model=64, **{"skills.tau": 0.99})
+    assert config.steps == 300  # None overrides are ignored
+    assert (config.model.n_layer, config.model.d_model, config.probes.samples) == (3, 64, 50)
+    assert (config.device, config.skills.tau) == ("cpu", 0.99)
+    assert config.model_fields_set >= {"steps", "device"}
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        ("steps: -1\n", {}, "steps: Input should be greater than 0"),
+        ("schedule: linear\n", {}, "schedule: Input should be"),
+        ("model:\n  d_model: 130\n  n_head: 4\n", {}, "d_model 130 is not divisible by n_head 4"),
+        ("bogus: 1\n", {}, "bogus: Extra inputs are not permitted"),
+        ("- 1\n", {}, "must be a mapping"),
+        ("steps: [\n", {}, "not valid YAML"),
+        ("model: 3\n", {"model.n_layer": 2}, "model: expected a mapping"),
+    ],
+)
+def test_bad_configs_fail_in_one_line(tmp_path: Path, text: str, overrides: dict, message: str) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text(text)
+    with pytest.raises(DiffmixError, match="train.yaml") as info:
+        load_train_config(path, **overrides)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(DiffmixError, match="config file not found"):
+        load_train_config("/nonexistent/train.yaml")
+
+
+def test_digest_covers_the_numbers_not_the_execution() -> None:
+    base = load_train_config(None)
+    assert base.digest() == load_train_config(None, device="cpu", threads=1, progress=False, stop_after=5).digest()
+    assert base.digest() != load_train_config(None, lr=2e-3).digest()
+    assert base.digest() != load_train_config(None, steps=10).digest()

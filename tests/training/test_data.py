@@ -1,0 +1,124 @@
+"""The batch loader on crafted token rows: padding, packing, loss masks, DDP slices, wrap-around, workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from diffmix.errors import DiffmixError
+from diffmix.training.data import MixtureBatches, MixtureTokens, make_loader, stream_stats
+
+EOS = 1
+
+
+def _tokens(rows: list[list[int]], target_start: list[int], sources: list[str] | None = None, source_rows: list[int] | None = None) -> MixtureTokens:
+    n = len(rows)
+    return MixtureTokens.from_columns(
+        pa.array(rows, pa.list_(pa.int32())),
+        np.array(target_start),
+        pa.array(sources or ["s"] * n),
+        np.array(source_rows if source_rows is not None else range(n)),
+        np.zeros(n),
+        EOS,
+    )
+
+
+def test_rows_get_eos_and_unique_counts_follow_source_rows() -> None:
+    data = _tokens([[5, 6, 1], [7], [8, 9]], [1, 0, 1], sources=["b", "a", "b"], source_rows=[0, 0, 0])
+    assert data.tokens.tolist() == [5, 6, 1, 7, 1, 8, 9, 1]  # EOS only where missing
+    assert data.offsets.tolist() == [0, 3, 5, 8]
+    assert data.source_names == ("a", "b") and data.source.tolist() == [1, 0, 1]
+    # (b, 0) repeats at position 2: two unique documents after three rows
+    assert data.unique_before.tolist() == [0, 1, 2, 2]
+
+
+ROWS = [[10, 11, 12, 13], [20, 21], [30, 31, 32, 33, 34, 35]]  # EOS appended to each
+STARTS = [2, 1, 3]
+
+
+@pytest.mark.parametrize(
+    ("loss_on", "k", "x", "y", "mask"),
+    [
+        # batch 0: rows 0 and 1, padded (pad id 0) to the longer one; loss on targets and EOS only
+        (
+            "target",
+            0,
+            [[10, 11, 12, 13], [20, 21, 1, 0]],
+            [[11, 12, 13, 1], [21, 1, 0, 0]],
+            [[0, 1, 1, 1], [1, 1, 0, 0]],
+        ),
+        ("all", 0, [[10, 11, 12, 13], [20, 21, 1, 0]], [[11, 12, 13, 1], [21, 1, 0, 0]], [[1, 1, 1, 1], [1, 1, 0, 0]]),
+        # batch 1: row 2 cut at block_size + 1 = 6 tokens, then row 0 again (epoch 2)
+        (
+            "target",
+            1,
+            [[30, 31, 32, 33, 34], [10, 11, 12, 13, 1]],
+            [[31, 32, 33, 34, 35], [11, 12, 13, 1, 0]],
+            [[0, 0, 1, 1, 1], [0, 1, 1, 1, 0]],
+        ),
+    ],
+)
+def test_pad_batches(loss_on: str, k: int, x: list, y: list, mask: list) -> None:
+    batches = MixtureBatches(_tokens(ROWS, STARTS), batch_size=2, block_size=5, batching="pad", loss_on=loss_on)
+    batch = batches.global_batch(k)
+    assert batch["x"].tolist() == x
+    assert batch["y"].tolist() == y
+    assert batch["mask"].astype(int).tolist() == mask
+    info = batches.info(k)
+    assert info.loss_tokens == int(np.sum(mask))
+    assert info.first_row == 2 * k and info.stop_row == 2 * k + 2
+
+
+def test_pack_batches_cut_the_stream_into_windows() -> None:
+    data = _tokens(ROWS, STARTS)  # stream: 10 11 12 13 1 | 20 21 1 | 30 31 32 33 34 35 1 (15 tokens)
+    batches = MixtureBatches(data, batch_size=2, block_size=4, batching="pack", loss_on="target")
+    batch = batches.global_batch(0)
+    assert batch["x"].tolist() == [[10, 11, 12, 13], [1, 20, 21, 1]]
+    assert batch["y"].tolist() == [[11, 12, 13, 1], [20, 21, 1, 30]]
+    # a label counts when it lies in its own document's target (EOS included)
+    assert batch["mask"].astype(int).tolist() == [[0, 1, 1, 1], [0, 1, 1, 0]]
+    info = batches.info(0)
+    assert (info.first_row, info.stop_row, info.tokens, info.loss_tokens) == (0, 2, 8, 5)
+    # the second batch wraps past the 15-token stream: the rows are unwrapped positions
+    second = batches.global_batch(1)
+    assert second["x"].tolist() == [[30, 31, 32, 33], [34, 35, 1, 10]]
+    assert batches.info(1).first_row == 2 and batches.info(1).stop_row == 4
+
+
+@pytest.mark.parametrize("batching", ["pad", "pack"])
+def test_rank_slices_add_up_to_the_global_batch(batching: str) -> None:
+    data = _tokens(ROWS * 4, STARTS * 4)
+    whole = MixtureBatches(data, 4, 6, batching)
+    ranks = [MixtureBatches(data, 4, 6, batching, rank=r, world_size=2) for r in range(2)]
+    for k in range(5):
+        parts = [r[k] for r in ranks]
+        full = whole[k]
+        assert torch.equal(torch.cat([p["x"] for p in parts]), full["x"])
+        assert torch.equal(torch.cat([p["weight"] for p in parts]), full["weight"])
+        # each label's weight is 1 / (loss tokens of the global batch): the rank sums give the global mean
+        assert float(sum(p["weight"].sum() for p in parts)) == pytest.approx(1.0)
+
+
+def test_batch_size_must_divide_over_ranks() -> None:
+    with pytest.raises(DiffmixError, match="not divisible"):
+        MixtureBatches(_tokens(ROWS, STARTS), batch_size=3, block_size=4, world_size=2)
+
+
+def test_stream_stats_wrap_into_epochs() -> None:
+    data = _tokens(ROWS, STARTS, source_rows=[0, 1, 0])  # row 2 repeats row 0's document
+    assert stream_stats(data, 0, 2) == {"examples": 2, "unique_examples": 2, "epoch": 0.0}
+    assert stream_stats(data, 2, 4) == {"examples": 4, "unique_examples": 2, "epoch": 2 / 3}
+    assert stream_stats(data, 6, 8)["epoch"] == 2.0
+
+
+def test_loader_resumes_at_any_batch_and_workers_do_not_change_batches() -> None:
+    data = _tokens(ROWS * 3, STARTS * 3)
+    batches = MixtureBatches(data, 2, 5)
+    straight = [b["x"] for b in make_loader(batches, 0, 6)]
+    resumed = [b["x"] for b in make_loader(batches, 3, 6)]
+    with_workers = [b["x"] for b in make_loader(batches, 0, 6, num_workers=2)]
+    assert all(torch.equal(a, b) for a, b in zip(straight[3:], resumed))
+    assert all(torch.equal(a, b) for a, b in zip(straight, with_workers))
+    assert [b["step"] for b in make_loader(batches, 3, 6)] == [3, 4, 5]
