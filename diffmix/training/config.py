@@ -127,6 +127,9 @@ class TrainConfig(_Strict):
     grad_clip: float = Field(1.0, ge=0.0)  # 0 disables clipping
 
     eval_interval: int = Field(100, gt=0)
+    # End the run early once every probed source's score of this name (e.g.
+    # "exact_match") has been >= skills.tau for skills.k evals in a row.
+    stop_when: str | None = None
     model: ModelConfig = Field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     probes: ProbeConfig = Field(default_factory=ProbeConfig)

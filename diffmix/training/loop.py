@@ -265,7 +265,7 @@ def train(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], con
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"][rank], device)
+        _set_rng_state(ckpt["rng"][rank if rank < len(ckpt["rng"]) else 0], device)
         state = _Progress.from_dict(ckpt["progress"])
     else:
         torch.manual_seed(config.seed + rank)  # dropout streams differ per rank
@@ -276,6 +276,8 @@ def train(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], con
 
     n_sources = len(data.source_names)
     last = min(config.steps, state.step + config.stop_after) if config.stop_after else config.steps
+    if state.acquired:  # stopped on `stop_when` before the checkpoint it resumes from
+        last = state.step
     loader = make_loader(batches, state.step, last, config.num_workers, pin_memory=cuda)
     bar = _bar(config.progress and rank == 0, config.steps, state.step)
     pending: list[tuple[int, BatchInfo, float, torch.Tensor]] = []
@@ -309,44 +311,32 @@ def train(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], con
             pending.append((k + 1, batches.info(k), lr, stats))
             step = k + 1
             evaluate = step % config.eval_interval == 0 or step == config.steps
-            save = step % config.checkpoint_interval == 0 or step == last
-            if len(pending) >= 10 or evaluate or save:
+            if len(pending) >= 10 or evaluate or step % config.checkpoint_interval == 0 or step == last:
                 state.train_seconds += time.perf_counter() - tick
                 _flush(pending, state, data, n_sources, bar)
                 tick = time.perf_counter()
             if evaluate:
-                if rank == 0:
-                    t0 = time.perf_counter()
-                    state.evals.append(_evaluate(model, probes, tokenizer, pad, eos, config, device, state))
-                    state.eval_seconds += time.perf_counter() - t0
-                    model.train()
-                if world > 1:
-                    dist.barrier()
-                tick = time.perf_counter()
-            if save:
                 t0 = time.perf_counter()
-                rng = [None] * world
-                if world > 1:
-                    dist.all_gather_object(rng, _rng_state(device))
-                else:
-                    rng = [_rng_state(device)]
                 if rank == 0:
-                    save_checkpoint(
-                        checkpoint_path,
-                        {
-                            "digest": digest,
-                            "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(),
-                            "rng": rng,
-                            "progress": state.to_dict(),
-                        },
-                    )
+                    state.evals.append(_evaluate(model, probes, tokenizer, pad, eos, config, device, state))
+                    state.acquired = _acquired(state.evals, config)
+                    model.train()
+                if world > 1:  # rank 0 decides; the broadcast also waits for its evaluation
+                    flag = torch.tensor([float(state.acquired)], device=device)
+                    dist.broadcast(flag, src=0)
+                    state.acquired = bool(flag.item())
+                state.eval_seconds += time.perf_counter() - t0
+                tick = time.perf_counter()
+            if step % config.checkpoint_interval == 0 or step == last or state.acquired:
+                t0 = time.perf_counter()
+                _save(checkpoint_path, digest, model, optimizer, scheduler, state, rank, world, device)
                 state.checkpoint_seconds += time.perf_counter() - t0
                 tick = time.perf_counter()
+            if state.acquired:
+                break
     if world > 1:
         dist.barrier()
-    if state.step < config.steps:
+    if state.step < config.steps and not state.acquired:
         return {"complete": False, "step": state.step, "steps": config.steps}
     summary = _finish(run, config, digest, data, model, state, probes, manifest, world) if rank == 0 else {}
     if world > 1:
@@ -354,6 +344,37 @@ def train(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], con
         if rank != 0:
             summary = read_json(run / SUMMARY)
     return summary
+
+
+def _save(path: Path, digest: str, model: GPT, optimizer: torch.optim.Optimizer, scheduler: Any, state: _Progress, rank: int, world: int, device: torch.device) -> None:
+    """Checkpoint everything a resumed run needs to continue exactly (every rank's RNG included)."""
+    rng: list[Any] = [None] * world
+    if world > 1:
+        dist.all_gather_object(rng, _rng_state(device))
+    else:
+        rng = [_rng_state(device)]
+    if rank == 0:
+        save_checkpoint(
+            path,
+            {
+                "digest": digest,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng,
+                "progress": state.to_dict(),
+            },
+        )
+
+
+def _acquired(evals: list[dict[str, Any]], config: TrainConfig) -> bool:
+    """Has every probed source held its `stop_when` score >= tau for the last k evals?"""
+    if config.stop_when is None or len(evals) < config.skills.k:
+        return False
+    suffix = f"/{config.stop_when}"
+    keys = [key for key in evals[-1] if key.startswith("probe/") and key.endswith(suffix)]
+    recent = evals[-config.skills.k :]
+    return bool(keys) and all(row.get(key, -math.inf) >= config.skills.tau for key in keys for row in recent)
 
 
 class _Progress:
@@ -368,6 +389,7 @@ class _Progress:
         self.train_seconds = 0.0
         self.eval_seconds = 0.0
         self.checkpoint_seconds = 0.0
+        self.acquired = False  # every probed source held `stop_when` >= tau for k evals
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -456,6 +478,7 @@ def _finish(run: Path, config: TrainConfig, digest: str, data: MixtureTokens, mo
             "config_digest": digest,
             "mixture_config_hash": manifest.get("config_hash"),
             "steps": state.step,
+            "stopped_on": config.stop_when if state.acquired else None,
             "epochs": state.rows[-1]["examples"] / data.rows,
             "model": {
                 "params": model.num_params(non_embedding=False),

@@ -45,7 +45,8 @@ def plot_loss(frame: pl.DataFrame, summary: dict[str, Any], path: Path) -> None:
             ax.plot(evals["step"].to_numpy(), evals[held].to_numpy(), "o--", ms=3, lw=0.8, color=f"C{i}", label=held)
     for j, plateau in enumerate(summary.get("plateaus", [])):
         ax.axvspan(plateau["start_step"], plateau["end_step"], color="tab:orange", alpha=0.15, label="EMA plateau" if j == 0 else None)
-    for j, boundary in enumerate(summary.get("epoch_boundaries", [])):
+    boundaries = summary.get("epoch_boundaries", [])
+    for j, boundary in enumerate(boundaries if len(boundaries) <= 40 else []):  # more would hide the curves
         ax.axvline(boundary["step"], color="tab:purple", ls=":", lw=1, label="epoch start" if j == 0 else None)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats / token)")

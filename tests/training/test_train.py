@@ -28,13 +28,15 @@ def _train_rows(run: Path) -> pl.DataFrame:
 
 def test_a_tiny_model_learns_the_copy_task(copy_mixture: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    config = tiny_config(steps=500, batch_size=32, eval_interval=50, checkpoint_interval=500)
+    config = tiny_config(steps=1000, batch_size=32, eval_interval=50, checkpoint_interval=1000, stop_when="exact_match")
     summary = train(copy_mixture, run, config)
 
     skill = summary["skills"]["copy/exact_match"]
     assert skill["censored"] is False, skill
     assert skill["final"] >= 0.9
-    assert 0 < skill["steps"] <= 500 and skill["tokens"] > 0 and 0 < skill["unique_examples"] <= 1000
+    # stopped once the skill held for k=2 evals, long before the 1,000 steps
+    assert summary["stopped_on"] == "exact_match" and summary["steps"] < 1000
+    assert skill["steps"] <= summary["steps"] and skill["tokens"] > 0 and 0 < skill["unique_examples"] <= 1000
     assert summary["heldout_loss"]["copy"] < 0.5
     for name in ("metrics.parquet", "summary.json", "loss.png", "skills.png", "tokenizer.json", "timing.json", CHECKPOINT):
         assert (run / name).is_file(), name
@@ -43,8 +45,9 @@ def test_a_tiny_model_learns_the_copy_task(copy_mixture: Path, tmp_path: Path) -
     frame = pl.read_parquet(run / "metrics.parquet")
     train_rows = frame.filter(pl.col("kind") == "train")
     eval_rows = frame.filter(pl.col("kind") == "eval")
-    assert train_rows["step"].to_list() == list(range(1, 501))
-    assert eval_rows["step"].to_list() == list(range(50, 501, 50))
+    assert train_rows["step"].to_list() == list(range(1, summary["steps"] + 1))
+    assert eval_rows["step"].to_list() == list(range(50, summary["steps"] + 1, 50))
+    assert eval_rows["probe/copy/exact_match"].tail(2).min() >= 0.9
     assert (train_rows["tokens"].diff().drop_nulls() > 0).all()
     assert train_rows["unique_examples"].max() == 1000  # every train document seen; later epochs repeat them
     assert train_rows["epoch"].max() > 1
