@@ -56,9 +56,6 @@ from diffmix.errors import DiffmixError
 if TYPE_CHECKING:
     from diffmix.mixers.recipe import Plan
 
-# Weights that change per step are quantised to multiples of 1/2**32: the drift
-# against the real-valued weights is below N / 2**32 samples over a whole run.
-STEP_DENOMINATOR = 1 << 32
 # Integer targets reach denominator * run length; this keeps them inside int64.
 MAX_RUN_POSITIONS = 1 << 30
 NO_DEADLINE = np.iinfo(np.int64).max
@@ -138,12 +135,79 @@ def constant_run(start: int, counts: np.ndarray) -> Run:
 
 
 def stepped_run(start: int, widths: np.ndarray, weights: np.ndarray) -> Run:
-    """A run whose weights change at every step: `weights[s]` over the next `widths[s]` positions."""
+    """A run whose weights change every step: `weights[s]` (normalised) over the next `widths[s]` positions.
+
+    The real cumulative targets at step boundaries are rounded to multiples of
+    `1/unit` (`_round_targets`: exact sums, never decreasing, a source with no
+    weight in a step gains nothing) and spread evenly over the step's
+    positions. So there is no drift, and a target that is a whole number of
+    samples at a boundary stays exactly that number.
+    """
     widths = np.asarray(widths, dtype=np.int64)
-    _check_length(int(widths.sum()))
-    numerators = hamilton(weights, STEP_DENOMINATOR)
-    bounds = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
-    return Run(start, bounds, numerators, STEP_DENOMINATOR)
+    weights = np.asarray(weights, dtype=np.float64)
+    weights = weights / weights.sum(axis=1, keepdims=True)
+    length = int(widths.sum())
+    _check_length(length)
+    width = int(widths.max())
+    unit = _unit(width, length)
+    positions = np.concatenate([[0], np.cumsum(widths)])
+    real = np.vstack([np.zeros((1, weights.shape[1])), np.cumsum(weights * widths[:, None], axis=0)])
+    targets = np.empty(real.shape, dtype=np.int64)
+    failed = _round_targets(real * unit, weights, positions * unit, targets)
+    if failed >= 0:  # impossible: a step's largest source gains far more than any rounding
+        raise RuntimeError(f"blend: rounding the targets made one decrease at step {failed}")
+    increments = np.diff(targets, axis=0)  # per step, in units of 1/unit
+    # Per position, in units of 1/(unit * width): a full step spreads its increments evenly;
+    # a shorter one (the last step) over single positions, its remainders dealt round-robin.
+    bounds, numerators = [0], []
+    for s, w in enumerate(widths.tolist()):
+        if w == width:
+            numerators.append(increments[s][None, :])
+            bounds.append(bounds[-1] + w)
+            continue
+        base, extra = np.divmod(increments[s] * width, w)
+        rows = np.repeat(base[None, :], w, axis=0)
+        units = np.repeat(np.arange(len(extra)), extra)  # one entry per remainder unit, source by source
+        np.add.at(rows, (np.arange(units.size) % w, units), 1)
+        numerators.append(rows)
+        bounds.extend(bounds[-1] + np.arange(1, w + 1))
+    return Run(start, np.array(bounds, dtype=np.int64), np.vstack(numerators), unit * width)
+
+
+@numba.njit(cache=True, nogil=True)
+def _round_targets(scaled, weights, totals, out):  # pragma: no cover - compiled
+    """Integer cumulative targets at step boundaries: rint of the real ones, summing to `totals` exactly.
+
+    A source with no weight in a step keeps its value; every other source takes
+    the rounded real target (never below its previous value); the step's
+    largest source absorbs the difference. Returns -1, or the step where a
+    value would decrease.
+    """
+    k = scaled.shape[1]
+    out[0, :] = 0
+    for s in range(1, scaled.shape[0]):
+        largest = 0
+        total = 0
+        for i in range(k):
+            if weights[s - 1, i] > weights[s - 1, largest]:
+                largest = i
+            if weights[s - 1, i] > 0:
+                out[s, i] = max(np.int64(np.rint(scaled[s, i])), out[s - 1, i])
+            else:
+                out[s, i] = out[s - 1, i]
+            total += out[s, i]
+        out[s, largest] += totals[s] - total
+        if out[s, largest] < out[s - 1, largest]:
+            return s - 1
+    return -1
+
+
+def _unit(width: int, length: int) -> int:
+    """The rounding unit of stepped runs: fine, yet with exact int64 targets and exact float rounding."""
+    bits = min(24, 61 - (width * length).bit_length(), 50 - length.bit_length())
+    if bits < 8:
+        raise DiffmixError(f"budget: {length} samples in batches of {width} is too long for a linear schedule")
+    return 1 << bits
 
 
 def _check_length(length: int) -> None:
@@ -151,68 +215,127 @@ def _check_length(length: int) -> None:
         raise DiffmixError(f"budget: {length} samples in one run; at most {MAX_RUN_POSITIONS} are supported")
 
 
-def job_windows(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Release and deadline (run-relative positions) of every sample each source may take.
-
-    Returns `(release, deadline, offsets)`: source `i`'s samples are
-    `offsets[i]:offsets[i+1]`, in order. A sample due after the run ends (the
-    run may end between two integers of the target) has deadline `NO_DEADLINE`.
-    """
-    q = run.denominator
-    bounds = run.bounds
-    n_segments = len(bounds) - 1
-    targets = run.boundary_targets()
-    releases, deadlines, sizes = [], [], []
-    for i in range(run.n_sources):
-        v = targets[:, i]
-        a = run.numerators[:, i]
-        n_jobs = int(-(-int(v[-1]) // q))
-        k = np.arange(n_jobs, dtype=np.int64)
-        # Release: first prefix P with T(P) > k, then q = P - 1.
-        x = k * q
-        seg = np.searchsorted(v, x, side="right") - 1
-        release = bounds[seg] + (x - v[seg]) // a[seg]
-        # Deadline: first prefix P with T(P) >= k + 1, minus one.
-        y = x + q
-        seg = np.searchsorted(v, y, side="left") - 1
-        due = seg < n_segments
-        seg = np.minimum(seg, n_segments - 1)
-        step = np.where(due, a[seg], 1)
-        deadline = np.where(due, bounds[seg] + (-((v[seg] - y) // step)) - 1, NO_DEADLINE)
-        releases.append(release)
-        deadlines.append(deadline)
-        sizes.append(n_jobs)
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    return np.concatenate(releases), np.concatenate(deadlines), offsets
-
-
 @numba.njit(cache=True, nogil=True)
-def _earliest_deadline_first(release, deadline, offsets, out_source, out_ordinal):  # pragma: no cover - compiled
-    """Give each position the released sample due first; return -1, or the position where that fails."""
-    k = offsets.shape[0] - 1
-    pointer = offsets[:-1].copy()
+def _earliest_deadline_first(bounds, numerators, targets, q, step_div, step_mod, first, out_source, out_ordinal):  # pragma: no cover
+    """Give each position the released sample that is due first; return -1, or the position where that fails.
+
+    Source i's next sample k is released at the first position p with
+    k < T_i(p + 1) and due at the position before the first prefix P with
+    T_i(P) >= k + 1. T_i is piecewise linear with exact integer values (units
+    of 1/q): within segment s, position bounds[s] + t has T = targets[s] +
+    numerators[s] * t. The quotients giving release and deadline advance by
+    step_div = q // a and step_mod = q % a (plus a carry) per sample: a
+    division only when a segment changes (64-bit division is slow).
+    A sample's ordinal is written as `first[i]` plus its number within the run.
+    """
+    k = numerators.shape[1]
+    last = numerators.shape[0]
+    job = np.zeros(k, np.int64)
+    release = np.empty(k, np.int64)
+    due = np.empty(k, np.int64)
+    # Per source: segment, quotient and remainder of (k*q - targets[seg]) / a (release) and of ((k+1)*q - targets[seg]) / a (deadline).
+    rs = np.zeros(k, np.int64)
+    rq = np.zeros(k, np.int64)
+    rr = np.zeros(k, np.int64)
+    ds = np.zeros(k, np.int64)
+    dq = np.zeros(k, np.int64)
+    dr = np.zeros(k, np.int64)
+    for i in range(k):
+        _locate(i, 0, bounds, numerators, targets, q, release, due, rs, rq, rr, ds, dq, dr, last)
     for position in range(out_source.shape[0]):
         best = -1
-        best_deadline = 0
         for i in range(k):
-            j = pointer[i]
-            if j < offsets[i + 1] and release[j] <= position and (best < 0 or deadline[j] < best_deadline):
+            if release[i] <= position and (best < 0 or due[i] < due[best]):
                 best = i
-                best_deadline = deadline[j]
-        if best < 0 or best_deadline < position:
+        if best < 0 or due[best] < position:
             return position
         out_source[position] = best
-        out_ordinal[position] = pointer[best] - offsets[best]
-        pointer[best] += 1
+        out_ordinal[position] = first[best] + job[best]
+        job[best] += 1
+        i = best
+        x = job[i] * q
+        if x >= targets[last, i]:  # no further sample of this source in the run
+            release[i] = NO_DEADLINE
+            due[i] = NO_DEADLINE
+            continue
+        s = rs[i]
+        if x < targets[s + 1, i]:  # same segment: advance the quotient without dividing
+            rq[i] += step_div[s, i]
+            rr[i] += step_mod[s, i]
+            if rr[i] >= numerators[s, i]:
+                rr[i] -= numerators[s, i]
+                rq[i] += 1
+            release[i] = bounds[s] + rq[i]
+        else:
+            _locate_release(i, x, bounds, numerators, targets, release, rs, rq, rr)
+        y = x + q
+        if y > targets[last, i]:  # the run may end between two whole samples of a source
+            due[i] = NO_DEADLINE
+            continue
+        s = ds[i]
+        if y <= targets[s + 1, i] and due[i] != NO_DEADLINE:
+            dq[i] += step_div[s, i]
+            dr[i] += step_mod[s, i]
+            if dr[i] >= numerators[s, i]:
+                dr[i] -= numerators[s, i]
+                dq[i] += 1
+            due[i] = bounds[s] + dq[i] + (1 if dr[i] > 0 else 0) - 1
+        else:
+            _locate_due(i, y, bounds, numerators, targets, due, ds, dq, dr)
     return -1
 
 
-def interleave(run: Run) -> tuple[np.ndarray, np.ndarray]:
-    """Source id (int16) and the source's sample ordinal within the run, for each position of `run`."""
-    release, deadline, offsets = job_windows(run)
-    sources = np.empty(run.length, dtype=np.int16)
-    ordinals = np.empty(run.length, dtype=np.int64)
-    failed = _earliest_deadline_first(release, deadline, offsets, sources, ordinals)
+@numba.njit(cache=True, nogil=True)
+def _locate(i, x, bounds, numerators, targets, q, release, due, rs, rq, rr, ds, dq, dr, last):  # pragma: no cover
+    if x >= targets[last, i]:
+        release[i] = NO_DEADLINE
+        due[i] = NO_DEADLINE
+        return
+    _locate_release(i, x, bounds, numerators, targets, release, rs, rq, rr)
+    if x + q > targets[last, i]:
+        due[i] = NO_DEADLINE
+    else:
+        _locate_due(i, x + q, bounds, numerators, targets, due, ds, dq, dr)
+
+
+@numba.njit(cache=True, nogil=True)
+def _locate_release(i, x, bounds, numerators, targets, release, rs, rq, rr):  # pragma: no cover
+    """Segment with targets[s] <= x < targets[s + 1]; release = bounds[s] + (x - targets[s]) // a."""
+    s = rs[i]
+    while targets[s + 1, i] <= x:
+        s += 1
+    rs[i] = s
+    rq[i], rr[i] = divmod(x - targets[s, i], numerators[s, i])
+    release[i] = bounds[s] + rq[i]
+
+
+@numba.njit(cache=True, nogil=True)
+def _locate_due(i, y, bounds, numerators, targets, due, ds, dq, dr):  # pragma: no cover
+    """Segment with targets[s] < y <= targets[s + 1]; deadline = bounds[s] + ceil((y - targets[s]) / a) - 1."""
+    s = ds[i]
+    while targets[s + 1, i] < y:
+        s += 1
+    ds[i] = s
+    dq[i], dr[i] = divmod(y - targets[s, i], numerators[s, i])
+    due[i] = bounds[s] + dq[i] + (1 if dr[i] > 0 else 0) - 1
+
+
+def interleave(
+    run: Run,
+    first: np.ndarray | None = None,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Source id (int16) and sample ordinal (`first[source]` + its number within the run) for each position of `run`.
+
+    `out` receives them in place when given (two arrays of the run's length).
+    """
+    sources, ordinals = out if out is not None else (np.empty(run.length, np.int16), np.empty(run.length, np.int64))
+    first = np.zeros(run.n_sources, np.int64) if first is None else np.asarray(first, np.int64)
+    numerators = np.ascontiguousarray(run.numerators)
+    step_div, step_mod = np.divmod(run.denominator, np.maximum(numerators, 1))
+    failed = _earliest_deadline_first(
+        run.bounds, numerators, run.boundary_targets(), run.denominator, step_div, step_mod, first, sources, ordinals
+    )
     if failed >= 0:  # impossible by Tijdeman's theorem; a bug if it happens
         raise RuntimeError(f"blend: no source can take position {run.start + failed} within one sample")
     return sources, ordinals
@@ -247,11 +370,13 @@ def blend(runs: list[Run], n_sources: int) -> BlendIndex:
     ordinals = np.empty(total, dtype=np.int64)
     drawn = np.zeros(n_sources, dtype=np.int64)
     for run in runs:
-        s, o = interleave(run)
         span = slice(run.start, run.start + run.length)
-        sources[span] = s
-        ordinals[span] = o + drawn[s]
-        drawn += np.bincount(s, minlength=n_sources)
+        interleave(run, drawn, (sources[span], ordinals[span]))
+        end = run.boundary_targets()[-1]
+        if np.all(end % run.denominator == 0):  # whole samples at the end: the counts are the targets
+            drawn += end // run.denominator
+        else:
+            drawn += np.bincount(sources[span], minlength=n_sources)
     return BlendIndex(sources, ordinals)
 
 
@@ -284,15 +409,20 @@ def epoch_permutation(seed: int, name: str, epoch: int, size: int) -> np.ndarray
 
 
 def source_rows(index: BlendIndex, names: list[str], sizes: np.ndarray, seed: int) -> np.ndarray:
-    """For each position, the row (0 .. size-1) of its source's selection it shows."""
-    rows = np.empty(len(index.sources), dtype=np.int64)
+    """For each position, the row (0 .. size-1) of its source's selection it shows.
+
+    A source's g-th sample (in stream order) is row `perm_e[g mod size]`,
+    `e = g // size`: whole epochs are whole permutations.
+    """
+    counts = np.bincount(index.sources, minlength=len(names))
+    parts = []
     for i, name in enumerate(names):
-        where = np.flatnonzero(index.sources == i)
-        if where.size == 0:
-            continue
-        size = int(sizes[i])
-        drawn = index.ordinals[where]
-        epochs = drawn // size
-        perms = np.stack([epoch_permutation(seed, name, e, size) for e in range(int(epochs.max()) + 1)])
-        rows[where] = perms[epochs, drawn - epochs * size]
-    return rows
+        count, size = int(counts[i]), int(sizes[i])
+        epochs, rest = divmod(count, size)
+        parts += [epoch_permutation(seed, name, e, size) for e in range(epochs)]
+        if rest:
+            parts.append(epoch_permutation(seed, name, epochs, size)[:rest])
+    drawn = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    where = drawn[index.sources]
+    where += index.ordinals
+    return np.concatenate(parts).take(where)

@@ -90,3 +90,24 @@ def write_recipe(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="module")
+def source_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three pre-tokenised sources (same tokenizer), built once per test module.
+
+    code: 300 rows, every 10th in the test split, languages cycling Python / Markdown / JavaScript;
+    arith: 200 rows; copy: 50 rows.
+    """
+    root = tmp_path_factory.mktemp("sources")
+    return {
+        "code": write_source(root / "code", document_table("code", 300, test_every=10, tokenized=True), tokenizer="tok-a"),
+        "arith": write_source(root / "arith", document_table("arith", 200, tokenized=True), tokenizer="tok-a"),
+        "copy": write_source(root / "copy", document_table("copy", 50, tokenized=True), tokenizer="tok-a"),
+    }
+
+
+@pytest.fixture
+def dataset_writer() -> Callable[..., Path]:
+    """`write_source(directory, table, shard_bytes=4096, tokenizer=None)` for tests with their own tables."""
+    return write_source

@@ -16,7 +16,6 @@ from diffmix.mixers.blend import (
     epoch_permutation,
     hamilton,
     interleave,
-    job_windows,
     source_rows,
     stepped_run,
 )
@@ -145,16 +144,58 @@ def test_changing_weights_prefixes_within_one_sample(k, data) -> None:
     assert prefix_deviation(sources, run.targets()) < 1
 
 
-def test_windows_are_respected_and_deterministic() -> None:
-    run = constant_run(0, np.array([5, 17, 3, 40]))
-    release, deadline, offsets = job_windows(run)
-    assert np.all(release <= deadline)
+@pytest.mark.parametrize("widths", [[8] * 25, [8] * 24 + [3]])
+def test_stepped_run_keeps_whole_number_targets_and_zero_weights(widths) -> None:
+    """A ramp whose real totals are whole numbers ends exactly on them; a weight of 0 gets no sample."""
+    n = len(widths)
+    ramp = np.arange(n) / n
+    weights = np.stack([1 - ramp, ramp, np.where(np.arange(n) < n // 2, 0.0, 0.5)], axis=1)
+    run = stepped_run(0, np.array(widths), weights)
+    sources, _ = interleave(run)
+    assert prefix_deviation(sources, run.targets()) < 1
+    norm = weights / weights.sum(axis=1, keepdims=True)
+    real = (norm * np.array(widths)[:, None]).sum(axis=0)
+    counts = np.bincount(sources, minlength=3)
+    assert np.all(np.abs(counts - real) < 1)
+    exact = np.isclose(real, np.rint(real), atol=1e-9)
+    assert np.array_equal(counts[exact], np.rint(real[exact]))
+    steps = np.repeat(np.arange(n), widths)
+    assert not np.any((sources == 2) & (steps < n // 2)) and not np.any((sources == 1) & (steps == 0))
+
+
+def reference_windows(run) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per source, (release, deadline) of its k-th sample from the exact per-position targets (NumPy, small runs)."""
+    exact = np.rint(run.targets() * run.denominator).astype(np.int64)  # (P + 1, k), integers
+    windows = []
+    for i in range(run.n_sources):
+        jobs = np.arange(-(-int(exact[-1, i]) // run.denominator))
+        release = np.searchsorted(exact[:, i], jobs * run.denominator, side="right") - 1
+        deadline = np.searchsorted(exact[:, i], (jobs + 1) * run.denominator, side="left") - 1
+        windows.append((release, deadline))
+    return windows
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        constant_run(0, np.array([5, 17, 3, 40])),
+        constant_run(0, np.array([1, 1, 9])),
+        stepped_run(0, np.array([4, 4, 4, 4, 2]), np.array([[1, 0, 0], [0.5, 0.5, 0], [0, 1, 1], [0.2, 0.3, 0.5], [1, 1, 1]])),
+    ],
+)
+def test_each_position_takes_the_released_sample_due_first(run) -> None:
     sources, ordinals = interleave(run)
     again = interleave(run)
     assert np.array_equal(sources, again[0]) and np.array_equal(ordinals, again[1])
-    position = np.arange(run.length)
-    job = offsets[sources] + ordinals
-    assert np.all(release[job] <= position) and np.all(position <= deadline[job])
+    windows = reference_windows(run)
+    taken = np.zeros(run.n_sources, dtype=int)
+    for position, (i, k) in enumerate(zip(sources, ordinals)):
+        release, deadline = windows[i]
+        assert k == taken[i] and release[k] <= position <= deadline[k]
+        for j in range(run.n_sources):  # no other released sample was due earlier (ties: lower source first)
+            if taken[j] < len(windows[j][0]) and windows[j][0][taken[j]] <= position:
+                assert (deadline[k], i) <= (windows[j][1][taken[j]], j) or deadline[k] == windows[j][1][taken[j]] and i <= j
+        taken[i] += 1
 
 
 def test_runs_number_samples_across_phases() -> None:
