@@ -64,6 +64,8 @@ DOCUMENT_COLUMNS = [f.name for f in DOCUMENT_FIELDS]
 TOKEN_COLUMNS = [f.name for f in TOKEN_FIELDS]
 # Estimated bytes per row besides its strings, for shard planning.
 ROW_OVERHEAD = 64
+# Token ids of all sources together beyond this need 64-bit list offsets while gathering.
+LIST_OFFSET_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -280,8 +282,10 @@ def _document_table(sources: list[_Source], columns: list[pa.Field]) -> pa.Table
         if table.schema != schema:
             table = table.cast(schema)
         parts.append(table)
-    tokens = sum(pc.sum(pc.list_value_length(p.column("input_ids"))).as_py() or 0 for p in parts) if "input_ids" in schema.names else 0
-    if tokens >= 2**31 - 1:  # list offsets are int32: gather from 64-bit offsets, cast back per shard
+    tokens = 0
+    if "input_ids" in schema.names:
+        tokens = sum(pc.sum(pc.list_value_length(p.column("input_ids"))).as_py() or 0 for p in parts)
+    if tokens > LIST_OFFSET_LIMIT:  # list offsets are int32: gather from 64-bit offsets, cast back per shard
         wide = schema.set(schema.get_field_index("input_ids"), pa.field("input_ids", pa.large_list(pa.int32())))
         parts = [p.cast(wide) for p in parts]
     return pa.concat_tables(parts).combine_chunks()
@@ -305,11 +309,14 @@ def _write_documents(
         sizes += 4 * documents.column("n_tokens").to_numpy(zero_copy_only=False).astype(np.int64)
     ranges = plan_shards(sizes[rows] + ROW_OVERHEAD, shard_bytes)
     schema = pa.schema(fields)
+    document_schema = pa.schema(fields[len(INDEX_FIELDS) :])
     source_names = pa.array(names, pa.string())
     entries = []
     for j, (start, stop) in enumerate(ranges):
         span = slice(start, stop)
         gathered = documents.take(pa.array(rows[span]))
+        if gathered.schema != document_schema:  # 64-bit list offsets back to the schema's (one shard fits)
+            gathered = gathered.cast(document_schema)
         columns = [
             pa.array(np.arange(start, stop, dtype=np.int64)),
             source_names.take(pa.array(index.sources[span])),
@@ -344,6 +351,11 @@ def _formats(sources: list[_Source], index: _Index) -> dict[str, int]:
     base = np.concatenate([[0], np.cumsum([s.table.num_rows for s in sources])[:-1]]).astype(np.int64)
     counts = np.bincount(codes[base[index.sources] + index.rows], minlength=len(labels))
     return {label: int(n) for label, n in zip(labels, counts) if n}
+
+
+def _token_totals(totals: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    total = int(sum(t["realised_tokens"] for t in totals))
+    return {"documents": n, "total": total, "mean": round(total / n, 3)}
 
 
 def build_mixture(
@@ -427,9 +439,7 @@ def build_mixture(
             shards=shards,
             formats=formats,
             tokenizer=tokenizer if not index_only else None,
-            tokens=(
-                {"total": int(sum(t["realised_tokens"] for t in totals))} if mean_tokens is not None else None
-            ),
+            tokens=_token_totals(totals, n) if mean_tokens is not None else None,
             reports={
                 "audit": audit,
                 "sources": totals,

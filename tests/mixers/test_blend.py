@@ -251,3 +251,64 @@ def test_repetition_cap(needed, available, cap, fails) -> None:
         check()
     message = str(err.value)
     assert "\n" not in message and fails in message and "asked | available | max_repetition" in message
+
+
+# --- whole schedules: recipe -> plan -> runs -> stream ------------------------------
+
+
+def _recipe(k: int, batch: int, samples: int, schedule: dict):
+    from diffmix.mixers.recipe import parse_recipe
+
+    return parse_recipe(
+        {
+            "name": "h",
+            "global_batch_size": batch,
+            "budget": {"samples": samples},
+            "sources": [{"name": f"s{i}", "path": f"s{i}"} for i in range(k)],
+            "schedule": schedule,
+        }
+    )
+
+
+def _weights(draw, k: int) -> dict:
+    values = draw(st.lists(st.one_of(st.just(0), st.integers(1, 20)), min_size=k, max_size=k).filter(any))
+    return {f"s{i}": v for i, v in enumerate(values)}
+
+
+@st.composite
+def schedules(draw):
+    k = draw(st.integers(2, 5))
+    batch = draw(st.integers(1, 12))
+    samples = draw(st.integers(1, 400))
+    n_steps = -(-samples // batch)
+    kind = draw(st.sampled_from(["constant", "stages", "linear"]))
+    if kind == "constant" or n_steps < 2:
+        return k, batch, samples, {"type": "constant", "weights": _weights(draw, k)}
+    starts = sorted(draw(st.sets(st.integers(1, n_steps - 1), max_size=3)))
+    key, field = ("start", "stages") if kind == "stages" else ("at", "points")
+    entries = [{key: s, "weights": _weights(draw, k)} for s in [0, *starts]]
+    return k, batch, samples, {"type": kind, field: entries}
+
+
+@settings(max_examples=120, deadline=None)
+@given(spec=schedules())
+def test_random_schedules_keep_every_prefix_within_one_sample(spec) -> None:
+    from diffmix.mixers.blend import runs_for_plan
+    from diffmix.mixers.recipe import plan_schedule
+
+    k, batch, samples, schedule = spec
+    plan = plan_schedule(_recipe(k, batch, samples, schedule), np.full(k, 100))
+    runs = runs_for_plan(plan)
+    index = blend(runs, k)
+    assert len(index.sources) == samples
+    starts = [s.get("start", s.get("at", 0)) for s in schedule.get("stages", schedule.get("points", [{}]))]
+    assert [p.start for p in plan.phases] == [s * batch for s in starts]  # boundaries land on the stated step
+    for run in runs:
+        span = index.sources[run.start : run.start + run.length]
+        assert prefix_deviation(span, run.targets()) < 1
+    if schedule["type"] != "linear":  # each phase ends on its Hamilton counts
+        for phase in plan.phases:
+            counts = np.bincount(index.sources[phase.start : phase.stop], minlength=k)
+            assert counts.tolist() == hamilton(phase.weights, phase.stop - phase.start).tolist()
+    else:  # one run: the realised counts are within one of the requested totals
+        assert np.all(np.abs(index.counts(k) - plan.requested().sum(axis=0)) < 1 + 1e-6)

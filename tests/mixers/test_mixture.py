@@ -220,6 +220,16 @@ def test_linear_schedule_end_to_end(source_dirs, tmp_path: Path) -> None:
     assert sources[0] == "code" and "copy" not in sources[:8] and set(sources[-BATCH:]) <= {"arith", "copy"}
 
 
+def test_more_token_ids_than_32_bit_offsets_hold(built, monkeypatch, tmp_path: Path) -> None:
+    """Sources whose token ids together pass 2**31 gather through 64-bit offsets; the shards are the same."""
+    import diffmix.mixers.mixture as mixture
+
+    monkeypatch.setattr(mixture, "LIST_OFFSET_LIMIT", 10)
+    build_mixture(built["recipe"], tmp_path / "wide", shard_bytes=20_000)
+    for entry in built["manifest"].shards:
+        assert (tmp_path / "wide" / entry.path).read_bytes() == (built["root"] / "out" / entry.path).read_bytes()
+
+
 def test_token_budget(source_dirs, tmp_path: Path) -> None:
     data = recipe(source_dirs, {"type": "constant", "weights": "proportional"}, budget={"tokens": 20_000})
     manifest = build_mixture(write(tmp_path / "r.yaml", data), tmp_path / "out")

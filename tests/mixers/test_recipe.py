@@ -216,3 +216,9 @@ def test_token_budget_is_the_fewest_steps_that_reach_it(schedule) -> None:
 def test_token_budget_needs_tokenised_sources() -> None:
     with pytest.raises(DiffmixError, match="budget.tokens: needs pre-tokenised sources"):
         plan({"type": "constant", "weights": "uniform"}, {"tokens": 1000})
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "recipes" / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_recipes_are_valid(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.sources and recipe.schedule.type in ("constant", "stages", "linear")
