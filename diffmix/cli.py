@@ -1,7 +1,12 @@
 """`diffmix` command line (also `python flows.py ...`).
 
     diffmix build   --input SRC [--input SRC ...] --out DIR [--config FILE] [--workers N] [--dask-address ADDR]
+    diffmix mix     RECIPE.yaml --out DIR [--index-only]
+    diffmix train   --data DIR --out RUN [--steps N] [--device auto|cpu|cuda] [--config FILE]
+    diffmix compare RECIPE.yaml [RECIPE.yaml ...] --out DIR [--seeds N] [--steps N] [--baseline NAME]
     diffmix inspect DIR
+    diffmix demo    [--out DIR]
+    diffmix serve   --config SERVE.yaml
 
 Bad input ends in one line on stderr naming what is wrong and exit status 2.
 """
@@ -56,6 +61,66 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mix(args: argparse.Namespace) -> int:
+    from diffmix.flows import run_build_mixture
+
+    manifest = run_build_mixture(args.recipe, args.out, index_only=args.index_only)
+    print(f"{args.out}: {manifest['counts']['kept']} positions in {len(manifest['shards'])} shard(s); `diffmix inspect {args.out}` shows the audit")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from diffmix.flows import run_measure_mixture
+
+    overrides = {"steps": args.steps, "device": args.device}
+    summary = run_measure_mixture(args.data, args.out, args.config, overrides)
+    _print_skills(summary)
+    print(f"{args.out}: metrics.parquet, summary.json and curves written")
+    return 0
+
+
+def _print_skills(summary: dict[str, Any]) -> None:
+    tau = summary.get("threshold", {}).get("tau")
+    for skill, entry in summary.get("skills", {}).items():
+        reached = "censored (never held tau)" if entry.get("censored") else f"{entry['steps']:,.0f} steps, {entry['tokens']:,.0f} tokens, {entry['unique_examples']:,.0f} unique examples"
+        final = entry.get("final")
+        print(f"  {skill:<40} to tau={tau}: {reached}; final {final if final is None else round(final, 3)}")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from diffmix.flows import run_compare_recipes
+
+    result = run_compare_recipes(args.recipes, args.out, seeds=args.seeds, steps=args.steps, train_config=args.config, baseline=args.baseline, dask_address=args.dask_address)
+    print(format_comparison(result))
+    return 0
+
+
+def format_comparison(result: dict[str, Any]) -> str:
+    """The per-skill tables of a comparison, as text, then where the report is."""
+    lines = []
+    tables = result["tables"]
+    # The headline probe per source is exact match; the report has every probe.
+    shown = {k: v for k, v in tables.items() if k.endswith("exact_match")} or tables
+    for skill, rows in shown.items():
+        lines.append(f"\n{skill}  (baseline: {result['baseline']})")
+        if rows:
+            columns = ["recipe", "runs", "censored", "steps_to_tau", "tokens_to_tau", "unique_examples_to_tau", "final", "speedup_vs_baseline"]
+            widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+            lines.append("  ".join(c.ljust(widths[c]) for c in columns))
+            lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    failed = [r for r in result["runs"] if r["status"] != "ok"]
+    lines += [f"\nfailed: {r['run_id']}: {r['error']}" for r in failed]
+    lines.append(f"\nreport: {result['report_html']}  (markdown: {result['report_md']}; table: {result['comparison']})")
+    return "\n".join(lines)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from diffmix.flows import serve
+
+    serve(args.config)
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from diffmix.inspect import describe
 
@@ -76,6 +141,34 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--dask-address", metavar="ADDR", help="use an existing Dask scheduler instead of a LocalCluster")
     build.add_argument("--overwrite", action="store_true", help="replace a different build already in --out")
     build.set_defaults(run=_build)
+
+    mix = sub.add_parser("mix", help="blend built datasets by a recipe (ratios, curriculum) into training order")
+    mix.add_argument("recipe", metavar="RECIPE.yaml")
+    mix.add_argument("--out", required=True, metavar="DIR")
+    mix.add_argument("--index-only", action="store_true", help="write only the blend index; rows are read from the sources")
+    mix.set_defaults(run=_mix)
+
+    train = sub.add_parser("train", help="train a small model on a mixture and measure skill-acquisition speed")
+    train.add_argument("--data", required=True, metavar="DIR", help="a mixture directory (diffmix mix)")
+    train.add_argument("--out", required=True, metavar="RUN")
+    train.add_argument("--steps", type=int, metavar="N")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    train.add_argument("--config", metavar="FILE", help="training config YAML (model, schedule, probes, thresholds)")
+    train.set_defaults(run=_train)
+
+    compare = sub.add_parser("compare", help="mix, train and measure several recipes x seeds; write a comparison and a report")
+    compare.add_argument("recipes", nargs="+", metavar="RECIPE.yaml")
+    compare.add_argument("--out", required=True, metavar="DIR")
+    compare.add_argument("--seeds", type=int, default=1, metavar="N")
+    compare.add_argument("--steps", type=int, metavar="N")
+    compare.add_argument("--config", metavar="FILE", help="training config YAML")
+    compare.add_argument("--baseline", metavar="NAME", help="recipe name to compare against (default: the first)")
+    compare.add_argument("--dask-address", metavar="ADDR", help="spread runs over an existing Dask scheduler")
+    compare.set_defaults(run=_compare)
+
+    serve = sub.add_parser("serve", help="register scheduled deployments (cron) and run them (needs `prefect server start`)")
+    serve.add_argument("--config", required=True, metavar="SERVE.yaml")
+    serve.set_defaults(run=_serve)
 
     inspect = sub.add_parser("inspect", help="print a dataset's counts, sizes and a document")
     inspect.add_argument("dir", metavar="DIR")

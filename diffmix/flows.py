@@ -20,7 +20,6 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -109,7 +108,13 @@ process_partition_task = task(corpus.process_partition, name="process_partition"
 write_shard_task = task(corpus.write_data_shard, name="write_shard", retries=RETRIES, retry_condition_fn=_transient, cache_policy=NO_CACHE)
 
 
-@flow(name="build_corpus", task_runner=ThreadPoolTaskRunner(max_workers=1))
+def _env_workers() -> int:
+    return int(os.environ.get("DIFFMIX_WORKERS", "2"))
+
+
+# Deployments run these flow objects as they are defined here: their default
+# runner is a Dask LocalCluster (DIFFMIX_WORKERS processes) or DIFFMIX_DASK_ADDRESS.
+@flow(name="build_corpus", task_runner=dask_runner(_env_workers(), os.environ.get("DIFFMIX_DASK_ADDRESS")))
 def build_corpus(
     inputs: list[str],
     out: str,
@@ -158,3 +163,183 @@ def run_build_corpus(
         return build_corpus.with_options(task_runner=runner)(
             inputs, str(Path(out)), config_path, overwrite, config_overrides
         )
+
+
+# --- mixtures and training -------------------------------------------------------
+
+
+def _build_mixture(recipe: str, out: str, index_only: bool = False) -> dict[str, Any]:
+    from diffmix.mixers.mixture import build_mixture as build
+
+    return build(recipe, out, index_only=index_only).to_json_dict()
+
+
+def _train(data: str, out: str, config: Any) -> dict[str, Any]:
+    from diffmix.training import train
+
+    return train(data, out, config)
+
+
+build_mixture_task = task(_build_mixture, name="build_mixture", cache_policy=NO_CACHE)
+measure_task = task(_train, name="train", cache_policy=NO_CACHE)
+
+
+@flow(name="build_mixture")
+def build_mixture(recipe: str, out: str, index_only: bool = False) -> dict[str, Any]:
+    """A recipe -> a mixed dataset in training order (deterministic, resumable by position)."""
+    return build_mixture_task(recipe, out, index_only)
+
+
+@flow(name="measure_mixture")
+def measure_mixture(data: str, out: str, config_path: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train a small model on a mixture and measure skill-acquisition speed (RUN/summary.json)."""
+    from diffmix.training import load_train_config
+
+    return measure_task(data, out, load_train_config(config_path, **(overrides or {})))
+
+
+def run_build_mixture(recipe: str, out: str, index_only: bool = False) -> dict[str, Any]:
+    from diffmix.mixers.recipe import load_recipe
+
+    load_recipe(recipe)  # a bad recipe fails in one line before any server starts
+    with prefect_api():
+        return build_mixture(recipe, out, index_only)
+
+
+def run_measure_mixture(data: str, out: str, config_path: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    from diffmix.pipelines.shards import open_dataset
+    from diffmix.training import load_train_config
+
+    load_train_config(config_path, **(overrides or {}))
+    open_dataset(data)
+    with prefect_api():
+        return measure_mixture(data, out, config_path, overrides)
+
+
+# --- comparisons -----------------------------------------------------------------
+
+
+@flow(name="compare_recipes", task_runner=dask_runner(int(os.environ.get("DIFFMIX_PARALLEL_RUNS", os.cpu_count() or 1)), os.environ.get("DIFFMIX_DASK_ADDRESS")))
+def compare_recipes(
+    recipes: list[str],
+    out: str,
+    seeds: int = 1,
+    steps: int | None = None,
+    train_config: str | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    baseline: str | None = None,
+    title: str | None = None,
+) -> dict[str, Any]:
+    """Mix (cached by recipe hash), train and measure every recipe x seed; write the comparison and report.
+
+    Runs go in parallel on the flow's task runner; a finished run is not redone
+    (its summary is reused) and a failed one is reported without losing the others.
+    """
+    from diffmix import compare
+    from diffmix.training import load_train_config
+
+    recipe_list, runs = compare.plan_comparison(recipes, out, seeds)
+    by_name = {r.name: r for r in recipe_list}
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    base_config = load_train_config(train_config, steps=steps, **(train_overrides or {}))
+    workers = max(1, min(len(runs), _parallel_runs()))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+
+    mixtures: dict[str, Any] = {}
+    for run in runs:
+        if run.mixture_dir not in mixtures:
+            mixtures[run.mixture_dir] = build_mixture_task.submit(run.recipe_path, run.mixture_dir)
+    futures = []
+    for run in runs:
+        config = base_config.model_copy(update={"seed": run.seed, "threads": threads, "progress": False})
+        futures.append(measure_task.submit(run.mixture_dir, run.run_dir, config, wait_for=[mixtures[run.mixture_dir]]))
+    rows = []
+    for run, future in zip(runs, futures):
+        try:
+            future.result()
+            rows.append(compare.run_row(run, by_name[run.recipe], "ok"))
+        except Exception as exc:  # one failed run must not lose the others
+            error = _failure_reason(exc, mixtures[run.mixture_dir])
+            rows.append(compare.run_row(run, by_name[run.recipe], "failed", error))
+    mixture_dirs = {run.recipe: run.mixture_dir for run in runs}
+    result = compare.write_comparison(root, rows, baseline, base_config, title or ", ".join(by_name), mixture_dirs)
+    _publish_artifacts(result)
+    return result
+
+
+def _publish_artifacts(result: dict[str, Any]) -> None:
+    """The skill tables and the report, as Prefect artifacts (they show in the UI)."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    for skill, rows in result["tables"].items():
+        key = "comparison-" + "".join(c if c.isalnum() else "-" for c in skill.lower()).strip("-")
+        create_table_artifact(table=rows, key=key, description=f"Skill {skill}: speed to threshold per recipe")
+    create_markdown_artifact(markdown=Path(result["report_md"]).read_text(encoding="utf-8"), key="comparison-report", description="diffmix recipe comparison")
+
+
+def _failure_reason(exc: BaseException, mixture_future: Any) -> str:
+    """The first line of what failed: the mixture (if it did) or the run."""
+    try:
+        mixture_future.result()
+    except Exception as mixing:  # noqa: BLE001 - reported as text
+        return f"mixture failed: {str(mixing).strip().splitlines()[0] if str(mixing).strip() else type(mixing).__name__}"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _parallel_runs() -> int:
+    """Training runs side by side (default: one per core, each with one torch thread)."""
+    return int(os.environ.get("DIFFMIX_PARALLEL_RUNS", os.cpu_count() or 1))
+
+
+def run_compare_recipes(
+    recipes: list[str],
+    out: str,
+    seeds: int = 1,
+    steps: int | None = None,
+    train_config: str | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    baseline: str | None = None,
+    title: str | None = None,
+    dask_address: str | None = None,
+) -> dict[str, Any]:
+    """Run `compare_recipes` with its runs spread over a Dask cluster (one process per parallel run)."""
+    from diffmix import compare
+
+    compare.plan_comparison(recipes, out, seeds)  # bad recipes fail before anything starts
+    runs = len(recipes) * seeds
+    runner = dask_runner(max(1, min(runs, _parallel_runs())), dask_address)
+    with prefect_api():
+        return compare_recipes.with_options(task_runner=runner)(recipes, out, seeds, steps, train_config, train_overrides, baseline, title)
+
+
+# --- schedules -------------------------------------------------------------------
+
+SCHEDULABLE = {"build_corpus": build_corpus, "build_mixture": build_mixture, "compare_recipes": compare_recipes}
+
+
+def deployments_from_config(path: str) -> list[Any]:
+    """Deployments (with cron schedules and parameters) of the flows a serve config names."""
+    from diffmix.schemas.serve import load_serve_config
+
+    config = load_serve_config(path)
+    return [
+        SCHEDULABLE[d.flow].to_deployment(name=d.name, cron=d.cron, parameters=d.parameters, description=d.description, tags=["diffmix", d.flow])
+        for d in config.deployments
+    ]
+
+
+def serve(path: str) -> None:
+    """Register the deployments and run them on their schedules until interrupted.
+
+    Schedules fire only against a real server (`prefect server start`, then
+    PREFECT_API_URL=http://127.0.0.1:4200/api): the temporary one has no scheduler.
+    """
+    import prefect
+    from prefect.settings import PREFECT_API_URL
+
+    deployments = deployments_from_config(path)
+    if not PREFECT_API_URL.value():
+        raise DiffmixError("diffmix serve needs a Prefect server: run `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api (a temporary server has no scheduler, so cron schedules would never fire)")
+    prefect.serve(*deployments)

@@ -1,0 +1,258 @@
+"""Compare mixture recipes: which recipe teaches each skill fastest, with honest spreads.
+
+Plain functions the `compare_recipes` flow composes:
+
+    plan_comparison   recipes x seeds -> runs; each recipe's mixture cached by its hash
+    comparison_frame  one row per run: recipe, weights and schedule, seed, model, every summary metric
+    skill_table       per skill and recipe: mean +- spread over seeds of steps / tokens / examples
+                      to threshold, AULC, final score, and the speed-up against the baseline
+
+A run that never reached the threshold is *censored*: it is shown as such and
+never enters a mean. When every seed of the baseline is censored but a recipe
+reached the threshold, the speed-up is a lower bound (`>x`), not a number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from diffmix.errors import DiffmixError
+from diffmix.mixers.recipe import Recipe, load_recipe
+from diffmix.pipelines.io import atomic_open, read_json, sha256_file, sha256_json
+from diffmix.pipelines.shards import MANIFEST
+
+AXES = ("steps", "tokens", "examples", "unique_examples")
+BOOTSTRAP_SAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    recipe: str  # recipe name (unique within a comparison)
+    recipe_path: str
+    recipe_key: str  # hash of the resolved recipe and its sources' manifests
+    seed: int
+    mixture_dir: str
+    run_dir: str
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.recipe}-s{self.seed}"
+
+
+def recipe_key(recipe: Recipe) -> str:
+    """Hash of a recipe's content and of the manifests of the datasets it reads."""
+    body = recipe.model_dump(mode="json")
+    manifests = []
+    for source in recipe.sources:
+        path = recipe.source_path(source) / MANIFEST
+        manifests.append(sha256_file(path) if path.is_file() else f"missing:{path}")
+    return sha256_json({"recipe": body, "manifests": manifests})
+
+
+def plan_comparison(recipe_paths: list[str], out: str | Path, seeds: int) -> tuple[list[Recipe], list[RunSpec]]:
+    """Load every recipe (failing in one line on the first bad one) and lay out the runs."""
+    if not recipe_paths:
+        raise DiffmixError("compare needs at least one recipe")
+    if seeds < 1:
+        raise DiffmixError(f"--seeds must be at least 1, got {seeds}")
+    recipes = [load_recipe(path) for path in recipe_paths]
+    names = [r.name for r in recipes]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DiffmixError(f"recipe names must differ within a comparison: {', '.join(duplicates)}")
+    root = Path(out)
+    runs = []
+    for path, recipe in zip(recipe_paths, recipes):
+        key = recipe_key(recipe)
+        mixture = root / "mixtures" / f"{recipe.name}-{key[:12]}"
+        for seed in range(seeds):
+            runs.append(RunSpec(recipe.name, str(path), key, seed, str(mixture), str(root / "runs" / f"{recipe.name}-s{seed}")))
+    return recipes, runs
+
+
+def _flat(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flat(f"{prefix}.{key}" if prefix else str(key), item, out)
+    else:
+        out[prefix] = value
+
+
+def run_row(run: RunSpec, recipe: Recipe, status: str, error: str | None = None) -> dict[str, Any]:
+    """One comparison row: what was run, and every metric of its summary.json (if it finished)."""
+    row: dict[str, Any] = {
+        "run_id": run.run_id,
+        "recipe": run.recipe,
+        "recipe_path": run.recipe_path,
+        "recipe_key": run.recipe_key,
+        "schedule": json.dumps(recipe.model_dump(mode="json")["schedule"], sort_keys=True),
+        "sources": json.dumps([s.name for s in recipe.sources]),
+        "seed": run.seed,
+        "status": status,
+        "error": error,
+        "run_dir": run.run_dir,
+    }
+    summary_path = Path(run.run_dir) / "summary.json"
+    if status == "ok" and summary_path.is_file():
+        summary = read_json(summary_path)
+        for skill, entry in summary.get("skills", {}).items():
+            for name in (*AXES, "censored", "aulc", "final", "best"):
+                row[f"skill/{skill}/{name}"] = entry.get(name)
+        row["model"] = json.dumps(summary.get("model", {}), sort_keys=True)
+        row["params"] = summary.get("model", {}).get("params")
+        for key in ("steps", "tokens", "examples", "unique_examples", "final_loss_ema"):
+            row[f"run/{key}"] = summary.get(key)
+        for source, loss in summary.get("final_loss_ema_by_source", {}).items():
+            row[f"loss_ema/{source}"] = loss
+        for source, loss in summary.get("heldout_loss", {}).items():
+            row[f"heldout_loss/{source}"] = loss
+        eff = summary.get("effective_params") or {}
+        row["effective_params"] = eff.get("params")
+        row["plateaus"] = len(summary.get("plateaus", []))
+    return row
+
+
+def comparison_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """Rows of `run_row` -> a frame with one column per metric (missing ones null)."""
+    names = list(dict.fromkeys(key for row in rows for key in row))
+    return pl.DataFrame({name: [row.get(name) for row in rows] for name in names}, strict=False)
+
+
+def skills_of(frame: pl.DataFrame) -> list[str]:
+    return sorted({c.removeprefix("skill/").removesuffix("/censored") for c in frame.columns if c.startswith("skill/") and c.endswith("/censored")})
+
+
+def _mean_spread(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def speedup(baseline: list[float | None], treatment: list[float | None], seed: int = 0) -> dict[str, Any]:
+    """Baseline / treatment ratio of mean steps-to-threshold, with a seed-bootstrap 95% interval.
+
+    None entries are censored runs. Censoring is never averaged away: with a
+    censored run on either side there is no ratio (`skill_table` turns a fully
+    censored baseline into a lower bound from the baseline's run length).
+    """
+    base = [b for b in baseline if b is not None]
+    treat = [t for t in treatment if t is not None]
+    if len(treat) < len(treatment) or not treat:
+        return {"kind": "censored", "text": "n/a (censored)"}
+    if len(base) < len(baseline):
+        return {"kind": "censored", "text": "n/a (baseline censored)"}
+    ratio = float(np.mean(base) / np.mean(treat))
+    if len(base) < 2 or len(treat) < 2:
+        return {"kind": "point", "ratio": ratio, "text": f"{ratio:.2f}x (1 seed: no interval)"}
+    rng = np.random.default_rng(seed)
+    b = rng.choice(np.asarray(base), size=(BOOTSTRAP_SAMPLES, len(base))).mean(axis=1)
+    t = rng.choice(np.asarray(treat), size=(BOOTSTRAP_SAMPLES, len(treat))).mean(axis=1)
+    lo, hi = np.percentile(b / t, [2.5, 97.5])
+    return {"kind": "interval", "ratio": ratio, "low": float(lo), "high": float(hi), "text": f"{ratio:.2f}x [{lo:.2f}, {hi:.2f}]"}
+
+
+def skill_table(frame: pl.DataFrame, skill: str, baseline: str) -> pl.DataFrame:
+    """Per recipe: runs, censored runs, mean +- sd per axis (all runs reached), AULC, final, speed-up."""
+    ok = frame.filter(pl.col("status") == "ok")
+    col = f"skill/{skill}"
+    if f"{col}/censored" not in ok.columns:
+        raise DiffmixError(f"no run measured skill {skill!r}")
+    base_rows = ok.filter(pl.col("recipe") == baseline)
+    base_steps = _axis(base_rows, col, "steps")
+    base_last = [float(s) for s in base_rows["run/steps"].to_list()] if "run/steps" in base_rows.columns else []
+    rows = []
+    for recipe in list(dict.fromkeys(frame["recipe"].to_list())):
+        runs = ok.filter(pl.col("recipe") == recipe)
+        failed = frame.filter((pl.col("recipe") == recipe) & (pl.col("status") != "ok")).height
+        measured = [c for c in runs[f"{col}/censored"].to_list() if c is not None] if runs.height else []
+        censored = int(sum(bool(c) for c in measured))
+        row: dict[str, Any] = {"recipe": recipe, "runs": runs.height, "failed": failed, "censored": censored}
+        if runs.height and not measured:  # this recipe's sources have no such probe
+            rows.append({**row, **{f"{a}_to_tau": "not measured" for a in AXES}, "aulc": "n/a", "final": "n/a", "speedup_vs_baseline": "n/a"})
+            continue
+        for axis in ("steps", "tokens", "examples", "unique_examples"):
+            values = _axis(runs, col, axis)
+            if runs.height and censored == 0:
+                mean, sd = _mean_spread([v for v in values if v is not None])
+                row[f"{axis}_to_tau"] = _pm(mean, sd)
+            else:
+                row[f"{axis}_to_tau"] = f"censored ({censored}/{runs.height})" if runs.height else "no run"
+        for metric in ("aulc", "final"):
+            values = [v for v in runs[f"{col}/{metric}"].to_list() if v is not None] if runs.height else []
+            row[metric] = _pm(*_mean_spread(values), digits=3) if values else "n/a"
+        if recipe == baseline:
+            row["speedup_vs_baseline"] = "baseline"
+        else:
+            result = speedup(base_steps, _axis(runs, col, "steps"))
+            if result["text"] == "n/a (baseline censored)" and runs.height and censored == 0 and base_last:
+                bound = min(base_last) / max(v for v in _axis(runs, col, "steps") if v is not None)
+                result = {"text": f">{bound:.2f}x (baseline censored)"}
+            row["speedup_vs_baseline"] = result["text"]
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
+def _axis(runs: pl.DataFrame, col: str, axis: str) -> list[float | None]:
+    name = f"{col}/{axis}"
+    if name not in runs.columns or not runs.height:
+        return []
+    censored = runs[f"{col}/censored"].to_list()
+    return [None if c else (float(v) if v is not None else None) for v, c in zip(runs[name].to_list(), censored)]
+
+
+def _pm(mean: float, sd: float, digits: int = 0) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    if digits:
+        return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+    return f"{mean:,.0f} ± {sd:,.0f}"
+
+
+def write_comparison(
+    root: Path,
+    rows: list[dict[str, Any]],
+    baseline: str | None,
+    train_config: Any,
+    title: str,
+    mixture_dirs: dict[str, str],
+) -> dict[str, Any]:
+    """comparison.parquet, one table per skill, report.md / report.html; a JSON-able summary back."""
+    from diffmix import report
+    from diffmix.mixers.mixture import source_proportions
+
+    frame = comparison_frame(rows)
+    with atomic_open(root / "comparison.parquet") as f:
+        frame.write_parquet(f, compression="zstd", statistics=False)
+    recipes = list(dict.fromkeys(frame["recipe"].to_list()))
+    base = baseline or recipes[0]
+    if base not in recipes:
+        raise DiffmixError(f"--baseline {base!r} is not one of the recipes ({', '.join(recipes)})")
+    tables = {skill: skill_table(frame, skill, base) for skill in skills_of(frame)}
+    proportions = {}
+    for recipe, directory in mixture_dirs.items():
+        if (Path(directory) / MANIFEST).is_file():
+            proportions[recipe] = source_proportions(directory)
+    setup = {
+        "title": title,
+        "recipes": ", ".join(recipes),
+        "baseline": base,
+        "seeds per recipe": str(frame.group_by("recipe").len()["len"].max()),
+        "threshold": f"tau = {train_config.skills.tau}, held for k = {train_config.skills.k} evals",
+        "model": f"{train_config.model.n_layer} layers, d={train_config.model.d_model}, {train_config.model.n_head} heads, context {train_config.model.block_size}",
+        "training": f"{train_config.steps} steps max, batch {train_config.batch_size}, lr {train_config.lr} ({train_config.schedule}), eval every {train_config.eval_interval}",
+    }
+    md_path, html_path = report.write_report(root, frame, tables, proportions, train_config.skills.tau, setup)
+    return {
+        "comparison": str(root / "comparison.parquet"),
+        "report_md": str(md_path),
+        "report_html": str(html_path),
+        "baseline": base,
+        "runs": frame.select("run_id", "status", "error").to_dicts(),
+        "tables": {skill: table.to_dicts() for skill, table in tables.items()},
+    }
