@@ -18,9 +18,10 @@ The index is built in three exact, deterministic steps:
    whose weights change every step.
 
    Megatron's greedy rule (give each position to the source with the largest
-   error `w_i P - c_i`) and the sort by ideal position `(k + 1/2) / w_i` both
-   overshoot by more than one sample once there are three or more sources
-   (`tests/mixers/test_blend.py` has counterexamples). The rule here is the
+   error `w_i P - c_i`) and the sort by ideal position `(k + 1/2) / w_i` can
+   both overshoot by more than one sample (three sources are enough for the
+   first, four for the second; `tests/mixers/test_blend.py` has
+   counterexamples). The rule here is the
    quota method (Balinski & Young 1975; Tijdeman's chairman assignment, 1980, for
    weights that change over time): sample `k` of source `i` is *released* at
    the first position `q` with `k < T_i(q + 1)` (taking it earlier would

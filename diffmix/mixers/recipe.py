@@ -32,8 +32,8 @@ A recipe is a YAML file (full reference: `recipes/README.md`):
   `floor(f * steps)`. The first stage / point is at 0; later ones increase.
 * A step is one global batch: position = step * global_batch_size + i. A sample
   budget of N gives ceil(N / global_batch_size) steps (the last may be short); a
-  token budget gives the fewest whole steps whose expected tokens (weights times
-  each source's mean `n_tokens`) reach it.
+  token budget gives the shortest run of whole steps (found by bisection) whose
+  expected tokens (weights times each source's mean `n_tokens`) reach it.
 
 `load_recipe` validates a file (every error is one `DiffmixError` line naming
 the file, the field and the value); `plan_schedule` turns a recipe plus the
@@ -412,6 +412,7 @@ def _steps_at(recipe: Recipe, n_steps: int) -> list[int]:
 
 
 def _phases(recipe: Recipe, weights: list[np.ndarray], n_steps: int, n_samples: int, check: bool) -> list[Phase]:
+    """Cut `n_steps` into phases at the stage starts / points (`check`: fail on any that do not increase)."""
     s = recipe.schedule
     starts = _steps_at(recipe, n_steps)
     field = "stages" if s.type == "stages" else "points"
@@ -456,9 +457,9 @@ def _phases(recipe: Recipe, weights: list[np.ndarray], n_steps: int, n_samples: 
 def plan_schedule(recipe: Recipe, sizes: np.ndarray, mean_tokens: np.ndarray | None = None) -> Plan:
     """Resolve the schedule for sources with `sizes` selected rows (and mean tokens per row).
 
-    A token budget needs `mean_tokens`; its run is the fewest whole steps whose
-    expected tokens reach the budget. Fails (one line) on stages or points that
-    land past the end or on the same step.
+    A token budget needs `mean_tokens`; its run is the shortest run of whole
+    steps (found by bisection) whose expected tokens reach the budget. Fails
+    (one line) on stages or points that land past the end or on the same step.
     """
     names = recipe.names
     weights = [resolve_weights(spec, names, sizes) for _, spec in recipe.weight_specs()]

@@ -251,41 +251,66 @@ def test_sources_with_different_tokenizers_mix_without_token_columns(source_dirs
 # --- bad input: one line, non-zero exit (the CLI's job), nothing written -------------
 
 
-def _break_hash(sources: dict[str, Path], tmp: Path) -> dict[str, Path]:
+def _broken_hash(sources: dict[str, Path], tmp: Path) -> dict[str, Path]:
+    """arith, with one byte of a shard flipped (same size)."""
     copy = tmp / "arith-copy"
     shutil.copytree(sources["arith"], copy)
     shard = sorted((copy / "data").glob("*.arrow"))[0]
     data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # same size, different bytes
+    data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
     return {**sources, "arith": copy}
 
 
 def _no_manifest(sources: dict[str, Path], tmp: Path) -> dict[str, Path]:
+    """copy, replaced by an empty directory."""
     (tmp / "bare").mkdir()
     return {**sources, "copy": tmp / "bare"}
 
 
+def _stages(*starts: float) -> dict[str, Any]:
+    return {"type": "stages", "stages": [{"start": s, "weights": "uniform"} for s in starts]}
+
+
+# (what to change: recipe fields, or a function of the sources giving other sources; the error expected)
+BAD_INPUTS = [
+    ({"weights": {"code": -1, "arith": 1}}, r"schedule.weights: weight of 'code' must be .* \(got -1\)"),
+    ({"weights": {"code": 0, "arith": 0}}, r"schedule.weights: all weights are zero"),
+    ({"weights": {"code": 1, "python": 1}}, r"not a source of this recipe \(got 'python'"),
+    ({"sources": _no_manifest}, r"sources\[2\] \(copy\): .*bare: no manifest.json"),
+    ({"sources": _broken_hash}, r"sources\[1\] \(arith\): .*part-00000-of-\d+\.arrow: sha256 does not match"),
+    ({"where": "lang = 'Cobol'"}, r"sources\[0\] \(code\): empty source"),
+    ({"where": "language = 'Python'"}, r"sources\[0\] \(code\).where: unknown column 'language'"),
+    ({"schedule": _stages(0, 0.5, 0.502)}, r"schedule.stages\[2\].start: lands on step 62, not after the previous one"),
+    ({"schedule": _stages(0, 20, 10)}, r"schedule.stages\[2\].start: stages must be increasing \(got 10 after 20\)"),
+    ({"copy_max_repetition": 2}, r"max_repetition allows .*copy \| 333 \| 50 \| 2 \| 100"),
+]
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
-    [
-        (lambda d, s, t: d["schedule"].update(weights={"code": -1, "arith": 1}) or d, r"schedule.weights: weight of 'code' must be .* \(got -1\)"),
-        (lambda d, s, t: d["schedule"].update(weights={"code": 0, "arith": 0}) or d, r"schedule.weights: all weights are zero"),
-        (lambda d, s, t: d["schedule"].update(weights={"code": 1, "python": 1}) or d, r"not a source of this recipe \(got 'python'"),
-        (lambda d, s, t: recipe(_no_manifest(s, t), {"type": "constant", "weights": "uniform"}), r"sources\[2\] \(copy\): .*bare: no manifest.json"),
-        (lambda d, s, t: recipe(_break_hash(s, t), {"type": "constant", "weights": "uniform"}), r"sources\[1\] \(arith\): .*part-00000-of-\d+\.arrow: sha256 does not match"),
-        (lambda d, s, t: d["sources"][0].update(where="lang = 'Cobol'") or d, r"sources\[0\] \(code\): empty source"),
-        (lambda d, s, t: d["sources"][0].update(where="language = 'Python'") or d, r"sources\[0\] \(code\).where: unknown column 'language'"),
-        (lambda d, s, t: d.update(schedule={"type": "stages", "stages": [{"start": 0, "weights": "uniform"}, {"start": 0.5, "weights": "uniform"}, {"start": 0.502, "weights": "uniform"}]}) or d,
-         r"schedule.stages\[2\].start: lands on step 62, not after the previous one"),
-        (lambda d, s, t: d.update(schedule={"type": "stages", "stages": [{"start": 0, "weights": "uniform"}, {"start": 20, "weights": "uniform"}, {"start": 10, "weights": "uniform"}]}) or d,
-         r"schedule.stages\[2\].start: stages must be increasing \(got 10 after 20\)"),
-        (lambda d, s, t: d["sources"][2].update(max_repetition=2) or d, r"max_repetition allows .*copy \| 333 \| 50 \| 2 \| 100"),
+    BAD_INPUTS,
+    ids=[
+        "negative_weight",
+        "all_zero",
+        "unknown_source",
+        "no_manifest",
+        "hash_mismatch",
+        "empty_source",
+        "unknown_column",
+        "stages_same_step",
+        "stages_decreasing",
+        "repetition_cap",
     ],
 )
 def test_bad_input_fails_in_one_line_and_writes_nothing(change, expected, source_dirs, tmp_path: Path) -> None:
-    data = recipe(source_dirs, {"type": "constant", "weights": {"code": 1, "arith": 1, "copy": 1}})
-    data = change(data, source_dirs, tmp_path)
+    sources = change["sources"](source_dirs, tmp_path) if "sources" in change else source_dirs
+    weights = change.get("weights", {"code": 1, "arith": 1, "copy": 1})
+    data = recipe(sources, change.get("schedule", {"type": "constant", "weights": weights}))
+    if "where" in change:
+        data["sources"][0]["where"] = change["where"]
+    if "copy_max_repetition" in change:
+        data["sources"][2]["max_repetition"] = change["copy_max_repetition"]
     out = tmp_path / "out"
     with pytest.raises(DiffmixError, match=expected) as err:
         build_mixture(write(tmp_path / "recipe.yaml", data), out)
