@@ -1,0 +1,192 @@
+"""Recipe comparison: speed-up arithmetic, censoring, the report, the flow end to end, schedules."""
+
+from __future__ import annotations
+
+import base64
+import html.parser
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from diffmix import compare
+from diffmix.errors import DiffmixError
+from tests.training.mixtures import COPY_URI, synthetic_corpus
+
+
+@pytest.mark.parametrize(
+    ("baseline", "treatment", "kind", "text"),
+    [
+        ([200.0, 220.0], [100.0, 110.0], "interval", "2.00x ["),
+        ([200.0], [100.0], "point", "2.00x (1 seed: no interval)"),
+        ([200.0, None], [100.0, 90.0], "censored", "n/a (baseline censored)"),
+        ([200.0, 210.0], [100.0, None], "censored", "n/a (censored)"),
+    ],
+)
+def test_speedup(baseline: list, treatment: list, kind: str, text: str) -> None:
+    result = compare.speedup(baseline, treatment)
+    assert result["kind"] == kind and result["text"].startswith(text)
+    if kind == "interval":
+        assert result["low"] <= result["ratio"] <= result["high"]
+
+
+def _row(recipe: str, seed: int, steps: float | None, final: float, run_steps: int = 500) -> dict:
+    return {
+        "run_id": f"{recipe}-s{seed}", "recipe": recipe, "seed": seed, "status": "ok", "error": None, "run_dir": "x",
+        "run/steps": run_steps, "skill/s/exact_match/steps": steps, "skill/s/exact_match/tokens": None if steps is None else steps * 10,
+        "skill/s/exact_match/examples": steps, "skill/s/exact_match/unique_examples": steps,
+        "skill/s/exact_match/censored": steps is None, "skill/s/exact_match/aulc": 0.5, "skill/s/exact_match/final": final,
+    }  # fmt: skip
+
+
+def test_skill_table_censoring_and_bounds() -> None:
+    frame = compare.comparison_frame(
+        [
+            _row("base", 0, None, 0.5),
+            _row("base", 1, None, 0.6),
+            _row("fast", 0, 100.0, 0.95),
+            _row("fast", 1, 125.0, 0.97),
+            _row("half", 0, 300.0, 0.9),
+            _row("half", 1, None, 0.7),
+            {"run_id": "broken-s0", "recipe": "broken", "seed": 0, "status": "failed", "error": "mixture failed: boom", "run_dir": "y"},
+        ]
+    )
+    table = {r["recipe"]: r for r in compare.skill_table(frame, "s/exact_match", "base").to_dicts()}
+    assert table["base"]["steps_to_tau"] == "censored (2/2)" and table["base"]["speedup_vs_baseline"] == "baseline"
+    assert table["fast"]["steps_to_tau"] == "112 ± 18"
+    assert table["fast"]["speedup_vs_baseline"] == ">4.00x (baseline censored)"  # 500 steps / slowest 125
+    assert table["half"]["steps_to_tau"] == "censored (1/2)" and table["half"]["speedup_vs_baseline"] == "n/a (censored)"
+    assert (table["broken"]["runs"], table["broken"]["failed"], table["broken"]["steps_to_tau"]) == (0, 1, "no run")
+
+
+class _Images(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.tables = 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        self.tables += tag == "table"
+
+
+def _recipe(path: Path, name: str, source: Path, weights: object = "uniform") -> Path:
+    recipe = {
+        "name": name, "seed": 0, "global_batch_size": 16, "budget": {"samples": 1600},
+        "sources": [{"name": "copy", "path": str(source), "max_repetition": 4}],
+        "schedule": {"type": "constant", "weights": weights},
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_compare_flow_end_to_end(tmp_path: Path) -> None:
+    from diffmix.flows import run_compare_recipes
+
+    source = synthetic_corpus(COPY_URI, tmp_path / "copy")
+    broken = synthetic_corpus(COPY_URI, tmp_path / "copy-broken")
+    shard = next((broken / "data").glob("*.arrow"))
+    shard.write_bytes(shard.read_bytes()[:-8] + b"tampered")  # hash mismatch: its mixture must fail
+    recipes = [
+        str(_recipe(tmp_path / "a.yaml", "alpha", source)),
+        str(_recipe(tmp_path / "b.yaml", "beta", source)),
+        str(_recipe(tmp_path / "c.yaml", "gamma", broken)),
+    ]
+    overrides = {"batch_size": 16, "eval_interval": 10, "model.n_layer": 1, "model.d_model": 32, "model.n_head": 2,
+                 "model.block_size": 48, "probes.samples": 16, "device": "cpu", "warmup_steps": 5}  # fmt: skip
+    out = tmp_path / "cmp"
+    result = run_compare_recipes(recipes, str(out), seeds=2, steps=30, train_overrides=overrides)
+
+    frame = pl.read_parquet(out / "comparison.parquet")
+    assert frame.height == 6 and set(frame["recipe"]) == {"alpha", "beta", "gamma"}
+    assert frame.filter(pl.col("recipe") == "gamma")["status"].to_list() == ["failed", "failed"]
+    assert all(e.startswith("mixture failed: ") for e in frame.filter(pl.col("recipe") == "gamma")["error"])
+    assert frame.filter(pl.col("recipe") != "gamma")["status"].to_list() == ["ok"] * 4
+    for column in ("seed", "schedule", "params", "skill/copy/exact_match/steps", "skill/copy/exact_match/censored", "skill/copy/exact_match/aulc"):
+        assert column in frame.columns
+    rows = {r["recipe"]: r for r in result["tables"]["copy/exact_match"]}
+    assert rows["gamma"]["failed"] == 2 and rows["alpha"]["runs"] == 2
+    for recipe in ("alpha", "beta"):  # 30 steps of a tiny model: censored, and shown as such
+        runs = frame.filter(pl.col("recipe") == recipe)
+        if any(runs["skill/copy/exact_match/censored"]):
+            assert rows[recipe]["steps_to_tau"].startswith("censored")
+
+    page = (out / "report.html").read_text()
+    parser = _Images()
+    parser.feed(page)
+    assert parser.tables >= 1 and parser.images
+    for src in parser.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (out / "report.md").read_text()
+    for name in [line.split("(")[1].rstrip(")") for line in markdown.splitlines() if line.startswith("![")]:
+        assert (out / name).is_file()
+    assert "gamma-s0" in markdown  # failed runs are listed
+
+    before = (out / "runs" / "alpha-s0" / "summary.json").stat().st_mtime_ns
+    run_compare_recipes(recipes[:1], str(out), seeds=1, steps=30, train_overrides=overrides)
+    assert (out / "runs" / "alpha-s0" / "summary.json").stat().st_mtime_ns == before  # finished runs are not redone
+
+
+def test_plan_comparison_rejects_duplicate_names(tmp_path: Path) -> None:
+    source = tmp_path / "missing"
+    a = _recipe(tmp_path / "a.yaml", "same", source)
+    b = _recipe(tmp_path / "b.yaml", "same", source)
+    with pytest.raises(DiffmixError, match="recipe names must differ"):
+        compare.plan_comparison([str(a), str(b)], tmp_path / "out", 1)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_deployments_register_with_schedules(tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+
+    from diffmix.flows import deployments_from_config
+
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "deployments": [
+                    {"flow": "build_corpus", "name": "nightly-corpus", "cron": "0 3 * * *", "parameters": {"inputs": ["/data/repo"], "out": "/data/corpus"}},
+                    {"flow": "build_mixture", "name": "nightly-mix", "cron": "30 3 * * *", "parameters": {"recipe": "r.yaml", "out": "/data/mix"}},
+                    {"flow": "compare_recipes", "name": "weekly-compare", "cron": "0 5 * * 1", "parameters": {"recipes": ["r.yaml"], "out": "/data/cmp"}},
+                ]
+            }
+        )
+    )
+    deployments = deployments_from_config(str(config))
+    ids = [d.apply() for d in deployments]
+    with get_client(sync_client=True) as client:
+        found = {}
+        for deployment_id in ids:
+            deployment = client.read_deployment(deployment_id)
+            found[deployment.name] = ([s.schedule.cron for s in deployment.schedules], deployment.parameters)
+    assert found["nightly-corpus"] == (["0 3 * * *"], {"inputs": ["/data/repo"], "out": "/data/corpus"})
+    assert found["nightly-mix"][0] == ["30 3 * * *"]
+    assert found["weekly-compare"][0] == ["0 5 * * 1"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"deployments": [{"flow": "build_corpus", "name": "x", "cron": "61 * * * *"}]}, "not a valid cron"),
+        ({"deployments": [{"flow": "nope", "name": "x", "cron": "0 * * * *"}]}, "deployments.0.flow"),
+        ({"deployments": []}, "deployments"),
+    ],
+)
+def test_bad_serve_config(tmp_path: Path, body: dict, message: str) -> None:
+    from diffmix.schemas.serve import load_serve_config
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(body))
+    with pytest.raises(DiffmixError, match=message):
+        load_serve_config(path)
+
+
+def test_mean_spread_of_one_value() -> None:
+    mean, sd = compare._mean_spread([3.0])
+    assert (mean, sd) == (3.0, 0.0) and not math.isnan(sd)
