@@ -245,7 +245,16 @@ def main() -> None:
                 f"| `build_mixture` end to end | {min(build_times):.2f} | {build_bw:,.0f} |",
                 f"| `build_mixture(index_only=True)` | {min(index_times):.2f} | |",
                 "",
-                f"**Bandwidth ratio build / floor: {build_bw / floor_bw:.0%}** (target >= 50 %).",
+                f"**Bandwidth ratio build / floor: {build_bw / floor_bw:.0%}** best of each (target >= 50 %); "
+                f"{statistics.median(floor_times) / statistics.median(build_times):.0%} from the medians.",
+                "",
+                "The floor memory-maps the same source shards, gathers the mixture's rows in training order "
+                "(one `take` over the sources' columns, made contiguous) and writes one IPC stream: no hashes, "
+                "no fsync. `build_mixture` adds the sha256 of every source shard (inputs are verified before "
+                "use), `where`/split selection, planning and the blend index, shards written atomically "
+                "(temporary file, fsync, rename) with their sha256, the audit and the manifest. Both gather "
+                "through one contiguous copy of the sources' document columns, so peak memory is about the "
+                "sources' size plus one output shard.",
                 "",
             ]
         finally:

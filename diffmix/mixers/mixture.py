@@ -26,6 +26,7 @@ from __future__ import annotations
 import bisect
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ from diffmix.pipelines.shards import (
     write_table_shards,
 )
 from diffmix.schemas.columns import MIXTURE_FIELDS, TOKEN_FIELDS
-from diffmix.schemas.manifest import Counts, InputEntry, Manifest
+from diffmix.schemas.manifest import Counts, FileEntry, InputEntry, Manifest
 
 INDEX_FIELDS = MIXTURE_FIELDS[:4]  # position, source, phase, source_row
 DOCUMENT_FIELDS = MIXTURE_FIELDS[4:]  # doc_id, text, format, target_start
@@ -66,6 +67,8 @@ TOKEN_COLUMNS = [f.name for f in TOKEN_FIELDS]
 ROW_OVERHEAD = 64
 # Token ids of all sources together beyond this need 64-bit list offsets while gathering.
 LIST_OFFSET_LIMIT = 2**31 - 1
+# Threads that hash and write files at once (hashing and Arrow I/O run outside the GIL).
+WRITE_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -298,7 +301,7 @@ def _write_documents(
     names: list[str],
     fields: list[pa.Field],
     shard_bytes: int,
-) -> list[Any]:
+) -> list[FileEntry]:
     """Gather the documents in training order and write them shard by shard."""
     documents = _document_table(sources, fields[len(INDEX_FIELDS) :])
     base = np.concatenate([[0], np.cumsum([s.table.num_rows for s in sources])[:-1]]).astype(np.int64)
@@ -311,22 +314,26 @@ def _write_documents(
     schema = pa.schema(fields)
     document_schema = pa.schema(fields[len(INDEX_FIELDS) :])
     source_names = pa.array(names, pa.string())
-    entries = []
-    for j, (start, stop) in enumerate(ranges):
-        span = slice(start, stop)
-        gathered = documents.take(pa.array(rows[span]))
-        if gathered.schema != document_schema:  # 64-bit list offsets back to the schema's (one shard fits)
-            gathered = gathered.cast(document_schema)
-        columns = [
-            pa.array(np.arange(start, stop, dtype=np.int64)),
-            source_names.take(pa.array(index.sources[span])),
-            pa.array(index.phases[span]),
-            pa.array(index.rows[span]),
-            *gathered.columns,
-        ]
-        table = pa.Table.from_arrays(columns, schema=schema)
-        entries.append(write_shard(out, f"{DATA_DIR}/{shard_name(j, len(ranges))}", table))
-    return entries
+    # Shard j + 1 is gathered and written while shard j is hashed (Arrow and hashlib release the GIL).
+    pending: list[Future[FileEntry]] = []
+    with ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
+        for j, (start, stop) in enumerate(ranges):
+            span = slice(start, stop)
+            gathered = documents.take(pa.array(rows[span]))
+            if gathered.schema != document_schema:  # 64-bit list offsets back to the schema's (one shard fits)
+                gathered = gathered.cast(document_schema)
+            columns = [
+                pa.array(np.arange(start, stop, dtype=np.int64)),
+                source_names.take(pa.array(index.sources[span])),
+                pa.array(index.phases[span]),
+                pa.array(index.rows[span]),
+                *gathered.columns,
+            ]
+            table = pa.Table.from_arrays(columns, schema=schema)
+            if len(pending) >= WRITE_THREADS:  # bound the shards held in memory
+                pending[-WRITE_THREADS].result()
+            pending.append(pool.submit(write_shard, out, f"{DATA_DIR}/{shard_name(j, len(ranges))}", table))
+        return [future.result() for future in pending]
 
 
 def _index_table(index: _Index, names: list[str]) -> pa.Table:
@@ -351,6 +358,18 @@ def _formats(sources: list[_Source], index: _Index) -> dict[str, int]:
     base = np.concatenate([[0], np.cumsum([s.table.num_rows for s in sources])[:-1]]).astype(np.int64)
     counts = np.bincount(codes[base[index.sources] + index.rows], minlength=len(labels))
     return {label: int(n) for label, n in zip(labels, counts) if n}
+
+
+def _verify_sources(recipe: Recipe, sources: list[_Source], origin: str) -> None:
+    """Check every source shard's sha256 (files in parallel: hashing releases the GIL); fail on the first in order."""
+    checks = [(j, entry) for j, source in enumerate(sources) for entry in source.manifest.shards]
+    with ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
+        futures = [pool.submit(verify_files, sources[j].info.path, [entry], True) for j, entry in checks]
+        for (j, _), future in zip(checks, futures):
+            try:
+                future.result()
+            except DiffmixError as exc:
+                raise DiffmixError(f"{_context(origin, j, recipe.sources[j])}: {exc}") from None
 
 
 def _token_totals(totals: list[dict[str, Any]], n: int) -> dict[str, Any]:
@@ -396,11 +415,7 @@ def build_mixture(
     if existing is not None:
         return existing
 
-    for j, source in enumerate(sources):
-        try:
-            verify_files(source.info.path, source.manifest.shards, check_hashes=True)
-        except DiffmixError as exc:
-            raise DiffmixError(f"{_context(origin, j, recipe.sources[j])}: {exc}") from None
+    _verify_sources(recipe, sources, origin)
     index = _build_index(recipe, plan, sources, origin)
     audit, totals = _audit(plan, sources, index)
     formats = _formats(sources, index)
