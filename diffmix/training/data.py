@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
@@ -287,23 +288,38 @@ def source_documents(source: SourceRef) -> pa.Table | None:
 # --- tokenizer for a mixture without pre-tokenised ids ---------------------------------
 
 
-def alphabet(texts: pa.ChunkedArray | pa.Array) -> str:
+# Characters of training text a tokenizer is built from (the first rows up to this many).
+TOKENIZER_SAMPLE_CHARS = 50_000_000
+
+
+def _sample(texts: pa.ChunkedArray) -> pa.Array:
+    """The first rows of `texts` holding about `TOKENIZER_SAMPLE_CHARS` characters."""
+    array = texts.combine_chunks()
+    lengths = pc.utf8_length(array).to_numpy(zero_copy_only=False)
+    rows = int(np.searchsorted(np.cumsum(lengths), TOKENIZER_SAMPLE_CHARS)) + 1
+    return array.slice(0, rows)
+
+
+def alphabet(texts: pa.Array) -> str:
     """The distinct characters of `texts`, sorted."""
-    series = pl.Series(pa.chunked_array([texts]) if isinstance(texts, pa.Array) else texts).cast(pl.String)
-    chars = series.str.split("").explode().unique().drop_nulls()
+    chars = pl.Series(texts).cast(pl.String).str.split("").explode().unique().drop_nulls()
     return "".join(sorted(c for c in chars.to_list() if c))
 
 
 def build_tokenizer_for(texts: pa.ChunkedArray, config: TokenizerConfig) -> Tokenizer:
-    """A char tokenizer for small-alphabet (synthetic) text, byte-level BPE otherwise (`kind: auto`)."""
+    """A char tokenizer for small-alphabet (synthetic) text, byte-level BPE otherwise (`kind: auto`).
+
+    Both are built from a prefix of the training text (`TOKENIZER_SAMPLE_CHARS`);
+    a character outside it maps to <unk> under the char tokenizer.
+    """
+    sample = _sample(texts)
     kind = config.kind
-    chars = alphabet(texts) if kind != "bpe" else ""
+    chars = alphabet(sample) if kind != "bpe" else ""
     if kind == "auto":
         kind = "char" if len(chars) <= config.char_max_alphabet else "bpe"
     if kind == "char":
         return char_tokenizer(alphabet=chars)
-    array = texts.combine_chunks()
-    return train_bpe((array[i].as_py() for i in range(len(array))), config.vocab_size)
+    return train_bpe((sample[i].as_py() for i in range(len(sample))), config.vocab_size)
 
 
 def eos_id(tokenizer: Tokenizer) -> int:

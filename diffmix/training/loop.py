@@ -6,7 +6,7 @@
                                 RUN/tokenizer.json, RUN/config.json, RUN/timing.json
                                 RUN/checkpoint.pt     model, optimiser, scheduler, RNG, loader position
 
-The loop is nanoGPT's: AdamW (fused on CUDA), a LambdaLR schedule, gradient
+The loop is nanoGPT's: AdamW (fused), a LambdaLR schedule, gradient
 clipping, bf16 autocast + TF32 on CUDA, optional `torch.compile`, DDP under
 `torchrun` (gloo on CPU, NCCL on CUDA). Rank 0 evaluates, logs and writes;
 every rank reads its slice of the same global batches (see `data`).
@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import pyarrow.compute as pc
 import torch
 import torch.distributed as dist
@@ -42,11 +41,10 @@ from torch.nn.parallel import DistributedDataParallel
 from diffmix.errors import DiffmixError
 from diffmix.pipelines.io import atomic_open, read_json, write_json
 from diffmix.pipelines.shards import read_manifest
+from diffmix.pipelines.tokenize import TOKENIZER_FILE, load_tokenizer, save_tokenizer, tokenize_documents
 from diffmix.schemas.manifest import Manifest
 from diffmix.training import plots
 from diffmix.training.config import TrainConfig
-from diffmix.training.metrics import metrics_frame, summarize
-from diffmix.pipelines.tokenize import TOKENIZER_FILE, load_tokenizer, save_tokenizer, tokenize_documents
 from diffmix.training.data import (
     BatchInfo,
     MixtureBatches,
@@ -60,6 +58,7 @@ from diffmix.training.data import (
     source_documents,
     stream_stats,
 )
+from diffmix.training.metrics import metrics_frame, summarize
 from diffmix.training.model import GPT
 from diffmix.training.probes import ProbeSet, build_probe_set, run_probe_set
 from diffmix.training.schedule import lr_multiplier
@@ -120,12 +119,15 @@ def _set_threads(config: TrainConfig, world: int) -> None:
 
 
 def configure_optimizer(model: GPT, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not LayerNorm gains), fused kernels on CUDA."""
+    """AdamW; weight decay on matrices only (not LayerNorm gains); the fused kernel on CUDA and CPU.
+
+    (On CPU the fused step is also what CUDA runs, so the CPU tests cover that path.)
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=device.type in ("cuda", "cpu"))
 
 
 def load_tokens(data_dir: Path, config: TrainConfig, run: Path, rank: int, world: int) -> tuple[MixtureTokens, Tokenizer, list[SourceRef], dict]:
@@ -362,6 +364,8 @@ def _save(path: Path, digest: str, model: GPT, optimizer: torch.optim.Optimizer,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": rng,
+                # the next global batch and the mixture position it starts at (unwrapped: epochs * rows + row)
+                "loader": {"next_batch": state.step, "next_position": state.rows[-1]["examples"] if state.rows else 0},
                 "progress": state.to_dict(),
             },
         )

@@ -334,7 +334,21 @@ def summarize(frame: pl.DataFrame, skills: Any) -> dict[str, Any]:
         "plateaus": [asdict(p) for p in plateaus],
         "plateau_drops": plateau_drops(plateaus),
         "epoch_boundaries": gaps,
+        "epoch_gap_mean": _mean_gaps(gaps),
         "effective_params": eff,
+    }
+
+
+def _mean_gaps(gaps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Means over the epoch boundaries that have a held-out measurement on both sides."""
+    measured = [g for g in gaps if g["gap"] is not None]
+    if not measured:
+        return None
+    return {
+        "boundaries": len(measured),
+        "train_step": float(np.mean([g["train_step"] for g in measured])),
+        "val_change": float(np.mean([g["val_change"] for g in measured])),
+        "gap": float(np.mean([g["gap"] for g in measured])),
     }
 
 

@@ -25,7 +25,7 @@ Scores are means over a source's probe documents, in [0, 1] except the loss.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
