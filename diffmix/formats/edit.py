@@ -449,7 +449,7 @@ class ChangeBlock:
 
 
 def change_blocks(hunks: list[Hunk] | list[list[tuple[str, str]]]) -> list[ChangeBlock]:
-    """Change blocks of parsed hunks: `Hunk`s (numbered) or (op, line) lists (by content; `first` then counts from 1)."""
+    """Change blocks of parsed hunks: numbered `Hunk`s, or (op, line) lists (by content: `first` counts from 1)."""
     blocks: list[ChangeBlock] = []
     for hunk in hunks:
         if isinstance(hunk, Hunk):

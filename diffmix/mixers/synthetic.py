@@ -192,7 +192,8 @@ def parse_synthetic_uri(uri: str) -> SyntheticSpec:
     given: dict[str, str] = {}
     for key, value in pairs:
         if key not in known:
-            raise DiffmixError(f"{uri}: unknown parameter {key!r} for {SCHEME}{task} (known: {', '.join(sorted(known))})")
+            known_keys = ", ".join(sorted(known))
+            raise DiffmixError(f"{uri}: unknown parameter {key!r} for {SCHEME}{task} (known: {known_keys})")
         if key in given:
             raise DiffmixError(f"{uri}: parameter {key!r} is given twice")
         given[key] = value
@@ -284,7 +285,8 @@ def addition_problems(spec: SyntheticSpec) -> Iterator[tuple[str, AdditionProble
     def operands(stream: Stream) -> tuple[int, int]:
         if not balanced_operands:
             return stream.below(10**digits), stream.below(10**digits)
-        return (_number_with_digits(stream, stream.between(1, digits)), _number_with_digits(stream, stream.between(1, digits)))
+        a = _number_with_digits(stream, stream.between(1, digits))
+        return a, _number_with_digits(stream, stream.between(1, digits))
 
     def draw(stream: Stream) -> AdditionProblem:
         if not balanced_carries:
@@ -307,8 +309,8 @@ _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 def copy_problems(spec: SyntheticSpec) -> Iterator[tuple[str, CopyProblem]]:
     n_lines: int = spec.param("lines")
     lo, hi = spec.param("length")
-    if n_lines > 26 ** lo and lo == hi:
-        raise DiffmixError(f"{spec.canonical()}: {n_lines} distinct lines of {lo} letters do not exist")
+    if n_lines > sum(26**length for length in range(lo, hi + 1)):
+        raise DiffmixError(f"{spec.canonical()}: {n_lines} distinct lines of {lo}..{hi} letters do not exist")
 
     def draw(stream: Stream) -> CopyProblem:
         lines: list[str] = []

@@ -108,7 +108,9 @@ def _encode(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
 
 def encode_document(tokenizer: Tokenizer, text: str, target_start: int, add_eos: bool = True) -> tuple[list[int], int]:
     """One document -> (ids, target_token_start), exactly as `tokenize_documents` encodes it."""
-    table = pa.table({"text": pa.array([text], pa.large_string()), "target_start": pa.array([target_start], pa.int32())})
+    table = pa.table(
+        {"text": pa.array([text], pa.large_string()), "target_start": pa.array([target_start], pa.int32())}
+    )
     out = tokenize_documents(table, tokenizer, add_eos=add_eos)
     return out["input_ids"][0].as_py(), out["target_token_start"][0].as_py()
 

@@ -180,6 +180,8 @@ def test_asking_for_more_problems_than_exist_is_an_error() -> None:
     assert len(synthetic_problems(parse_synthetic_uri("synthetic:addition?digits=1&n=90&test=10"))) == 100
     with pytest.raises(DiffmixError, match="distinct problems"):
         synthetic_problems(parse_synthetic_uri("synthetic:copy?lines=2&length=1&n=2000&test=0"))
+    with pytest.raises(DiffmixError, match="do not exist"):
+        synthetic_problems(parse_synthetic_uri("synthetic:copy?lines=30&length=1&n=1&test=0"))
 
 
 def test_edit_records_are_exact_small_edits() -> None:
