@@ -3,14 +3,20 @@
     prepare_build      validate inputs and the output directory, decide what is already done
     stage_source       stream a git / JSONL / HF source into Arrow chunks (one task per source)
     plan_partitions    fixed row ranges of the inputs: the unit of parallel work and of resume
-    process_partition  rows -> structural rejects + rendered documents with filter scores
-    decide             global decisions (quality filters, dedup) and the shard plan
+    process_partition  rows -> structural rejects; secrets redacted, then diffed and rendered;
+                       every filter score computed and each row's first failing rule
+    prepare_dedup      filter verdicts + exact dedup over all partitions; the near-dedup work
+    near_dedup_group   LSH candidate pairs of one group of bands, checked against the threshold
+    decide             near-duplicate clusters, corpus-wide caps, the shard plan
     write_data_shard   one output shard from the kept rows, in input order
-    finalize           rejects, manifest (written last), clean-up
+    finalize           rejects (structural ids; filter/dedup/cap rejects with their whole row),
+                       manifest with counts per stage and per rule (written last), clean-up
+    refilter           re-decide a built corpus under a new config from its stored scores
 
-Partitions depend only on the inputs and the config, never on the number of
-workers, and each writes its own files under `DIR/.work/` (atomically, its stats
-file last), so a killed build resumes where it stopped and gives the same bytes.
+Partitions (and dedup band groups) depend only on the inputs and the config,
+never on the number of workers, and each writes its own files under
+`DIR/.work/` (atomically, its marker last), so a killed build resumes where it
+stopped and gives the same bytes.
 """
 
 from __future__ import annotations
@@ -27,11 +33,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from diffmix.errors import DiffmixError
+from diffmix.filters import engine
+from diffmix.filters.base import uniform
+from diffmix.filters.dedup import band_keys, bucket_pairs, components
 from diffmix.formats.base import get_format
 from diffmix.pipelines.document import (
     RENDERED_SCHEMA,
     doc_ids,
     normalized_message,
+    redact_rows,
     render_rows,
     split_expr,
     structural_reason,
@@ -50,13 +60,16 @@ from diffmix.pipelines.shards import (
     write_shard,
     write_table_shards,
 )
-from diffmix.schemas.columns import COMMIT_SCHEMA, DOCUMENT_SCHEMA, reject_schema
+from diffmix.schemas.columns import COMMIT_SCHEMA, DOCUMENT_SCHEMA, REJECT_ID_FIELDS, reject_schema
 from diffmix.schemas.config import BuildConfig
 from diffmix.schemas.manifest import Counts, FileEntry, InputEntry, Manifest
 
 WORK_DIR = ".work"
-# Rejects keep ids and metadata; only filter/dedup rejects keep their text (for --refilter).
-_REJECT_SCHEMA = reject_schema(DOCUMENT_SCHEMA)
+CORPUS_SCHEMA = engine.CORPUS_SCHEMA
+# Rejects keep ids and metadata; only filter/dedup/cap rejects keep their text and scores (for --refilter).
+REJECT_SCHEMA = reject_schema(CORPUS_SCHEMA)
+# Stages after structural, in order; their rejects keep the whole document row.
+DOCUMENT_STAGES = ("filter", "dedup", "cap")
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,7 @@ class Partition:
     row_group: int | None
     start: int
     stop: int
+    offset: int = 0  # rows of the inputs before this slice (its first row's `input_row`)
 
     @property
     def key(self) -> str:
@@ -99,6 +113,7 @@ class PartitionStats:
     rows_in: int
     dropped: dict[str, int] = field(default_factory=dict)
     documents: int = 0
+    redacted: dict[str, int] = field(default_factory=dict)  # findings per detector kind
 
 
 @dataclass
@@ -148,9 +163,9 @@ def prepare_build(uris: list[str], out: str | Path, config: BuildConfig, overwri
     return plan
 
 
-def _reset_work_if_stale(plan: BuildPlan) -> None:
+def _reset_work_if_stale(plan: BuildPlan, mode: str = "build") -> None:
     marker = plan.work / "plan.json"
-    identity = {"config_hash": plan.config_hash, "inputs": [i.model_dump() for i in plan.inputs]}
+    identity = {"config_hash": plan.config_hash, "inputs": [i.model_dump() for i in plan.inputs], "mode": mode}
     if marker.is_file() and read_json(marker) != identity:
         shutil.rmtree(plan.work)
     plan.work.mkdir(parents=True, exist_ok=True)
@@ -206,14 +221,17 @@ def stage_source(plan: BuildPlan, source_index: int) -> list[str]:
 def plan_partitions(plan: BuildPlan, staged: dict[int, list[str]]) -> list[Partition]:
     """Fixed slices of every input, numbered in input order."""
     partitions: list[Partition] = []
+    offset = 0
     for i, source in enumerate(plan.sources()):
         if isinstance(source, ParquetSource):
             for piece in source.slices(plan.config.partition_rows):
-                partitions.append(Partition(len(partitions), i, str(source.path), piece.row_group, piece.start, piece.stop))
+                partitions.append(Partition(len(partitions), i, str(source.path), piece.row_group, piece.start, piece.stop, offset))
+                offset += piece.stop - piece.start
         else:
             for chunk in staged[i]:
                 n = _ipc_rows(chunk)
-                partitions.append(Partition(len(partitions), i, chunk, None, 0, n))
+                partitions.append(Partition(len(partitions), i, chunk, None, 0, n, offset))
+                offset += n
     return partitions
 
 
@@ -243,8 +261,21 @@ def _partition_files(plan: BuildPlan, key: str) -> tuple[Path, Path, Path]:
     )
 
 
+def _verdicts_path(plan: BuildPlan, key: str) -> Path:
+    """Each staged document's first failing rule (null: kept), aligned with `docs/{key}.arrow`."""
+    return plan.work / "verdicts" / f"{key}.arrow"
+
+
+def _decisions_path(plan: BuildPlan, key: str) -> Path:
+    """Each staged document's final stage / reason / detail (null stage: kept)."""
+    return plan.work / "decisions" / f"{key}.arrow"
+
+
 def process_partition(plan: BuildPlan, part: Partition) -> PartitionStats:
-    """Turn one slice of commit rows into documents and structural rejects (skipped when done)."""
+    """One slice of commit rows -> structural rejects, and staged documents with every score and verdict.
+
+    Skipped when its stats file (written last) exists.
+    """
     docs_path, rejects_path, stats_path = _partition_files(plan, part.key)
     if stats_path.is_file():
         return PartitionStats(**read_json(stats_path))
@@ -257,17 +288,23 @@ def process_partition(plan: BuildPlan, part: Partition) -> PartitionStats:
         pl.col("repos").alias("repo"),
         pl.col("new_file").alias("path"),
         pl.col("old_file").alias("old_path"),
+        pl.int_range(part.offset, part.offset + frame.height, dtype=pl.Int64).alias("input_row"),
     )
     frame = frame.with_columns(structural_reason(plan.config.max_file_bytes).alias("reason"))
-    alive = frame.filter(pl.col("reason").is_null())
-    rendered, failures = render_rows(alive, get_format(plan.config.format))
-    alive = alive.with_columns(pl.Series("reason", failures, dtype=pl.String))
+    alive, redacted = redact_rows(frame.filter(pl.col("reason").is_null()), plan.config.filters.redact)
+    ready = alive.filter(pl.col("reason").is_null())
+    rendered, failures = render_rows(ready, get_format(plan.config.format))
+    ready = ready.with_columns(pl.Series("reason", failures, dtype=pl.String))
     ok = [r for r in rendered if r is not None]
-    documents = _documents(alive.filter(pl.col("reason").is_null()), ok, plan, source_label(plan.inputs[part.source]))
-    rejected = pl.concat([frame.filter(pl.col("reason").is_not_null()), alive.filter(pl.col("reason").is_not_null())])
-    write_ipc_stream(docs_path, documents)
-    write_ipc_stream(rejects_path, _structural_rejects(rejected))
-    stats = PartitionStats(part.key, table.num_rows, dict(sorted(Counter(rejected["reason"].to_list()).items())), documents.num_rows)
+    documents = _documents(ready.filter(pl.col("reason").is_null()), ok, plan, source_label(plan.inputs[part.source]))
+    documents, verdicts = engine.decide_rows(documents, plan.config)
+    rejected = pl.concat([_structural_rejects(f.filter(pl.col("reason").is_not_null())) for f in (frame, alive, ready)])
+    write_ipc_stream(docs_path, documents.to_arrow().cast(CORPUS_SCHEMA))
+    write_ipc_stream(_verdicts_path(plan, part.key), verdicts.to_frame("reason").to_arrow())
+    write_ipc_stream(rejects_path, _as_rejects(rejected.to_arrow()))
+    stats = PartitionStats(
+        part.key, table.num_rows, dict(sorted(Counter(rejected["reason"].to_list()).items())), documents.height, redacted
+    )
     write_json(stats_path, asdict(stats))  # last: marks the partition complete
     return stats
 
@@ -278,8 +315,8 @@ def source_label(entry: InputEntry) -> str:
     return f"{entry.kind}:{name}"
 
 
-def _documents(frame: pl.DataFrame, rendered: list[dict[str, Any]], plan: BuildPlan, source: str) -> pa.Table:
-    """Commit rows + their rendered columns -> DOCUMENT_SCHEMA (plus filter score columns)."""
+def _documents(frame: pl.DataFrame, rendered: list[dict[str, Any]], plan: BuildPlan, source: str) -> pl.DataFrame:
+    """Commit rows + their rendered columns -> CORPUS_SCHEMA columns (documents + filter scores)."""
     parts = pl.from_arrow(pa.Table.from_pylist(rendered, schema=RENDERED_SCHEMA))
     assert isinstance(parts, pl.DataFrame)
     base = frame.drop("lines_added", "lines_deleted").with_columns(
@@ -288,44 +325,185 @@ def _documents(frame: pl.DataFrame, rendered: list[dict[str, Any]], plan: BuildP
         pl.col("old_contents").str.len_chars().cast(pl.Int32).alias("old_chars"),
         pl.col("new_contents").str.len_chars().cast(pl.Int32).alias("new_chars"),
     )
-    base = pl.concat([base, parts], how="horizontal")
-    split_on = "repo" if plan.config.split.by == "repo" else "commit"
-    base = base.with_columns(split_expr(pl.col(split_on), plan.config.split, base[split_on].unique().to_list()).alias("split"))
-    return base.select(DOCUMENT_SCHEMA.names).to_arrow().cast(DOCUMENT_SCHEMA)
+    base = _with_split(pl.concat([base, parts], how="horizontal"), plan.config)
+    scores = engine.score(base, plan.config)
+    return pl.concat([base.select(DOCUMENT_SCHEMA.names), scores], how="horizontal")
 
 
-def _structural_rejects(frame: pl.DataFrame) -> pa.Table:
-    ids = frame.select(
-        "doc_id", "repo", "commit", "path", "change_type", "lang",
+def _with_split(frame: pl.DataFrame, config: BuildConfig) -> pl.DataFrame:
+    split_on = "repo" if config.split.by == "repo" else "commit"
+    return frame.with_columns(split_expr(pl.col(split_on), config.split, frame[split_on].unique().to_list()).alias("split"))
+
+
+def _structural_rejects(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select(
+        *REJECT_ID_FIELDS, "input_row",
         pl.lit("structural").alias("stage"), "reason", pl.lit(None, dtype=pl.String).alias("detail"),
     )  # fmt: skip
-    return _as_rejects(ids.to_arrow())
 
 
 def _as_rejects(table: pa.Table) -> pa.Table:
-    columns = {name: table.column(name) if name in table.column_names else pa.nulls(table.num_rows, _REJECT_SCHEMA.field(name).type) for name in _REJECT_SCHEMA.names}
-    return pa.table(columns).cast(_REJECT_SCHEMA)
+    columns = {name: table.column(name) if name in table.column_names else pa.nulls(table.num_rows, REJECT_SCHEMA.field(name).type) for name in REJECT_SCHEMA.names}
+    return pa.table(columns).cast(REJECT_SCHEMA)
 
 
-# --- reduce ----------------------------------------------------------------------
+# --- reduce: filter verdicts, dedup, caps --------------------------------------------------
 
 
-def decide(plan: BuildPlan, parts: list[Partition]) -> list[ShardSpec]:
-    """Global decisions over every staged document, then the output shard plan.
+def _dedup_dir(plan: BuildPlan) -> Path:
+    return plan.work / "dedup"
 
-    Kept rows stay in input order; shards are cut at about `shard_bytes`.
+
+def _band_groups(config: BuildConfig) -> list[list[int]]:
+    near = config.filters.dedup.near
+    if near is None:
+        return []
+    bands, _ = near.layout()
+    groups = np.array_split(np.arange(bands), min(near.band_groups, bands))
+    return [g.tolist() for g in groups if len(g)]
+
+
+def prepare_dedup(plan: BuildPlan, parts: list[Partition]) -> list[int]:
+    """Filter verdicts and exact dedup over every staged document; return the near-dedup groups to run.
+
+    Writes `.work/dedup/state.arrow`: one row per staged document (`node`, in
+    partition order) with its keeper rank and stage / reason / detail so far.
     """
-    owners, rows, sizes = [], [], []
+    state_path = _dedup_dir(plan) / "state.arrow"
+    if not state_path.is_file():
+        write_ipc_stream(state_path, _initial_state(plan, parts).to_arrow())
+    return list(range(len(_band_groups(plan.config))))
+
+
+def _initial_state(plan: BuildPlan, parts: list[Partition]) -> pl.DataFrame:
+    frames = []
     for number, part in enumerate(parts):
         docs_path, _, _ = _partition_files(plan, part.key)
-        lengths = read_ipc_stream(docs_path, ["text"]).column("text")
-        kept = np.flatnonzero(np.ones(len(lengths), dtype=bool))
-        owners.append(np.full(len(kept), number, dtype=np.int64))
-        rows.append(kept)
-        sizes.append(pc.binary_length(lengths).to_numpy(zero_copy_only=False)[kept] + 256)
-    owner = np.concatenate(owners) if owners else np.zeros(0, dtype=np.int64)
-    row = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-    size = np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int64)
+        docs = pl.from_arrow(read_ipc_stream(docs_path, ["input_row", "doc_id", "author_date", "f_exact_bd", "f_exact_d", "f_whitespace_only", "text"]))
+        assert isinstance(docs, pl.DataFrame)
+        verdicts = read_ipc_stream(_verdicts_path(plan, part.key)).column("reason")
+        frames.append(
+            docs.select(
+                pl.lit(number, dtype=pl.Int32).alias("part"),
+                pl.int_range(0, docs.height, dtype=pl.Int64).alias("row"),
+                "input_row", "doc_id",
+                pl.col("author_date").str.to_datetime("%Y-%m-%dT%H:%M:%S%#z", time_zone="UTC", strict=False, time_unit="us").alias("date"),
+                "f_exact_bd", "f_exact_d", pl.col("f_whitespace_only").fill_null(False).alias("ws_only"),
+                (pl.col("text").str.len_bytes().cast(pl.Int64) + 256).alias("size"),
+                pl.Series("reason", verdicts.to_pylist(), dtype=pl.String),
+            )  # fmt: skip
+        )
+    state = pl.concat(frames) if frames else pl.DataFrame(schema={"part": pl.Int32, "row": pl.Int64, "input_row": pl.Int64, "doc_id": pl.String, "date": pl.Datetime("us", "UTC"), "f_exact_bd": pl.UInt64, "f_exact_d": pl.UInt64, "ws_only": pl.Boolean, "size": pl.Int64, "reason": pl.String})
+    state = state.with_row_index("node").with_columns(pl.col("node").cast(pl.Int64))
+    # Keeper order inside a duplicate group: the oldest commit, then the smallest doc_id.
+    order = state.select(pl.arg_sort_by(["date", "doc_id"], nulls_last=True)).to_series().to_numpy()
+    rank = np.empty(state.height, dtype=np.int64)
+    rank[order] = np.arange(state.height)
+    state = state.with_columns(
+        pl.Series("rank", rank),
+        pl.when(pl.col("reason").is_not_null()).then(pl.lit("filter")).alias("stage"),
+        pl.lit(None, dtype=pl.String).alias("detail"),
+    )
+    dedup = plan.config.filters.dedup
+    for enabled, key, reason in ((dedup.exact_before_diff, "f_exact_bd", "duplicate_exact"), (dedup.exact_diff, "f_exact_d", "duplicate_diff")):
+        if enabled:
+            state = _exact_dedup(state, key, reason)
+    return state
+
+
+def _exact_dedup(state: pl.DataFrame, key: str, reason: str) -> pl.DataFrame:
+    """Among kept rows, every row sharing `key` with a better-ranked one is dropped (detail: the keeper)."""
+    alive = state.filter(pl.col("stage").is_null())
+    keepers = alive.sort("rank").group_by(key, maintain_order=True).agg(pl.col("node").first().alias("keeper"), pl.col("doc_id").first().alias("keeper_id"))
+    dups = alive.join(keepers, on=key).filter(pl.col("node") != pl.col("keeper")).select("node", "keeper_id")
+    return _mark(state, dups["node"], "dedup", reason, dups["keeper_id"])
+
+
+def _mark(state: pl.DataFrame, nodes: pl.Series, stage: str, reason: str, detail: pl.Series | None) -> pl.DataFrame:
+    """Set stage / reason / detail of `nodes` (node == row position in `state`)."""
+    if not len(nodes):
+        return state
+    index = nodes.to_numpy()
+    stages, reasons, details = (state[c].to_list() for c in ("stage", "reason", "detail"))
+    detail_values = detail.to_list() if detail is not None else [None] * len(index)
+    for i, d in zip(index.tolist(), detail_values):
+        stages[i], reasons[i], details[i] = stage, reason, d
+    return state.with_columns(pl.Series("stage", stages, dtype=pl.String), pl.Series("reason", reasons, dtype=pl.String), pl.Series("detail", details, dtype=pl.String))
+
+
+def near_dedup_group(plan: BuildPlan, parts: list[Partition], group: int) -> str:
+    """Candidate pairs of one group of LSH bands among the kept documents, checked against
+    the threshold with the full signatures; written as `.work/dedup/edges-NNN.arrow`.
+
+    Memory: 8 bytes per kept document and band of the group, plus the signatures
+    of documents that share a bucket.
+    """
+    out = _dedup_dir(plan) / f"edges-{group:03d}.arrow"
+    if out.is_file():
+        return str(out)
+    near = plan.config.filters.dedup.near
+    assert near is not None
+    _, rows_per_band = near.layout()
+    bands = _band_groups(plan.config)[group]
+    state = pl.from_arrow(read_ipc_stream(_dedup_dir(plan) / "state.arrow", ["node", "part", "row", "stage"]))
+    assert isinstance(state, pl.DataFrame)
+    alive = state.filter(pl.col("stage").is_null())
+    keys, nodes = [], []
+    for number, part in enumerate(parts):
+        mine = alive.filter(pl.col("part") == number)
+        if mine.height:
+            signatures = _signatures(plan, part, mine["row"].to_numpy(), near.permutations)
+            usable = signatures[:, 0] != np.uint32(0xFFFFFFFF)  # a text without shingles matches nothing
+            keys.append(band_keys(signatures[usable], bands, rows_per_band))
+            nodes.append(mine["node"].to_numpy()[usable])
+    edges = np.zeros((0, 2), dtype=np.int64)
+    if keys:
+        pairs = bucket_pairs(np.concatenate(keys), np.concatenate(nodes))
+        if len(pairs):
+            edges = _verified(plan, parts, state, pairs, near.threshold, near.permutations)
+    write_ipc_stream(out, pa.table({"u": edges[:, 0], "v": edges[:, 1]}))
+    return str(out)
+
+
+def _signatures(plan: BuildPlan, part: Partition, rows: np.ndarray, permutations: int) -> np.ndarray:
+    docs_path, _, _ = _partition_files(plan, part.key)
+    column = read_ipc_stream(docs_path, ["f_minhash"]).column(0).take(pa.array(rows, pa.int64()))
+    values = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+    return values.reshape(len(rows), permutations)
+
+
+def _verified(plan: BuildPlan, parts: list[Partition], state: pl.DataFrame, pairs: np.ndarray, threshold: float, permutations: int) -> np.ndarray:
+    """The pairs whose signatures agree on at least `threshold` of their values."""
+    involved = np.unique(pairs)
+    where = state.filter(pl.col("node").is_in(involved.tolist())).sort("node")
+    signatures = np.empty((len(involved), permutations), dtype=np.uint32)
+    for number in where["part"].unique().sort().to_list():
+        mine = where.with_row_index("at").filter(pl.col("part") == number)
+        signatures[mine["at"].to_numpy()] = _signatures(plan, parts[number], mine["row"].to_numpy(), permutations)
+    u, v = np.searchsorted(involved, pairs[:, 0]), np.searchsorted(involved, pairs[:, 1])
+    similar = (signatures[u] == signatures[v]).mean(axis=1) >= threshold
+    return pairs[similar]
+
+
+def decide(plan: BuildPlan, parts: list[Partition], edge_files: list[str] | None = None) -> list[ShardSpec]:
+    """Near-duplicate clusters, corpus-wide caps, then the output shard plan over the kept rows.
+
+    `edge_files` are the `near_dedup_group` outputs (run here, in turn, when not given).
+    Kept rows stay in input order; shards are cut at about `shard_bytes`.
+    """
+    groups = prepare_dedup(plan, parts)
+    if edge_files is None:
+        edge_files = [near_dedup_group(plan, parts, g) for g in groups]
+    state = pl.from_arrow(read_ipc_stream(_dedup_dir(plan) / "state.arrow"))
+    assert isinstance(state, pl.DataFrame)
+    if edge_files:
+        state = _near_dedup(state, [read_ipc_stream(f) for f in edge_files])
+    state = _whitespace_cap(state, plan.config)
+    for number, part in enumerate(parts):
+        mine = state.filter(pl.col("part") == number).sort("row")
+        write_ipc_stream(_decisions_path(plan, part.key), mine.select("stage", "reason", "detail").to_arrow())
+    kept = state.filter(pl.col("stage").is_null()).sort("node")
+    owner, row, size = kept["part"].to_numpy().astype(np.int64), kept["row"].to_numpy(), kept["size"].to_numpy()
     ranges = plan_shards(size, plan.config.shard_bytes)
     specs = []
     for index, (start, stop) in enumerate(ranges):
@@ -336,51 +514,255 @@ def decide(plan: BuildPlan, parts: list[Partition]) -> list[ShardSpec]:
     return specs
 
 
+def _near_dedup(state: pl.DataFrame, edge_tables: list[pa.Table]) -> pl.DataFrame:
+    """Connected components of the verified pairs; in each, all but the best-ranked are `duplicate_near`."""
+    edges = np.concatenate([np.stack([t.column("u").to_numpy(), t.column("v").to_numpy()], axis=1) for t in edge_tables]) if edge_tables else np.zeros((0, 2), np.int64)
+    if not len(edges):
+        return state
+    rank = state["rank"].to_numpy()
+    node_of_rank = np.empty(len(rank), dtype=np.int64)
+    node_of_rank[rank] = np.arange(len(rank))
+    label = components(len(rank), rank[edges])  # in rank space: each component's label is its best rank
+    keeper = node_of_rank[label[rank]]
+    dropped = np.flatnonzero(keeper != np.arange(len(rank)))
+    doc_ids_ = state["doc_id"]
+    return _mark(state, pl.Series(dropped), "dedup", "duplicate_near", doc_ids_.gather(keeper[dropped]))
+
+
+def _whitespace_cap(state: pl.DataFrame, config: BuildConfig) -> pl.DataFrame:
+    """Whitespace-only changes at most `caps.whitespace_only` of the kept corpus (a seeded sample stays)."""
+    share = config.filters.caps.whitespace_only
+    if share is None or share >= 1.0:
+        return state
+    alive = state.filter(pl.col("stage").is_null())
+    spaces = alive.filter(pl.col("ws_only"))
+    others = alive.height - spaces.height
+    allowed = int(share / (1.0 - share) * others + 1e-9)
+    if spaces.height <= allowed:
+        return state
+    ordered = spaces.with_columns(uniform(pl.col("doc_id"), config.filters.seed).alias("u")).sort("u", "doc_id")
+    return _mark(state, ordered["node"][allowed:], "cap", "whitespace_only_cap", None)
+
+
 def write_data_shard(plan: BuildPlan, spec: ShardSpec) -> FileEntry:
     """Gather the shard's rows from the staged partitions and write it atomically."""
     tables = []
     for key, rows in spec.pieces:
         docs_path, _, _ = _partition_files(plan, key)
         tables.append(read_ipc_stream(docs_path).take(pa.array(rows, pa.int64())))
-    table = pa.concat_tables(tables).combine_chunks() if tables else DOCUMENT_SCHEMA.empty_table()
+    table = pa.concat_tables(tables).combine_chunks() if tables else CORPUS_SCHEMA.empty_table()
     return write_shard(plan.out, f"{DATA_DIR}/{shard_name(spec.index, spec.count)}", table)
 
 
 def finalize(plan: BuildPlan, parts: list[Partition], stats: list[PartitionStats], shards: list[FileEntry]) -> Manifest:
     """Write rejects and the manifest (last), then drop the work directory."""
-    rejects = pa.concat_tables([read_ipc_stream(_partition_files(plan, p.key)[1]) for p in parts]).combine_chunks()
-    reject_entries = write_table_shards(plan.out, REJECTS_DIR, rejects, plan.config.shard_bytes)
+    reject_entries = _write_rejects(plan, parts)
+    decisions = pl.concat([pl.from_arrow(read_ipc_stream(_decisions_path(plan, p.key))) for p in parts]) if parts else pl.DataFrame(schema={"stage": pl.String, "reason": pl.String, "detail": pl.String})
+    assert isinstance(decisions, pl.DataFrame)
     rows_in = sum(s.rows_in for s in stats)
     structural = Counter[str]()
     for s in stats:
         structural.update(s.dropped)
+    documents = sum(s.documents for s in stats)
     kept = sum(e.rows for e in shards)
-    counts = Counts(
-        rows_in=rows_in,
-        kept=kept,
-        dropped=dict(sorted(structural.items())),
-        by_stage={"structural": {"in": rows_in, "kept": sum(s.documents for s in stats), "dropped": dict(sorted(structural.items()))}},
-    )
-    if not counts.balanced():
+    by_stage: dict[str, dict[str, Any]] = {"structural": {"in": rows_in, "kept": documents, "dropped": dict(sorted(structural.items()))}}
+    remaining = documents
+    dropped = Counter[str](structural)
+    for stage in DOCUMENT_STAGES:
+        reasons = Counter[str](decisions.filter(pl.col("stage") == stage)["reason"].to_list())
+        entry: dict[str, Any] = {"in": remaining, "kept": remaining - sum(reasons.values()), "dropped": dict(sorted(reasons.items()))}
+        if stage == "filter":
+            entry["rules"] = engine.rule_counts(reasons, engine.configured_rules(plan.config), remaining)
+        if stage == "dedup":
+            entry["clusters"] = decisions.filter(pl.col("stage") == stage)["detail"].n_unique()
+        by_stage[stage] = entry
+        remaining = entry["kept"]
+        dropped.update(reasons)
+    counts = Counts(rows_in=rows_in, kept=kept, dropped=dict(sorted(dropped.items())), by_stage=by_stage)
+    if not counts.balanced() or remaining != kept:
         raise AssertionError(f"accounting identity broken: {counts}")
     splits = Counter[str]()
     for entry in shards:
         splits.update(read_ipc_stream(plan.out / entry.path, ["split"]).column("split").to_pylist())
+    redacted = Counter[str]()
+    for s in stats:
+        redacted.update(s.redacted)
     manifest = Manifest(
         kind="corpus",
         config=plan.config.model_dump(mode="json"),
         config_hash=plan.config_hash,
         inputs=plan.inputs,
         counts=counts,
-        columns=DOCUMENT_SCHEMA.names,
+        columns=CORPUS_SCHEMA.names,
         shards=shards,
         rejects=reject_entries,
         splits=dict(sorted(splits.items())),
         formats={plan.config.format: kept},
+        reports=_reports(plan.config, redacted),
     )
     write_manifest(plan.out, manifest)
     shutil.rmtree(plan.work, ignore_errors=True)
     return manifest
+
+
+def _reports(config: BuildConfig, redacted: Counter[str]) -> dict[str, Any]:
+    near = config.filters.dedup.near
+    reports: dict[str, Any] = {"redaction": {"findings": dict(sorted(redacted.items()))}}
+    if near is not None:
+        bands, rows = near.layout()
+        reports["near_dedup"] = {"text": near.text, "ngram": near.ngram, "permutations": near.permutations, "threshold": near.threshold, "bands": bands, "rows": rows}
+    return reports
+
+
+def _write_rejects(plan: BuildPlan, parts: list[Partition]) -> list[FileEntry]:
+    """Every dropped row, in input order, in shards of about `shard_bytes` (bounded memory:
+    one partition's rejects at a time, then each shard gathered from those)."""
+    staged, sizes = [], []
+    for part in parts:
+        docs_path, rejects_path, _ = _partition_files(plan, part.key)
+        decisions = read_ipc_stream(_decisions_path(plan, part.key))
+        dropped = pc.indices_nonzero(pc.is_valid(decisions.column("stage")))
+        rows = read_ipc_stream(docs_path).take(dropped)
+        for name in ("stage", "reason", "detail"):
+            rows = rows.append_column(name, decisions.column(name).take(dropped))
+        merged = pa.concat_tables([read_ipc_stream(rejects_path), _as_rejects(rows)])
+        merged = merged.take(pc.sort_indices(merged, [("input_row", "ascending")]))
+        path = plan.work / "rejects-final" / f"{part.key}.arrow"
+        write_ipc_stream(path, merged)
+        staged.append(path)
+        text = pc.fill_null(pc.binary_length(merged.column("text")), 0).to_numpy(zero_copy_only=False)
+        sizes.append(text.astype(np.int64) + 256)
+    size = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
+    bounds = np.cumsum([0, *(len(s) for s in sizes)])
+    ranges = plan_shards(size, plan.config.shard_bytes)
+    entries = []
+    for index, (start, stop) in enumerate(ranges):
+        pieces = []
+        for k, path in enumerate(staged):
+            lo, hi = max(start, bounds[k]), min(stop, bounds[k + 1])
+            if hi > lo:
+                pieces.append(read_ipc_stream(path).slice(lo - bounds[k], hi - lo))
+        table = pa.concat_tables(pieces).combine_chunks() if pieces else REJECT_SCHEMA.empty_table()
+        entries.append(write_shard(plan.out, f"{REJECTS_DIR}/{shard_name(index, len(ranges))}", table))
+    return entries
+
+
+# --- refilter --------------------------------------------------------------------------
+
+
+def refilter(src_dir: str | Path, out_dir: str | Path, config: BuildConfig, overwrite: bool = False) -> Manifest:
+    """Re-decide a built corpus under `config` from its stored rows and scores; write it to `out_dir`.
+
+    Reads the source's data shards and its filter/dedup/cap rejects (which keep
+    their whole row), re-evaluates every rule from the stored score columns,
+    fills lazy scores that rows now need (and clears those they no longer
+    need), then runs dedup, caps, sharding and the manifest exactly as a build.
+    The result is byte-identical to a fresh build of the same inputs with
+    `config`. Settings the stored scores depend on (format, redaction, score
+    patterns, MinHash parameters, tokenizer) cannot change: that needs a build.
+    """
+    src = Path(src_dir)
+    source = read_manifest(src)
+    verify_files(src, source.shards + source.rejects, check_hashes=False)
+    if source.kind != "corpus" or "input_row" not in source.columns:
+        raise DiffmixError(f"{src}: not a commit corpus with stored filter scores (synthetic corpora and mixtures cannot be refiltered)")
+    out = Path(out_dir)
+    if out.resolve() == src.resolve():
+        raise DiffmixError(f"{out}: --out must differ from the corpus being refiltered")
+    try:
+        previous = BuildConfig.model_validate(source.config)
+    except Exception as exc:
+        raise DiffmixError(f"{src / MANIFEST}: its config does not validate with this diffmix ({str(exc).splitlines()[0]})") from None
+    _check_same_scores(engine.score_key(previous), engine.score_key(config))
+    plan = BuildPlan(out, config, config.digest(), list(source.inputs), [i.uri for i in source.inputs])
+    if (out / MANIFEST).is_file():
+        manifest = read_manifest(out)
+        if manifest.config_hash == plan.config_hash and manifest.inputs == plan.inputs:
+            verify_files(out, manifest.shards + manifest.rejects, check_hashes=False)
+            return manifest
+        if not overwrite:
+            raise DiffmixError(f"{out}: holds a different build (config or inputs differ); pass --overwrite or choose another --out")
+        shutil.rmtree(out)
+    elif out.is_dir() and any(out.iterdir()) and not (out / WORK_DIR).is_dir():
+        raise DiffmixError(f"{out}: directory is not empty and is not a diffmix build")
+    _reset_work_if_stale(plan, mode=f"refilter:{source.config_hash}")
+    try:
+        parts = _stage_stored_rows(plan, src, source)
+        for part in parts:
+            refilter_partition(plan, part)
+        structural = source.counts.by_stage.get("structural", {})
+        stats = [
+            PartitionStats(
+                "source", source.counts.rows_in, dict(structural.get("dropped", {})), int(structural.get("kept", 0)),
+                dict(source.reports.get("redaction", {}).get("findings", {})),
+            )
+        ]  # fmt: skip
+        specs = decide(plan, parts)
+        shards = [write_data_shard(plan, spec) for spec in specs]
+        return finalize(plan, parts, stats, shards)
+    except DiffmixError:
+        discard_incomplete(plan)
+        raise
+
+
+def _check_same_scores(before: dict[str, Any], after: dict[str, Any], where: str = "") -> None:
+    """Name the first score-affecting setting that differs."""
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            _check_same_scores(a, b, f"{where}{key}.")
+        elif a != b:
+            raise DiffmixError(
+                f"{where}{key}: {a!r} in the source build, {b!r} now; the stored scores depend on it, so it needs a fresh build, not --refilter"
+            )
+
+
+def _stage_stored_rows(plan: BuildPlan, src: Path, source: Manifest) -> list[Partition]:
+    """The source's documents (data + document-stage rejects) in input order, cut into
+    partitions of `partition_rows` documents, each with the structural rejects of its rows."""
+    data = [read_ipc_stream(src / e.path) for e in source.shards]
+    rejects = [read_ipc_stream(src / e.path) for e in source.rejects]
+    stored = [t.select(CORPUS_SCHEMA.names) for t in data]
+    structural = []
+    for table in rejects:
+        is_doc = pc.is_in(table.column("stage"), pa.array(DOCUMENT_STAGES))
+        stored.append(table.filter(is_doc).select(CORPUS_SCHEMA.names))
+        structural.append(table.filter(pc.invert(is_doc)))
+    stored_table = pa.concat_tables([t.cast(CORPUS_SCHEMA) for t in stored]) if stored else CORPUS_SCHEMA.empty_table()
+    order = pc.sort_indices(stored_table, [("input_row", "ascending")])
+    input_rows = stored_table.column("input_row").take(order).to_numpy()
+    structural_table = pa.concat_tables(structural) if structural else REJECT_SCHEMA.empty_table()
+    structural_rows = structural_table.column("input_row").to_numpy(zero_copy_only=False)
+    size = plan.config.partition_rows
+    parts = []
+    for index, start in enumerate(range(0, max(len(input_rows), 1), size)):
+        take = order.slice(start, size)
+        lo = int(input_rows[start]) if start < len(input_rows) else 0
+        last = start + size >= len(input_rows)
+        hi = np.iinfo(np.int64).max if last else int(input_rows[start + size])
+        first = index == 0
+        in_range = (structural_rows >= (np.iinfo(np.int64).min if first else lo)) & (structural_rows < hi)
+        key = f"p-{index:05d}"
+        chunk = plan.work / "refilter" / f"{key}.arrow"
+        write_ipc_stream(chunk, stored_table.take(take))
+        _, rejects_path, _ = _partition_files(plan, key)
+        write_ipc_stream(rejects_path, structural_table.filter(pa.array(in_range)))
+        parts.append(Partition(index, -1, str(chunk), None, 0, len(take), lo))
+    return parts
+
+
+def refilter_partition(plan: BuildPlan, part: Partition) -> None:
+    """Stored documents of one partition -> verdicts under the plan's config (lazy scores filled)."""
+    docs_path, _, stats_path = _partition_files(plan, part.key)
+    if stats_path.is_file():
+        return
+    table = pl.from_arrow(read_ipc_stream(part.path))
+    assert isinstance(table, pl.DataFrame)
+    table = _with_split(table, plan.config)
+    table, verdicts = engine.decide_rows(table, plan.config)
+    write_ipc_stream(docs_path, table.to_arrow().cast(CORPUS_SCHEMA))
+    write_ipc_stream(_verdicts_path(plan, part.key), verdicts.to_frame("reason").to_arrow())
+    write_json(stats_path, {"key": part.key, "documents": table.height})
 
 
 # --- synthetic sources -----------------------------------------------------------

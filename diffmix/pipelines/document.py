@@ -7,23 +7,31 @@ trip are one libgit2 / Python call per row: that is the work itself.
 Structural reasons (stable codes, first match wins, in this order):
 `missing_field`, `binary`, `too_large`, `null_contents`, `deleted_file`,
 `pure_rename`, `no_change`, `bad_path`, `empty_message`, `literal_tag`, then
-after diffing `binary` (xdiff saw a NUL) and `diff_roundtrip_failed` (parsing
-the emitted document and applying its DFF strictly to BEF did not give the new
-file back byte for byte).
+after redaction `redacted_no_change` (the change was only secrets or PII, which
+redaction replaced by the same placeholder on both sides), then after diffing
+`binary` (xdiff saw a NUL) and `diff_roundtrip_failed` (parsing the emitted
+document and applying its DFF strictly to BEF did not give the new file back
+byte for byte).
+
+Redaction (`redact_rows`) rewrites the old file, the new file and the message
+*before* the diff is computed, so every document's diff applies to its
+redacted BEF (see `diffmix.filters.secrets`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
 
+from diffmix.filters.secrets import detectors, redact, secret_in_change
 from diffmix.formats.base import Format, ParseError
 from diffmix.formats.edit import LITERAL_TAG_PATTERN, EditRecord
 from diffmix.pipelines.diff import BinaryDiffError, diff_texts
-from diffmix.schemas.config import SplitConfig
+from diffmix.schemas.config import RedactConfig, SplitConfig
 
 # Git trailers and review metadata (CommitChronicle's list): removed, never the reason to drop.
 TRAILER_KEYS = (
@@ -35,7 +43,7 @@ _TRAILER_LINE = r"(?mi)^(?:" + "|".join(k.replace(" ", r"\s") for k in TRAILER_K
 
 STRUCTURAL_REASONS = (
     "missing_field", "binary", "too_large", "null_contents", "deleted_file", "pure_rename",
-    "no_change", "bad_path", "empty_message", "literal_tag", "diff_roundtrip_failed",
+    "no_change", "bad_path", "empty_message", "literal_tag", "redacted_no_change", "diff_roundtrip_failed",
 )  # fmt: skip
 
 
@@ -104,6 +112,39 @@ def split_expr(column: pl.Expr, config: SplitConfig, values: list[str | None]) -
     return column.replace_strict(mapping, default=names[0], return_dtype=pl.String)
 
 
+def redact_rows(frame: pl.DataFrame, config: RedactConfig) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Redact old file, new file and message; keep the committed texts as `old_original` / `new_original`.
+
+    Adds `f_secrets`, `f_pii` (findings per row), `f_secret_in_change` (a
+    secret on a changed line of the original diff) and sets `reason` to
+    `redacted_no_change` where redaction made both sides equal. Returns the
+    findings per detector kind as well.
+    """
+    found = detectors(config.secrets, config.emails, config.ip_addresses)
+    frame = frame.with_columns(pl.col("old_contents").alias("old_original"), pl.col("new_contents").alias("new_original"))
+    old, new, message = redact(frame["old_contents"], found), redact(frame["new_contents"], found), redact(frame["message"], found)
+    frame = frame.with_columns(
+        old.text.alias("old_contents"),
+        new.text.alias("new_contents"),
+        message.text.alias("message"),
+        (old.secrets + new.secrets + message.secrets).alias("f_secrets"),
+        (old.pii + new.pii + message.pii).alias("f_pii"),
+    )
+    # Only rows with a secret in a file can have one on a changed line: one extra diff each.
+    suspects = (old.secrets + new.secrets > 0).arg_true().to_list()
+    flags = [False] * frame.height
+    originals = frame.select("old_original", "new_original")
+    for i in suspects:
+        flags[i] = secret_in_change(originals["old_original"][i], originals["new_original"][i], found)
+    frame = frame.with_columns(pl.Series("f_secret_in_change", flags, dtype=pl.Boolean))
+    emptied = (pl.col("old_contents") == pl.col("new_contents")) & (pl.col("old_original") != pl.col("new_original"))
+    frame = frame.with_columns(pl.when(emptied).then(pl.lit("redacted_no_change")).otherwise(pl.col("reason")).alias("reason"))
+    kinds: Counter[str] = Counter()
+    for redaction in (old, new, message):
+        kinds.update(redaction.by_kind)
+    return frame, dict(sorted(kinds.items()))
+
+
 def render_rows(frame: pl.DataFrame, fmt: Format) -> tuple[list[dict[str, Any] | None], list[str | None]]:
     """Diff, render and round-trip each row; return (rendered columns or None, failure reason or None).
 
@@ -141,6 +182,7 @@ def render_rows(frame: pl.DataFrame, fmt: Format) -> tuple[list[dict[str, Any] |
                 "n_hunks": diff.hunks,
                 "lines_added": diff.added,
                 "lines_deleted": diff.deleted,
+                "diff": diff.text,
             }
         )
         failures.append(None)
@@ -158,5 +200,6 @@ RENDERED_SCHEMA = pa.schema(
         pa.field("n_hunks", pa.int32()),
         pa.field("lines_added", pa.int32()),
         pa.field("lines_deleted", pa.int32()),
+        pa.field("diff", pa.large_string()),  # for scoring only; not a document column
     ]
 )

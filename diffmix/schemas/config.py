@@ -7,6 +7,7 @@ how the build runs (workers, Dask address) does not.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,12 +24,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ExcludeConfig(_Strict):
+    """Decontamination: documents never to train on, whatever their split (`decontaminated`)."""
+
+    repos: list[str] = Field(default_factory=list)  # owner/name, case-insensitive
+    commits: list[str] = Field(default_factory=list)  # full or abbreviated (7+ hex) SHAs
+    files: list[str] = Field(default_factory=list)  # git blob ids (`git hash-object FILE`) of the old or new file
+
+    @field_validator("commits", "files")
+    @classmethod
+    def _hex(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not re.fullmatch(r"[0-9a-fA-F]{7,64}", item):
+                raise ValueError(f"expected 7 to 64 hex digits, got {item!r}")
+        return value
+
+
 class SplitConfig(_Strict):
     """Deterministic train / validation / test assignment by hashing a column with a seed."""
 
     by: Literal["repo", "commit"] = "repo"
     seed: int = 0
     fractions: dict[str, float] = Field(default_factory=lambda: {"train": 0.9, "validation": 0.05, "test": 0.05})
+    exclude: ExcludeConfig = Field(default_factory=ExcludeConfig)
 
     @field_validator("fractions")
     @classmethod
@@ -50,6 +68,92 @@ class TokenizeConfig(_Strict):
     vocab_size: int = 8192
 
 
+# The per-row rules of `diffmix.filters` in their default order (settings: each rule's defaults).
+DEFAULT_RULES = (
+    "license", "merge", "bot", "revert", "trivial", "version_bump", "hash_only", "message", "english",
+    "language", "generated", "content", "file_size", "change", "secrets", "token_budget",
+)  # fmt: skip
+
+
+class RedactConfig(_Strict):
+    """What is redacted from old file, new file and message before diffing (typed placeholders)."""
+
+    secrets: bool = True  # AWS, GitHub, Slack, Stripe, private keys, JWT, high-entropy assignments
+    emails: bool = True
+    ip_addresses: bool = True  # public IPv4 only: private, loopback, reserved and version-like skipped
+
+
+class NearDedupConfig(_Strict):
+    """MinHash LSH near-duplicates (see `diffmix.filters.dedup` for why these defaults)."""
+
+    text: Literal["diff", "before_diff"] = "diff"  # what is shingled
+    ngram: int = Field(5, ge=1, le=8)  # byte n-grams (BigCode: 5)
+    permutations: int = Field(256, ge=8, le=1024)  # signature length (BigCode: 256)
+    threshold: float = Field(0.7, gt=0.0, le=1.0)  # Jaccard (BigCode: 0.7)
+    bands: int | None = Field(None, ge=1)  # LSH layout; None: the datasketch-optimal one for the threshold
+    rows: int | None = Field(None, ge=1)
+    seed: int = 0
+    max_bytes: int = Field(8192, gt=0)  # bytes shingled per document (a diff that fits 2,048 tokens is shorter)
+    band_groups: int = Field(4, ge=1)  # units of parallel work (fixed: results do not depend on workers)
+
+    def layout(self) -> tuple[int, int]:
+        """(bands, rows) of the LSH index."""
+        if self.bands is not None and self.rows is not None:
+            if self.bands * self.rows > self.permutations:
+                raise DiffmixError(f"filters.dedup.near: bands x rows ({self.bands} x {self.rows}) exceeds permutations ({self.permutations})")
+            return self.bands, self.rows
+        from diffmix.filters.dedup import optimal_bands
+
+        return optimal_bands(self.threshold, self.permutations)
+
+
+class DedupConfig(_Strict):
+    exact_before_diff: bool = True  # same (before, diff): `duplicate_exact`
+    exact_diff: bool = True  # same diff: `duplicate_diff` (CommitBench dedups by both)
+    near: NearDedupConfig | None = Field(default_factory=NearDedupConfig)  # `duplicate_near`; null: off
+
+
+class CapsConfig(_Strict):
+    """Corpus-wide shares, decided after dedup over the kept documents (seeded sample)."""
+
+    whitespace_only: float | None = Field(0.02, ge=0.0, le=1.0)  # whitespace-only changes (research notes, rule 23)
+
+
+class FiltersConfig(_Strict):
+    """Quality rules (in order), dedup, caps and redaction for commit documents (`diffmix.filters`)."""
+
+    # Each item `name: {settings}` (or a bare `name`); unlisted rules do not run; a null threshold turns one check off.
+    rules: list[dict[str, dict[str, Any]]] = Field(default_factory=lambda: [{name: {}} for name in DEFAULT_RULES], validate_default=True)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    caps: CapsConfig = Field(default_factory=CapsConfig)
+    redact: RedactConfig = Field(default_factory=RedactConfig)
+    seed: int = 0  # samples for caps
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _rules(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            raise ValueError("rules must be a list of `name: {settings}` items")
+        out, seen = [], set()
+        for item in value:
+            if isinstance(item, str):
+                item = {item: {}}
+            if not isinstance(item, dict) or len(item) != 1:
+                raise ValueError(f"each rule must be one `name: {{settings}}` mapping, got {item!r}")
+            (name, settings), = item.items()
+            if name in seen:
+                raise ValueError(f"rule {name!r} listed twice")
+            seen.add(name)
+            from diffmix.filters.base import make_rule
+
+            try:
+                rule = make_rule(name, settings or {}, where="filters.rules")
+            except DiffmixError as exc:
+                raise ValueError(str(exc)) from None
+            out.append({name: rule.model_dump(mode="json")})  # every setting, defaults filled: the hash covers them
+        return out
+
+
 class BuildConfig(_Strict):
     format: str = "openelm_v1"
     # Rows per input partition (the unit of parallel work and of resume).
@@ -60,8 +164,8 @@ class BuildConfig(_Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
     git: GitConfig = Field(default_factory=GitConfig)
     tokenize: TokenizeConfig | None = None
-    # Quality filters, dedup and redaction (diffmix.filters) read their own sections.
-    filters: dict[str, Any] = Field(default_factory=dict)
+    # Quality filters, dedup, caps and redaction (diffmix.filters).
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
 
     def digest(self) -> str:
         return sha256_json(self.model_dump(mode="json"))

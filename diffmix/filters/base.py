@@ -1,0 +1,113 @@
+"""The filter contract: score columns computed once, keep/drop checks re-evaluated from them.
+
+A *rule* is a small pydantic model whose fields are its settings (thresholds
+with documented defaults; `None` turns that check off). It has two parts, in
+the manner of data-juicer's compute_stats / process and Curator's score /
+keep split:
+
+* `scores(frame)`: Polars expressions (or NumPy-computed Series) over the
+  commit rows + rendered diff at build time. Their results are **stored as
+  `f_*` columns** in the corpus, so a threshold can change without recomputing
+  anything (`diffmix build --refilter`). Settings a score depends on are listed
+  in `score_settings`: changing them needs a fresh build.
+* `checks()`: `(reason, condition)` pairs over the stored columns, in order; a
+  true condition drops the row with that stable snake_case reason.
+
+Rules never count anything: the engine (`diffmix.filters.engine`) attributes
+each row to the first rule, in config order, whose check drops it, and counts
+in / kept / dropped per reason per rule into the manifest. A `lazy` rule has
+expensive scores that are computed only for rows every other rule keeps
+(null otherwise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import polars as pl
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+from diffmix.errors import DiffmixError
+
+
+@dataclass(frozen=True)
+class Check:
+    """One way a rule drops a row: a stable reason and a condition over stored columns (null = keep)."""
+
+    reason: str
+    drop: pl.Expr
+
+
+class Filter(BaseModel):
+    """A per-row keep/drop rule. Subclasses set `name`, `reasons`, and fields for their settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: ClassVar[str]
+    # Every reason the rule can give, in the order its checks run (unique across rules).
+    reasons: ClassVar[tuple[str, ...]]
+    # The stored score columns it computes (all nullable).
+    score_fields: ClassVar[tuple[pa.Field, ...]] = ()
+    # Settings its score columns depend on (a refilter may not change them).
+    score_settings: ClassVar[tuple[str, ...]] = ()
+    # Expensive scores: computed only for rows that every non-lazy rule keeps.
+    lazy: ClassVar[bool] = False
+
+    def scores(self, frame: pl.DataFrame) -> dict[str, pl.Expr | pl.Series]:
+        """Score columns for the scoring frame (see `diffmix.filters.engine.SCORING_COLUMNS`)."""
+        return {}
+
+    def checks(self) -> list[Check]:
+        """`(reason, drop condition)` pairs in order; a setting that is None leaves its check out."""
+        raise NotImplementedError
+
+    def score_key(self) -> dict[str, object]:
+        """The settings its stored scores depend on (compared by `--refilter`)."""
+        return {key: getattr(self, key) for key in self.score_settings}
+
+
+RULES: dict[str, type[Filter]] = {}
+
+
+def register(cls: type[Filter]) -> type[Filter]:
+    """Class decorator: make a rule available to build configs by its `name`."""
+    if cls.name in RULES:
+        raise ValueError(f"rule {cls.name!r} registered twice")
+    taken = {reason for rule in RULES.values() for reason in rule.reasons}
+    if clash := taken & set(cls.reasons):
+        raise ValueError(f"rule {cls.name!r}: reasons {sorted(clash)} already belong to another rule")
+    RULES[cls.name] = cls
+    return cls
+
+
+def make_rule(name: str, settings: dict[str, object] | None, where: str = "filters.rules") -> Filter:
+    """A rule from its config entry; fail in one line naming the setting."""
+    from pydantic import ValidationError
+
+    from diffmix.filters import load_rules
+
+    load_rules()
+    if name not in RULES:
+        raise DiffmixError(f"{where}: unknown rule {name!r} (known: {', '.join(sorted(RULES))})")
+    try:
+        return RULES[name].model_validate(settings or {})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise DiffmixError(f"{where}.{name}.{field}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def subject_of(message: pl.Expr) -> pl.Expr:
+    """The first line of a (normalised) commit message."""
+    return message.str.split_exact("\n", 1).struct.field("field_0").fill_null("")
+
+
+def uniform(doc_id: pl.Expr, seed: int) -> pl.Expr:
+    """A deterministic uniform [0, 1) per document: doc ids are already blake2b hashes.
+
+    The seed rotates the values (a different, equally uniform sample).
+    """
+    u = doc_id.str.slice(0, 13).str.to_integer(base=16, strict=False).cast(pl.Float64) / float(16**13)
+    return (u + seed * 0.6180339887498949) % 1.0

@@ -1,0 +1,113 @@
+"""The token budget: a whole document must fit the model's context (drop, never truncate).
+
+CarperAI excluded files over 2,048 tokens; a truncated DFF would teach a model
+to stop mid-diff. Counting is the most expensive score of the build (HF
+`tokenizers` runs at ~1-2 MB/s here), so it is *lazy* and bounded twice:
+
+* a byte-level BPE spends at least one byte per token, so a document of at
+  most `max_tokens` UTF-8 bytes fits without counting;
+* the ByteLevel pre-tokenizer splits text into pieces that each become at
+  least one token, and the runs of letters, of digits and of other non-space
+  characters (less the `'s`-style contractions it merges) plus the runs of 2+
+  whitespace characters never outnumber those pieces: a Polars regex count
+  (`f_tokens_min`) that drops most over-long documents without tokenising.
+
+Only the documents between the two bounds are tokenised (`f_tokens`), and
+only those every other rule keeps. They are cut at line starts where a
+pre-token must begin (`"\\S\\n"` then a non-space), and each distinct piece is
+encoded once per partition: the count is exact (the same as encoding the
+whole text; tested), and successive versions of a file share most pieces.
+
+The default tokenizer is a byte-level BPE (8,192 tokens) shipped with the
+package, trained on the CPython standard library (see
+`scripts/train_filter_tokenizer.py`); `tokenizer:` takes any `tokenizer.json`.
+The end-of-text token a trainer appends is not counted.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import ClassVar
+
+import polars as pl
+import pyarrow as pa
+import xxhash
+from tokenizers import Tokenizer
+
+from diffmix.filters.base import Check, Filter, register
+from diffmix.pipelines.tokenize import load_tokenizer
+
+DEFAULT_TOKENIZER = Path(__file__).resolve().parent / "data" / "tokenizer.json"
+# Places where the ByteLevel pre-tokenizer always starts a new piece (see the module docstring).
+_PIECE_BREAK = re.compile(r"(?<=\S\n)(?=\S)")
+
+
+@functools.lru_cache(maxsize=4)
+def budget_tokenizer(path: str | None = None) -> Tokenizer:
+    """A tokenizer.json (the packaged one when None), loaded once per process."""
+    return load_tokenizer(path or DEFAULT_TOKENIZER)
+
+
+def pretoken_lower_bound(text: pl.Expr) -> pl.Expr:
+    """A lower bound on the byte-level BPE token count of each text (see the module docstring)."""
+    runs = text.str.count_matches(r"\p{L}+|\p{N}+|[^\s\p{L}\p{N}]+")
+    contractions = text.str.count_matches(r"'(?:s|t|re|ve|m|ll|d)")
+    spaces = text.str.count_matches(r"\s{2,}")
+    return (runs - contractions + spaces).cast(pl.Int32)
+
+
+def count_tokens(texts: list[str], tokenizer: Tokenizer) -> list[int]:
+    """Exact token counts (no special tokens), encoding each distinct piece once."""
+    split = [_PIECE_BREAK.split(t) for t in texts]
+    keys = [[xxhash.xxh3_64_intdigest(p.encode()) for p in pieces] for pieces in split]
+    todo: dict[int, str] = {}
+    for pieces, hashes in zip(split, keys):
+        for piece, key in zip(pieces, hashes):
+            todo.setdefault(key, piece)
+    order = list(todo)
+    encoded = tokenizer.encode_batch([todo[k] for k in order], add_special_tokens=False)
+    counts = {k: len(e.ids) for k, e in zip(order, encoded)}
+    return [sum(counts[k] for k in hashes) for hashes in keys]
+
+
+@register
+class TokenBudget(Filter):
+    """The whole document within `max_tokens` tokens of a byte-level BPE."""
+
+    name: ClassVar[str] = "token_budget"
+    reasons: ClassVar[tuple[str, ...]] = ("too_many_tokens",)
+    score_fields: ClassVar[tuple[pa.Field, ...]] = (pa.field("f_tokens_min", pa.int32()), pa.field("f_tokens", pa.int32()))
+    score_settings: ClassVar[tuple[str, ...]] = ("tokenizer",)
+    lazy: ClassVar[bool] = True
+
+    max_tokens: int | None = 2048
+    tokenizer: str | None = None  # a tokenizer.json; None: the packaged byte-level BPE
+
+    def checks(self) -> list[Check]:
+        if self.max_tokens is None:
+            return []
+        return [Check("too_many_tokens", pl.coalesce("f_tokens", "f_tokens_min") > self.max_tokens)]
+
+    def fill(self, frame: pl.DataFrame, alive: pl.Series) -> pl.DataFrame:
+        """Set `f_tokens_min` / `f_tokens` exactly where this rule needs them, null elsewhere.
+
+        `alive`: rows every non-lazy rule keeps. The result depends only on the
+        rows and the settings, so a refilter fills (or clears) the same cells a
+        fresh build would.
+        """
+        n = frame.height
+        lower = pl.Series("f_tokens_min", [None] * n, dtype=pl.Int32)
+        exact = pl.Series("f_tokens", [None] * n, dtype=pl.Int32)
+        if self.max_tokens is not None:
+            big = alive & (frame["text"].str.len_bytes() > self.max_tokens)
+            rows = big.arg_true()
+            if len(rows):
+                bound = frame["text"].gather(rows).to_frame().select(pretoken_lower_bound(pl.col("text"))).to_series()
+                lower = lower.scatter(rows, bound)
+                uncertain = rows.filter(bound <= self.max_tokens)
+                if len(uncertain):
+                    texts = frame["text"].gather(uncertain).to_list()
+                    exact = exact.scatter(uncertain, pl.Series(count_tokens(texts, budget_tokenizer(self.tokenizer)), dtype=pl.Int32))
+        return frame.with_columns(lower, exact)
