@@ -104,7 +104,7 @@ def format_comparison(result: dict[str, Any]) -> str:
     for skill, rows in shown.items():
         lines.append(f"\n{skill}  (baseline: {result['baseline']})")
         if rows:
-            columns = ["recipe", "runs", "censored", "steps_to_tau", "tokens_to_tau", "unique_examples_to_tau", "final", "speedup_vs_baseline"]
+            columns = ["recipe", "runs", "censored", "steps_to_tau", "tokens_to_tau", "unique_examples_to_tau", "final", "speedup_steps", "speedup_tokens"]
             widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
             lines.append("  ".join(c.ljust(widths[c]) for c in columns))
             lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
@@ -112,6 +112,18 @@ def format_comparison(result: dict[str, Any]) -> str:
     lines += [f"\nfailed: {r['run_id']}: {r['error']}" for r in failed]
     lines.append(f"\nreport: {result['report_html']}  (markdown: {result['report_md']}; table: {result['comparison']})")
     return "\n".join(lines)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import time
+
+    from diffmix.flows import run_demo
+
+    start = time.perf_counter()
+    result = run_demo(args.out, steps=args.steps)
+    print(format_comparison(result))
+    print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; everything it built is under {args.out}/")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -165,6 +177,11 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--baseline", metavar="NAME", help="recipe name to compare against (default: the first)")
     compare.add_argument("--dask-address", metavar="ADDR", help="spread runs over an existing Dask scheduler")
     compare.set_defaults(run=_compare)
+
+    demo = sub.add_parser("demo", help="build, mix, train and compare on embedded defaults (this repository's history + synthetic sources)")
+    demo.add_argument("--out", default="demo-out", metavar="DIR")
+    demo.add_argument("--steps", type=int, default=1500, metavar="N", help="training steps per recipe (default 1500)")
+    demo.set_defaults(run=_demo)
 
     serve = sub.add_parser("serve", help="register scheduled deployments (cron) and run them (needs `prefect server start`)")
     serve.add_argument("--config", required=True, metavar="SERVE.yaml")

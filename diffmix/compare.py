@@ -158,14 +158,16 @@ def speedup(baseline: list[float | None], treatment: list[float | None], seed: i
 
 
 def skill_table(frame: pl.DataFrame, skill: str, baseline: str) -> pl.DataFrame:
-    """Per recipe: runs, censored runs, mean +- sd per axis (all runs reached), AULC, final, speed-up."""
+    """Per recipe: runs, censored runs, mean +- sd per axis (all runs reached), AULC, final, speed-ups.
+
+    Speed-ups are baseline / recipe on two axes, steps and tokens: a format that
+    needs fewer steps can still need more tokens.
+    """
     ok = frame.filter(pl.col("status") == "ok")
     col = f"skill/{skill}"
     if f"{col}/censored" not in ok.columns:
         raise DiffmixError(f"no run measured skill {skill!r}")
     base_rows = ok.filter(pl.col("recipe") == baseline)
-    base_steps = _axis(base_rows, col, "steps")
-    base_last = [float(s) for s in base_rows["run/steps"].to_list()] if "run/steps" in base_rows.columns else []
     rows = []
     for recipe in list(dict.fromkeys(frame["recipe"].to_list())):
         runs = ok.filter(pl.col("recipe") == recipe)
@@ -173,29 +175,34 @@ def skill_table(frame: pl.DataFrame, skill: str, baseline: str) -> pl.DataFrame:
         measured = [c for c in runs[f"{col}/censored"].to_list() if c is not None] if runs.height else []
         censored = int(sum(bool(c) for c in measured))
         row: dict[str, Any] = {"recipe": recipe, "runs": runs.height, "failed": failed, "censored": censored}
-        if runs.height and not measured:  # this recipe's sources have no such probe
-            rows.append({**row, **{f"{a}_to_tau": "not measured" for a in AXES}, "aulc": "n/a", "final": "n/a", "speedup_vs_baseline": "n/a"})
+        if not runs.height or not measured:  # no finished run, or its sources have no such probe
+            missing = "no run" if not runs.height else "not measured"
+            rows.append({**row, **{f"{a}_to_tau": missing for a in AXES}, "aulc": "n/a", "final": "n/a", "speedup_steps": "n/a", "speedup_tokens": "n/a"})
             continue
-        for axis in ("steps", "tokens", "examples", "unique_examples"):
-            values = _axis(runs, col, axis)
-            if runs.height and censored == 0:
-                mean, sd = _mean_spread([v for v in values if v is not None])
-                row[f"{axis}_to_tau"] = _pm(mean, sd)
-            else:
-                row[f"{axis}_to_tau"] = f"censored ({censored}/{runs.height})" if runs.height else "no run"
+        for axis in AXES:
+            values = [v for v in _axis(runs, col, axis) if v is not None]
+            row[f"{axis}_to_tau"] = f"censored ({censored}/{runs.height})" if censored else _pm(values)
         for metric in ("aulc", "final"):
-            values = [v for v in runs[f"{col}/{metric}"].to_list() if v is not None] if runs.height else []
-            row[metric] = _pm(*_mean_spread(values), digits=3) if values else "n/a"
-        if recipe == baseline:
-            row["speedup_vs_baseline"] = "baseline"
-        else:
-            result = speedup(base_steps, _axis(runs, col, "steps"))
-            if result["text"] == "n/a (baseline censored)" and runs.height and censored == 0 and base_last:
-                bound = min(base_last) / max(v for v in _axis(runs, col, "steps") if v is not None)
-                result = {"text": f">{bound:.2f}x (baseline censored)"}
-            row["speedup_vs_baseline"] = result["text"]
+            values = [v for v in runs[f"{col}/{metric}"].to_list() if v is not None]
+            row[metric] = _pm(values, digits=3) if values else "n/a"
+        for axis, run_length in (("steps", "run/steps"), ("tokens", "run/tokens")):
+            row[f"speedup_{axis}"] = "baseline" if recipe == baseline else _speedup_text(base_rows, runs, col, axis, run_length)
         rows.append(row)
     return pl.DataFrame(rows)
+
+
+def _speedup_text(base_rows: pl.DataFrame, runs: pl.DataFrame, col: str, axis: str, run_length: str) -> str:
+    """The speed-up on one axis, or a lower bound from the baseline's run length when it never got there."""
+    base, treat = _axis(base_rows, col, axis), _axis(runs, col, axis)
+    if not base:
+        return "n/a (no baseline run)"
+    result = speedup(base, treat)
+    reached = [v for v in treat if v is not None]
+    if result["text"] == "n/a (baseline censored)" and all(v is None for v in base) and len(reached) == len(treat) and run_length in base_rows.columns:
+        lasts = [float(v) for v in base_rows[run_length].to_list() if v is not None]
+        if lasts:
+            return f">{min(lasts) / max(reached):.2f}x (baseline censored)"
+    return result["text"]
 
 
 def _axis(runs: pl.DataFrame, col: str, axis: str) -> list[float | None]:
@@ -206,53 +213,12 @@ def _axis(runs: pl.DataFrame, col: str, axis: str) -> list[float | None]:
     return [None if c else (float(v) if v is not None else None) for v, c in zip(runs[name].to_list(), censored)]
 
 
-def _pm(mean: float, sd: float, digits: int = 0) -> str:
+def _pm(values: list[float], digits: int = 0) -> str:
+    """Mean ± sample sd over seeds; a single run is shown as its value (no spread to claim)."""
+    mean, sd = _mean_spread(values)
     if math.isnan(mean):
         return "n/a"
-    if digits:
-        return f"{mean:.{digits}f} ± {sd:.{digits}f}"
-    return f"{mean:,.0f} ± {sd:,.0f}"
-
-
-def write_comparison(
-    root: Path,
-    rows: list[dict[str, Any]],
-    baseline: str | None,
-    train_config: Any,
-    title: str,
-    mixture_dirs: dict[str, str],
-) -> dict[str, Any]:
-    """comparison.parquet, one table per skill, report.md / report.html; a JSON-able summary back."""
-    from diffmix import report
-    from diffmix.mixers.mixture import source_proportions
-
-    frame = comparison_frame(rows)
-    with atomic_open(root / "comparison.parquet") as f:
-        frame.write_parquet(f, compression="zstd", statistics=False)
-    recipes = list(dict.fromkeys(frame["recipe"].to_list()))
-    base = baseline or recipes[0]
-    if base not in recipes:
-        raise DiffmixError(f"--baseline {base!r} is not one of the recipes ({', '.join(recipes)})")
-    tables = {skill: skill_table(frame, skill, base) for skill in skills_of(frame)}
-    proportions = {}
-    for recipe, directory in mixture_dirs.items():
-        if (Path(directory) / MANIFEST).is_file():
-            proportions[recipe] = source_proportions(directory)
-    setup = {
-        "title": title,
-        "recipes": ", ".join(recipes),
-        "baseline": base,
-        "seeds per recipe": str(frame.group_by("recipe").len()["len"].max()),
-        "threshold": f"tau = {train_config.skills.tau}, held for k = {train_config.skills.k} evals",
-        "model": f"{train_config.model.n_layer} layers, d={train_config.model.d_model}, {train_config.model.n_head} heads, context {train_config.model.block_size}",
-        "training": f"{train_config.steps} steps max, batch {train_config.batch_size}, lr {train_config.lr} ({train_config.schedule}), eval every {train_config.eval_interval}",
-    }
-    md_path, html_path = report.write_report(root, frame, tables, proportions, train_config.skills.tau, setup)
-    return {
-        "comparison": str(root / "comparison.parquet"),
-        "report_md": str(md_path),
-        "report_html": str(html_path),
-        "baseline": base,
-        "runs": frame.select("run_id", "status", "error").to_dicts(),
-        "tables": {skill: table.to_dicts() for skill, table in tables.items()},
-    }
+    text = f"{mean:.{digits}f}" if digits else f"{mean:,.0f}"
+    if len(values) == 1:
+        return f"{text} (1 seed)"
+    return f"{text} ± {sd:.{digits}f}" if digits else f"{text} ± {sd:,.0f}"

@@ -35,7 +35,7 @@ def test_speedup(baseline: list, treatment: list, kind: str, text: str) -> None:
 def _row(recipe: str, seed: int, steps: float | None, final: float, run_steps: int = 500) -> dict:
     return {
         "run_id": f"{recipe}-s{seed}", "recipe": recipe, "seed": seed, "status": "ok", "error": None, "run_dir": "x",
-        "run/steps": run_steps, "skill/s/exact_match/steps": steps, "skill/s/exact_match/tokens": None if steps is None else steps * 10,
+        "run/steps": run_steps, "run/tokens": run_steps * 10, "skill/s/exact_match/steps": steps, "skill/s/exact_match/tokens": None if steps is None else steps * 10,
         "skill/s/exact_match/examples": steps, "skill/s/exact_match/unique_examples": steps,
         "skill/s/exact_match/censored": steps is None, "skill/s/exact_match/aulc": 0.5, "skill/s/exact_match/final": final,
     }  # fmt: skip
@@ -54,11 +54,19 @@ def test_skill_table_censoring_and_bounds() -> None:
         ]
     )
     table = {r["recipe"]: r for r in compare.skill_table(frame, "s/exact_match", "base").to_dicts()}
-    assert table["base"]["steps_to_tau"] == "censored (2/2)" and table["base"]["speedup_vs_baseline"] == "baseline"
+    assert table["base"]["steps_to_tau"] == "censored (2/2)" and table["base"]["speedup_steps"] == "baseline"
     assert table["fast"]["steps_to_tau"] == "112 ± 18"
-    assert table["fast"]["speedup_vs_baseline"] == ">4.00x (baseline censored)"  # 500 steps / slowest 125
-    assert table["half"]["steps_to_tau"] == "censored (1/2)" and table["half"]["speedup_vs_baseline"] == "n/a (censored)"
+    assert table["fast"]["speedup_steps"] == ">4.00x (baseline censored)"  # 500 steps / slowest 125
+    assert table["fast"]["speedup_tokens"] == ">4.00x (baseline censored)"  # 5,000 tokens / 1,250
+    assert table["half"]["steps_to_tau"] == "censored (1/2)" and table["half"]["speedup_steps"] == "n/a (censored)"
     assert (table["broken"]["runs"], table["broken"]["failed"], table["broken"]["steps_to_tau"]) == (0, 1, "no run")
+
+
+def test_skill_table_single_seed_has_no_spread() -> None:
+    frame = compare.comparison_frame([_row("base", 0, 400.0, 0.9), _row("fast", 0, 100.0, 0.95)])
+    table = {r["recipe"]: r for r in compare.skill_table(frame, "s/exact_match", "base").to_dicts()}
+    assert table["fast"]["steps_to_tau"] == "100 (1 seed)"
+    assert table["fast"]["speedup_steps"] == "4.00x (1 seed: no interval)"
 
 
 class _Images(html.parser.HTMLParser):
@@ -104,7 +112,7 @@ def test_compare_flow_end_to_end(tmp_path: Path) -> None:
     frame = pl.read_parquet(out / "comparison.parquet")
     assert frame.height == 6 and set(frame["recipe"]) == {"alpha", "beta", "gamma"}
     assert frame.filter(pl.col("recipe") == "gamma")["status"].to_list() == ["failed", "failed"]
-    assert all(e.startswith("mixture failed: ") for e in frame.filter(pl.col("recipe") == "gamma")["error"])
+    assert all(e.startswith("mixture failed: ") and "sha256 does not match" in e for e in frame.filter(pl.col("recipe") == "gamma")["error"])
     assert frame.filter(pl.col("recipe") != "gamma")["status"].to_list() == ["ok"] * 4
     for column in ("seed", "schedule", "params", "skill/copy/exact_match/steps", "skill/copy/exact_match/censored", "skill/copy/exact_match/aulc"):
         assert column in frame.columns

@@ -113,7 +113,12 @@ def _open_source(recipe: Recipe, j: int, spec: SourceSpec, origin: str) -> _Sour
     context = _context(origin, j, spec)
     try:
         manifest = open_dataset(path, check_hashes=False)
-        table = load_table(path, manifest=manifest)
+        try:
+            table = load_table(path, manifest=manifest)
+        except (pa.ArrowException, OSError) as exc:
+            # A corrupt shard: name it by its hash if that is what is wrong, else by the read error.
+            verify_files(path, manifest.shards, check_hashes=True)
+            raise DiffmixError(f"{path}: unreadable shard ({str(exc).strip().splitlines()[0]})") from None
     except DiffmixError as exc:
         raise DiffmixError(f"{context}: {exc}") from None
     columns = table.column_names
