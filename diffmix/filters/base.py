@@ -89,14 +89,15 @@ def make_rule(name: str, settings: dict[str, object] | None, where: str = "filte
     from diffmix.filters import load_rules
 
     load_rules()
+    prefix = f"{where}." if where else ""
     if name not in RULES:
-        raise DiffmixError(f"{where}: unknown rule {name!r} (known: {', '.join(sorted(RULES))})")
+        raise DiffmixError(f"{prefix}{name}: unknown rule {name!r} (known: {', '.join(sorted(RULES))})")
     try:
         return RULES[name].model_validate(settings or {})
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
-        raise DiffmixError(f"{where}.{name}.{field}: {err['msg']} (got {err.get('input')!r})") from None
+        raise DiffmixError(f"{prefix}{name}.{field}: {err['msg']} (got {err.get('input')!r})") from None
 
 
 def subject_of(message: pl.Expr) -> pl.Expr:

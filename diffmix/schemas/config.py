@@ -147,7 +147,7 @@ class FiltersConfig(_Strict):
             from diffmix.filters.base import make_rule
 
             try:
-                rule = make_rule(name, settings or {}, where="filters.rules")
+                rule = make_rule(name, settings or {}, where="")
             except DiffmixError as exc:
                 raise ValueError(str(exc)) from None
             out.append({name: rule.model_dump(mode="json")})  # every setting, defaults filled: the hash covers them
@@ -194,5 +194,5 @@ def first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "config"
     got = err.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{where}: {err['msg']}{shown}"
+    shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+    return f"{where}: {err['msg'].removeprefix('Value error, ')}{shown}"

@@ -1,0 +1,90 @@
+"""The engine and the config: rule order, reasons, counts per rule, config errors in one line."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from diffmix.errors import DiffmixError
+from diffmix.filters import engine
+from diffmix.filters.base import RULES
+from diffmix.schemas.config import DEFAULT_RULES, BuildConfig, load_build_config
+from tests.filters.conftest import engine_verdict
+
+
+def test_packaged_config_is_the_code_default() -> None:
+    """configs/build.yaml restates every default: the two must hash the same."""
+    assert load_build_config().digest() == BuildConfig().digest()
+
+
+def test_every_rule_has_distinct_reasons_and_stored_scores() -> None:
+    reasons = [r for rule in RULES.values() for r in rule.reasons]
+    assert len(reasons) == len(set(reasons))
+    assert set(DEFAULT_RULES) == set(RULES)
+    names = engine.CORPUS_SCHEMA.names
+    assert len(names) == len(set(names)) and all(f.name in names for rule in RULES.values() for f in rule.score_fields)
+
+
+@pytest.mark.parametrize(
+    ("rules", "fields", "expected"),
+    [
+        # The first rule in config order names the reason.
+        (["message", "trivial"], {"message": "update"}, "subject_too_short"),
+        (["trivial", "message"], {"message": "update"}, "trivial_message"),
+        # A rule not listed does not run.
+        (["message"], {"license": "gpl-3.0"}, None),
+        (["license", "message"], {"license": "gpl-3.0"}, "license_not_allowed"),
+        # Lazy rules run last, whatever their position.
+        ([{"token_budget": {"max_tokens": 10}}, "license"], {"license": "gpl-3.0"}, "license_not_allowed"),
+        ([{"token_budget": {"max_tokens": 10}}, "license"], {}, "too_many_tokens"),
+        ([], {"license": "gpl-3.0", "message": "wip"}, None),
+    ],
+)
+def test_rule_order(rules: list, fields: dict, expected: str | None) -> None:
+    config = BuildConfig.model_validate({"filters": {"rules": rules}})
+    assert engine_verdict(config, **fields) == expected
+
+
+def test_decontamination_comes_first() -> None:
+    config = BuildConfig.model_validate({"split": {"exclude": {"repos": ["acme/app"]}}})
+    assert engine_verdict(config, license="gpl-3.0") == "decontaminated"
+
+
+def test_rule_counts_chain() -> None:
+    config = BuildConfig.model_validate({"filters": {"rules": ["license", "message"]}})
+    counts = engine.rule_counts(Counter({"license_not_allowed": 3, "subject_too_short": 2, "message_too_long": 1}), engine.configured_rules(config), 10)
+    assert counts == {
+        "decontaminate": {"in": 10, "kept": 10, "dropped": {}},
+        "license": {"in": 10, "kept": 7, "dropped": {"license_not_allowed": 3}},
+        "message": {"in": 7, "kept": 4, "dropped": {"subject_too_short": 2, "message_too_long": 1}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("filters:\n  rules: [spam]\n", "unknown rule 'spam'"),
+        ("filters:\n  rules: [message, message]\n", "listed twice"),
+        ("filters:\n  rules:\n    - message: {min_subject_words: many}\n", "filters.rules: message.min_subject_words"),
+        ("filters:\n  rules:\n    - message: {max_words: 3}\n", "filters.rules: message.max_words"),
+        ("filters:\n  dedup: {near: {threshold: 1.5}}\n", "filters.dedup.near.threshold"),
+        ("split:\n  exclude: {commits: [xyz]}\n", "split.exclude.commits"),
+        ("filters:\n  caps: {whitespace_only: 2}\n", "filters.caps.whitespace_only"),
+    ],
+)
+def test_bad_config_is_one_line(tmp_path: Path, yaml_text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(DiffmixError) as info:
+        load_build_config(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_every_setting_enters_the_hash() -> None:
+    base = BuildConfig().digest()
+    assert BuildConfig.model_validate({"filters": {"rules": [{"message": {"min_subject_words": 4}}]}}).digest() != base
+    assert BuildConfig.model_validate({"filters": {"rules": list(reversed(DEFAULT_RULES))}}).digest() != base  # order counts
+    assert BuildConfig.model_validate({"split": {"exclude": {"repos": ["a/b"]}}}).digest() != base
+    assert BuildConfig.model_validate({"filters": {"dedup": {"near": None}}}).digest() != base

@@ -1,0 +1,110 @@
+"""`refilter` (diffmix build --refilter): re-deciding from stored scores equals a fresh build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from diffmix.errors import DiffmixError
+from diffmix.pipelines.build import refilter
+from diffmix.pipelines.shards import read_manifest
+from diffmix.schemas.config import BuildConfig
+from tests.filters.conftest import commit_row, data, rejects, run_build, tree_bytes, write_commits
+from tests.filters.test_dedup import edit, module, planted_rows
+
+
+def mixed_rows() -> list[dict]:
+    """Planted duplicates plus rows that trip (or almost trip) thresholds a test changes."""
+    rows, _ = planted_rows()
+    for k in range(4):
+        base = module(200 + k)
+        rows.append(commit_row(f"bump-{k}", base, edit(base, 5, k), message=f"Bump version to 1.{k}.0", old_file=f"v{k}.py", new_file=f"v{k}.py"))
+        rows.append(commit_row(f"terse-{k}", base, edit(base, 9, k), message=f"Tune handler {k}", old_file=f"t{k}.py", new_file=f"t{k}.py"))
+        big = module(300 + k, lines=70)  # between 2,048 bytes and 2,048 tokens: counted lazily
+        rows.append(commit_row(f"big-{k}", big, edit(big, 33, k), message=f"Scale the big handler number {k}", old_file=f"b{k}.py", new_file=f"b{k}.py"))
+        mid = module(500 + k, lines=14)  # between 700 bytes and 700 tokens
+        rows.append(commit_row(f"mid-{k}", mid, edit(mid, 7, k), message=f"Scale the middle handler number {k}", old_file=f"c{k}.py", new_file=f"c{k}.py"))
+    rows.append(commit_row("gpl", module(400), edit(module(400), 3, 0), license="gpl-3.0", message="Scale the licensed handler"))
+    rows.append(commit_row("binary", "a\x00b", "a\x00c", message="Update the binary blob"))  # structural
+    return rows
+
+
+CHANGES = {
+    "looser": {
+        "filters": {
+            "rules": [
+                {"license": {"allow": None}}, "merge", "revert", "trivial", {"version_bump": {"keep_fraction": 1.0}},
+                {"message": {"min_subject_words": 2}}, "language", "generated", "content", "file_size", "change", "secrets",
+                {"token_budget": {"max_tokens": 4096}},
+            ],
+            "dedup": {"near": {"threshold": 0.95}},
+        }
+    },
+    "tighter": {
+        "filters": {
+            "rules": ["license", "merge", "bot", "revert", "trivial", "version_bump", {"message": {"min_subject_words": 5}}, {"token_budget": {"max_tokens": 700}}],
+            "dedup": {"exact_diff": False, "near": {"threshold": 0.5}},
+            "caps": {"whitespace_only": None},
+        },
+        "split": {"seed": 3, "exclude": {"repos": ["someone/app-fork"]}},
+    },
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_refilter_equals_a_fresh_build(tmp_path: Path, change: str) -> None:
+    parquet = write_commits(tmp_path / "in.parquet", mixed_rows(), row_group_size=5)
+    base = BuildConfig(partition_rows=6)
+    source = tmp_path / "source"
+    run_build([str(parquet)], source, base)
+    config = BuildConfig.model_validate({"partition_rows": 6, **CHANGES[change]})
+    fresh, refiltered = tmp_path / "fresh", tmp_path / "refiltered"
+    run_build([str(parquet)], fresh, config)
+    refilter(source, refiltered, config)
+    assert tree_bytes(refiltered) == tree_bytes(fresh)
+    # The change did change the outcome (the test is not vacuous).
+    assert data(fresh)["doc_id"].to_list() != data(source)["doc_id"].to_list()
+    # Refiltering back gives the source again, and is skipped when complete.
+    back = tmp_path / "back"
+    refilter(refiltered, back, base)
+    assert tree_bytes(back) == tree_bytes(source)
+    assert refilter(refiltered, back, base) == read_manifest(back)
+
+
+def test_refilter_fills_lazy_scores_that_become_needed(tmp_path: Path) -> None:
+    parquet = write_commits(tmp_path / "in.parquet", mixed_rows())
+    no_budget = BuildConfig.model_validate({"filters": {"rules": ["license", "message"]}})
+    source, out = tmp_path / "source", tmp_path / "out"
+    run_build([str(parquet)], source, no_budget)
+    assert data(source)["f_tokens"].null_count() == data(source).height  # never needed
+    refilter(source, out, BuildConfig.model_validate({"filters": {"rules": ["license", "message", {"token_budget": {"max_tokens": 700}}]}}))
+    kept, dropped = data(out), rejects(out)
+    counted = kept["f_tokens"].drop_nulls()
+    assert len(counted) and (counted <= 700).all()  # counted now, though the source never needed it
+    over = dropped.filter(dropped["reason"] == "too_many_tokens")
+    assert over.height and (over["f_tokens"].fill_null(over["f_tokens_min"]) > 700).all()
+
+
+@pytest.mark.parametrize(
+    ("change", "setting"),
+    [
+        ({"format": "udiff_nolines_v1"}, "format"),
+        ({"filters": {"redact": {"emails": False}}}, "redact.emails"),
+        ({"filters": {"rules": [{"trivial": {"subjects": ["update"]}}]}}, "rules.trivial.subjects"),
+        ({"filters": {"dedup": {"near": {"permutations": 128}}}}, "near.permutations"),
+        ({"filters": {"rules": [{"token_budget": {"tokenizer": "/elsewhere/tokenizer.json"}}]}}, "rules.token_budget.tokenizer"),
+    ],
+)
+def test_refilter_refuses_settings_the_scores_depend_on(tmp_path: Path, change: dict, setting: str) -> None:
+    parquet = write_commits(tmp_path / "in.parquet", mixed_rows()[:4])
+    source = tmp_path / "source"
+    run_build([str(parquet)], source, BuildConfig())
+    with pytest.raises(DiffmixError, match=setting.replace(".", r"\.")):
+        refilter(source, tmp_path / "out", BuildConfig.model_validate(change))
+    assert not (tmp_path / "out").exists()
+
+
+def test_refilter_needs_a_commit_corpus(tmp_path: Path) -> None:
+    with pytest.raises(DiffmixError, match="no manifest.json"):
+        refilter(tmp_path, tmp_path / "out", BuildConfig())

@@ -1,0 +1,56 @@
+"""The token budget: exact counts from cut pieces, a true lower bound, lazy fills."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from diffmix.filters.tokens import TokenBudget, budget_tokenizer, count_tokens, pretoken_lower_bound
+from diffmix.schemas.config import BuildConfig
+from tests.filters.conftest import BEFORE, engine_verdict
+
+# Code-like text: identifiers, digits, quotes and contractions, runs of spaces and newlines, some non-ASCII.
+ALPHABET = st.sampled_from(list("abcXYZ019_'\"()[]{}:=+-.,# \t\n") + ["  ", "\n\n", "    ", "'s", "'ll", "é", "ß", "日本", "\r\n", "\u00a0"])
+TEXTS = st.lists(ALPHABET, max_size=200).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(TEXTS)
+def test_counting_pieces_is_exact(text: str) -> None:
+    tokenizer = budget_tokenizer()
+    assert count_tokens([text], tokenizer) == [len(tokenizer.encode(text, add_special_tokens=False).ids)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(TEXTS)
+def test_lower_bound_never_exceeds_the_count(text: str) -> None:
+    tokenizer = budget_tokenizer()
+    bound = pl.select(pretoken_lower_bound(pl.lit(text))).item()
+    assert bound <= len(tokenizer.pre_tokenizer.pre_tokenize_str(text)) <= len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def test_count_matches_the_tokenizer_on_real_code() -> None:
+    tokenizer = budget_tokenizer()
+    texts = [BEFORE, BEFORE.replace("\n", "\r\n"), "x = 1\n\n\ny = 2\n" * 50, ""]
+    assert count_tokens(texts, tokenizer) == [len(tokenizer.encode(t, add_special_tokens=False).ids) for t in texts]
+
+
+def test_fill_counts_only_what_decides() -> None:
+    rule = TokenBudget(max_tokens=100)
+    small, medium, huge = "def f():\n    return 1\n", "x = a + b\n" * 12, "value_one = other_value\n" * 200
+    frame = pl.DataFrame({"text": [small, medium, huge, medium]})
+    filled = rule.fill(frame, pl.Series([True, True, True, False]))
+    lower, exact = filled["f_tokens_min"].to_list(), filled["f_tokens"].to_list()
+    assert lower[0] is None and exact[0] is None  # fewer bytes than the budget: fits without counting
+    assert lower[1] is not None and lower[1] <= 100 and exact[1] is not None  # between the bounds: counted
+    assert lower[2] > 100 and exact[2] is None  # the lower bound already exceeds the budget
+    assert lower[3] is None and exact[3] is None  # an earlier rule dropped it: nothing computed
+    assert rule.fill(frame, pl.Series([False] * 4))["f_tokens"].null_count() == 4
+
+
+@pytest.mark.parametrize(("budget", "expected"), [(2048, None), (100, "too_many_tokens"), (None, None)])
+def test_budget_in_the_rule_chain(budget: int | None, expected: str | None) -> None:
+    config = BuildConfig.model_validate({"filters": {"rules": [{"token_budget": {"max_tokens": budget}}]}})
+    assert engine_verdict(config) == expected
