@@ -108,6 +108,7 @@ def _progress(futures: list[Any], label: str) -> list[Any]:
 stage_source_task = task(corpus.stage_source, name="stage_source", retries=RETRIES, retry_condition_fn=_transient, cache_policy=NO_CACHE)
 process_partition_task = task(corpus.process_partition, name="process_partition", retries=RETRIES, retry_condition_fn=_transient, cache_policy=NO_CACHE)
 write_shard_task = task(corpus.write_data_shard, name="write_shard", retries=RETRIES, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+near_dedup_task = task(corpus.near_dedup_group, name="near_dedup", retries=RETRIES, retry_condition_fn=_transient, cache_policy=NO_CACHE)
 
 
 def _env_workers() -> int:
@@ -137,7 +138,9 @@ def build_corpus(
         staged = dict(zip(streams, _progress(staged_futures, "ingest")))
         parts = corpus.plan_partitions(plan, staged)
         stats = _progress([process_partition_task.submit(plan, p) for p in parts], "documents")
-        specs = corpus.decide(plan, parts)
+        groups = corpus.prepare_dedup(plan, parts)  # filter verdicts + exact dedup; near-dedup band groups
+        edges = _progress([near_dedup_task.submit(plan, parts, g) for g in groups], "dedup")
+        specs = corpus.decide(plan, parts, edges)
         shards = _progress([write_shard_task.submit(plan, s) for s in specs], "shards")
         return corpus.finalize(plan, parts, stats, shards).to_json_dict()
     except DiffmixError:
