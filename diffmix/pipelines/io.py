@@ -80,7 +80,10 @@ def write_ipc_stream(path: str | os.PathLike[str], table: pa.Table, max_chunksiz
     """
     with atomic_open(path) as f:
         with pa.ipc.new_stream(f, table.schema) as writer:
-            writer.write_table(table, max_chunksize=max_chunksize)
+            if table.num_rows:
+                writer.write_table(table, max_chunksize=max_chunksize)
+            else:  # one empty batch: `datasets` cannot map a stream without any (for some column types)
+                writer.write_batch(pa.RecordBatch.from_pylist([], schema=table.schema))
     return os.path.getsize(path)
 
 
