@@ -22,6 +22,7 @@ expensive scores that are computed only for rows every other rule keeps
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -112,3 +113,44 @@ def uniform(doc_id: pl.Expr, seed: int) -> pl.Expr:
     """
     u = doc_id.str.slice(0, 13).str.to_integer(base=16, strict=False).cast(pl.Float64) / float(16**13)
     return (u + seed * 0.6180339887498949) % 1.0
+
+
+# Scoring-frame columns (when present): one id per distinct old / new file text of the partition.
+TEXT_IDS = ("old_text_id", "new_text_id")
+
+
+def distinct_ids(columns: list[pl.Series]) -> list[pl.Series]:
+    """For each column, the index of each row's text among the distinct texts of all columns (first seen first)."""
+    joined = pl.concat(columns)
+    distinct = joined.unique(maintain_order=True)
+    index = joined.to_frame("t").join(distinct.to_frame("t").with_row_index("i"), on="t", how="left", maintain_order="left", nulls_equal=True)["i"]
+    out, start = [], 0
+    for column in columns:
+        out.append(index.slice(start, len(column)))
+        start += len(column)
+    return out
+
+
+def on_distinct(columns: list[pl.Series], score: Callable[[pl.Series], pl.DataFrame], ids: list[pl.Series] | None = None) -> list[pl.DataFrame]:
+    """`score` computed once per distinct text of `columns`, gathered back row by row for each column.
+
+    Commit data repeats itself: a file's new text is its old text at the next
+    commit that touches it, so a partition's old and new files hold about half
+    as many distinct texts as rows (1.9x fewer bytes on the dev data). `ids`
+    (from `distinct_ids`, or the frame's `TEXT_IDS`) saves finding them again.
+    """
+    ids = ids if ids is not None else distinct_ids(columns)
+    # Dense ids: rows dropped since the ids were made leave gaps.
+    index = (pl.concat(ids).rank("dense") - 1).cast(pl.UInt32)
+    first = pl.DataFrame({"i": index}).with_row_index("r").group_by("i").agg(pl.col("r").first()).sort("i")["r"]
+    values = score(pl.concat(columns).gather(first))
+    out, start = [], 0
+    for column in columns:
+        out.append(values.select(pl.all().gather(index.slice(start, len(column)))))
+        start += len(column)
+    return out
+
+
+def frame_text_ids(frame: pl.DataFrame) -> list[pl.Series] | None:
+    """The frame's precomputed old/new text ids, if it has them."""
+    return [frame[c] for c in TEXT_IDS] if all(c in frame.columns for c in TEXT_IDS) else None

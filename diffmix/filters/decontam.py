@@ -17,7 +17,7 @@ from typing import ClassVar
 import polars as pl
 import pyarrow as pa
 
-from diffmix.filters.base import Check, Filter
+from diffmix.filters.base import Check, Filter, frame_text_ids, on_distinct
 
 
 def git_blob_ids(texts: pl.Series) -> pl.Series:
@@ -45,7 +45,9 @@ class Decontaminate(Filter):
 
     def scores(self, frame: pl.DataFrame) -> dict[str, pl.Expr | pl.Series]:
         # The texts as committed: the build keeps them beside the redacted ones until scoring.
-        return {"f_old_blob": git_blob_ids(frame["old_original"]), "f_new_blob": git_blob_ids(frame["new_original"])}
+        ids = frame_text_ids(frame)
+        old, new = on_distinct([frame["old_original"], frame["new_original"]], lambda texts: git_blob_ids(texts).to_frame("blob"), ids)
+        return {"f_old_blob": old["blob"], "f_new_blob": new["blob"]}
 
     def checks(self) -> list[Check]:
         hit = pl.lit(False)

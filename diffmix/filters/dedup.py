@@ -19,12 +19,14 @@ successive, different edits of a file. `near.text: before_diff` restores the
 literal rule.
 
 MinHash, vectorised: a 5-gram of bytes packs into 40 bits, so shingles need no
-hashing for identity; each is mixed to 32 bits (murmur3's 64-bit finaliser)
-and the 256 permutations are `a*x + b mod 2^32` with odd random `a`, computed
-as one (256, block) uint32 NumPy array per block of shingles and reduced per
-document with `np.minimum.reduceat`. `datasketch` hashes each shingle in
-Python (sha1) and then does the same matrix product mod a Mersenne prime in
-uint64; both give unbiased Jaccard estimates (checked in the tests).
+hashing for identity; the distinct shingles of each document are mixed to 32
+bits with a salted murmur3 64-bit finaliser, and the 256 permutations are
+`a*x mod 2^32` with odd random `a` (bijections of already-random values),
+computed as one (256, block) uint32 NumPy array per block of shingles and
+reduced per document with `np.minimum.reduceat`: SIMD-friendly, one multiply
+and one min per (permutation, shingle). `datasketch` hashes each shingle in
+Python (sha1), then evaluates `a*x + b mod (2^61 - 1)` in uint64; both give
+unbiased Jaccard estimates with the same spread (checked in the tests).
 """
 
 from __future__ import annotations
@@ -91,12 +93,12 @@ class MinHasher:
         if not 1 <= self.ngram <= 8:
             raise ValueError(f"ngram must be 1..8 bytes, got {self.ngram}")
 
-    def _params(self) -> tuple[np.ndarray, np.ndarray, np.uint64]:
+    def _params(self) -> tuple[np.ndarray, np.uint64]:
+        """The odd multipliers of the permutations and the salt of the shingle mix."""
         rng = np.random.default_rng(self.seed)
         a = rng.integers(0, 2**32, self.permutations, dtype=np.uint64).astype(np.uint32) | np.uint32(1)
-        b = rng.integers(0, 2**32, self.permutations, dtype=np.uint64).astype(np.uint32)
         salt = np.uint64(int(rng.integers(0, 2**63)))
-        return a, b, salt
+        return a, salt
 
     def shingles(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Distinct 32-bit shingle hashes of every text, grouped by text: (values, counts per text).
@@ -127,7 +129,7 @@ class MinHasher:
             for j in range(k):
                 mask = (mask << np.uint64(8)) | np.where(j < lengths[short], np.uint64(0xFF), np.uint64(0))
             packed[starts[short]] &= mask
-        _, _, salt = self._params()
+        _, salt = self._params()
         hashed = _fmix64(packed[keep] ^ salt) >> np.uint64(32)
         owner = np.repeat(np.arange(n, dtype=np.uint64), windows)
         keyed = np.sort((owner << np.uint64(32)) | hashed)  # grouped by text
@@ -138,7 +140,7 @@ class MinHasher:
 
     def signatures(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), permutations) uint32; a text without shingles gets all 0xFFFFFFFF."""
-        a, b, _ = self._params()
+        a, _ = self._params()
         out = np.full((len(texts), self.permutations), EMPTY, dtype=np.uint32)
         values, counts = self.shingles(texts)
         if not len(values):
@@ -149,7 +151,6 @@ class MinHasher:
             x, d = values[s : s + self.block], owner[s : s + self.block]
             h = work[:, : len(x)]
             np.multiply(a[:, None], x[None, :], out=h)
-            h += b[:, None]
             cuts = np.flatnonzero(np.concatenate([[True], d[1:] != d[:-1]]))
             mins = np.minimum.reduceat(h, cuts, axis=1)
             rows = d[cuts]
@@ -200,23 +201,26 @@ def band_keys(signatures: np.ndarray, bands: Sequence[int], rows: int) -> np.nda
 
 def bucket_pairs(keys: np.ndarray, nodes: np.ndarray, max_bucket: int = 64) -> np.ndarray:
     """Candidate pairs (u < v) of nodes sharing a key in any band: every pair in a bucket of
-    up to `max_bucket` nodes, each node with the bucket's smallest node beyond that."""
+    up to `max_bucket` nodes, each node with the bucket's smallest node beyond that (vectorised)."""
     pairs = []
     for j in range(keys.shape[1]):
         order = np.lexsort((nodes, keys[:, j]))
         k, n = keys[order, j], nodes[order]
-        edge = np.flatnonzero(np.concatenate([[True], k[1:] != k[:-1], [True]]))
-        sizes = np.diff(edge)
-        for start, size in zip(edge[:-1][sizes > 1], sizes[sizes > 1]):
-            members = n[start : start + size]
-            if size <= max_bucket:
-                iu, iv = np.triu_indices(size, 1)
-                pairs.append(np.stack([members[iu], members[iv]], axis=1))
-            else:
-                pairs.append(np.stack([np.full(size - 1, members[0]), members[1:]], axis=1))
-    if not pairs:
-        return np.zeros((0, 2), dtype=np.int64)
-    return np.unique(np.concatenate(pairs).astype(np.int64), axis=0)
+        starts = np.flatnonzero(np.concatenate([[True], k[1:] != k[:-1]]))
+        sizes = np.diff(np.concatenate([starts, [len(k)]]))
+        group = np.repeat(np.arange(len(starts)), sizes)
+        position = np.arange(len(k))
+        small = sizes[group] <= max_bucket
+        # In a small bucket, each member pairs with every later member.
+        later = np.where(small, starts[group] + sizes[group] - position - 1, 0)
+        first = np.repeat(position, later)
+        second = first + 1 + np.arange(len(first)) - np.repeat(np.cumsum(later) - later, later)
+        pairs.append(np.stack([n[first], n[second]], axis=1))
+        # In a big one, each member pairs with the first.
+        big = np.flatnonzero(~small & (position != starts[group]))
+        pairs.append(np.stack([n[starts[group[big]]], n[big]], axis=1))
+    out = np.concatenate(pairs).astype(np.int64) if pairs else np.zeros((0, 2), dtype=np.int64)
+    return np.unique(out, axis=0) if len(out) else out.reshape(0, 2)
 
 
 def components(n: int, edges: np.ndarray) -> np.ndarray:

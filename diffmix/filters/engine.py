@@ -121,16 +121,7 @@ def score(frame: pl.DataFrame, config: BuildConfig) -> pl.DataFrame:
             columns.update(rule.scores(frame))
     scored = frame.with_columns(**columns)
     bd, d = exact_keys(frame["old_contents"], frame["diff"])
-    hasher = minhasher(config)
-    if hasher is not None and frame.height:
-        text = shingle_text(frame["old_contents"], frame["diff"], config.filters.dedup.near.text)  # type: ignore[union-attr]
-        signatures = hasher.signatures(text.to_list())
-        flat = pa.array(signatures.reshape(-1), type=pa.uint32())
-        minhash = pl.Series("f_minhash", pa.ListArray.from_arrays(np.arange(0, flat.__len__() + 1, hasher.permutations, dtype=np.int32), flat))
-    else:
-        minhash = pl.Series("f_minhash", [None] * frame.height, dtype=pl.List(pl.UInt32))
-    scored = scored.with_columns(bd, d, minhash)
-    return _conform(scored, SCORE_FIELDS)
+    return _conform(scored.with_columns(bd, d), SCORE_FIELDS)  # f_minhash: lazy, see decide_rows
 
 
 def _conform(frame: pl.DataFrame, fields: list[pa.Field]) -> pl.DataFrame:
@@ -157,11 +148,15 @@ def first_reason(frame: pl.DataFrame, rules: list[Filter]) -> pl.Series:
     return frame.select(reason.alias("reason")).to_series()
 
 
-def decide_rows(table: pl.DataFrame, config: BuildConfig) -> tuple[pl.DataFrame, pl.Series]:
+def decide_rows(table: pl.DataFrame, config: BuildConfig, sources: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.Series]:
     """Fill lazy scores where needed (clear them elsewhere), then each row's first reason.
 
     `table` holds CORPUS_SCHEMA columns. The filled cells depend only on the
-    row and the config, never on what was stored before.
+    row and the config, never on what was stored before. Lazy in turn: token
+    counts for rows every other rule keeps, then MinHash signatures for rows
+    every rule keeps (only those can be near duplicates). `sources` (the
+    redacted old file and the diff, at build time) feed the signatures; without
+    them (a refilter) the diff is recovered from the document.
     """
     rules = configured_rules(config)
     cheap = [r for r in rules if not r.lazy]
@@ -173,7 +168,55 @@ def decide_rows(table: pl.DataFrame, config: BuildConfig) -> tuple[pl.DataFrame,
             table = fill(table, alive if rule.name in configured else pl.Series([False] * table.height))
             if rule.name in configured:
                 alive = alive & first_reason(table, [rule]).is_null()
-    return table, first_reason(table, rules)
+    return _fill_signatures(table, alive, config, sources), first_reason(table, rules)
+
+
+def _fill_signatures(table: pl.DataFrame, alive: pl.Series, config: BuildConfig, sources: pl.DataFrame | None) -> pl.DataFrame:
+    """`f_minhash` exactly for the rows that reach dedup (null elsewhere)."""
+    hasher = minhasher(config)
+    need = alive if hasher is not None else pl.Series([False] * table.height)
+    stored = table["f_minhash"].is_not_null()
+    keep = (need & stored).to_numpy()
+    todo = (need & ~stored).arg_true().to_numpy()
+    existing = table["f_minhash"].to_arrow()
+    parts = [existing.combine_chunks() if isinstance(existing, pa.ChunkedArray) else existing]
+    if len(todo) and hasher is not None:
+        picked = recover_sources(table[todo]) if sources is None else sources[todo]
+        text = shingle_text(picked["old_contents"], picked["diff"], config.filters.dedup.near.text)  # type: ignore[union-attr]
+        signatures = hasher.signatures(text.to_list())
+        flat = pa.array(signatures.reshape(-1), type=pa.uint32())
+        parts.append(pa.ListArray.from_arrays(pa.array(np.arange(0, len(flat) + 1, hasher.permutations, dtype=np.int32)), flat))
+    # Row i takes its stored signature (kept), a new one (computed), or null.
+    index = np.full(table.height, -1, dtype=np.int64)
+    index[keep] = np.flatnonzero(keep)
+    index[todo] = table.height + np.arange(len(todo))
+    combined = pa.concat_arrays([p.cast(pa.list_(pa.uint32())) for p in parts])
+    column = pl.Series("f_minhash", combined.take(pa.array(index, mask=index < 0)))
+    return table.with_columns(column.alias("f_minhash"))
+
+
+def recover_sources(documents: pl.DataFrame) -> pl.DataFrame:
+    """The redacted old file and the diff of stored edit documents (for a refilter).
+
+    Every edit format parses its target back to the new file (the round trip the
+    build checks); BEF is the old file as shown (line-numbered in
+    `scratch_lines_v1`), and the diff is recomputed exactly as the build made it.
+    """
+    from diffmix.formats.base import get_format
+    from diffmix.formats.edit import unnumber_lines
+    from diffmix.pipelines.diff import diff_texts
+
+    befores, diffs = [], []
+    rows = documents.select("text", "target_start", "bef_start", "msg_start", "format", "change_type").iter_rows()
+    for text, target_start, bef_start, msg_start, name, change in rows:
+        fmt = get_format(name)
+        after = fmt.parse(text[:target_start], text[target_start:])
+        before = "" if change == "A" else text[bef_start + 6 : msg_start - 1]
+        if name.startswith("scratch_lines"):
+            before = unnumber_lines(before)
+        befores.append(before)
+        diffs.append(diff_texts(before, after).text)
+    return pl.DataFrame({"old_contents": befores, "diff": diffs}, schema={"old_contents": pl.String, "diff": pl.String})
 
 
 def rule_counts(reasons: Counter[str], rules: list[Filter], rows_in: int) -> dict[str, dict[str, Any]]:

@@ -23,7 +23,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from diffmix.filters.base import Check, Filter, register
+from diffmix.filters.base import Check, Filter, frame_text_ids, on_distinct, register
 from diffmix.schemas.languages import EXTENSION_LANGUAGES
 
 # --- language --------------------------------------------------------------------
@@ -86,11 +86,12 @@ class Generated(Filter):
     header: bool = True
 
     def scores(self, frame: pl.DataFrame) -> dict[str, pl.Expr | pl.Series]:
-        def banner(text: pl.Expr) -> pl.Expr:
-            head = text.str.extract(r"\A((?:[^\n]*\n){0,4}[^\n]*)", 1)
-            return head.str.contains(GENERATED_HEADER).fill_null(False)
+        def banner(texts: pl.Series) -> pl.DataFrame:
+            head = texts.str.slice(0, 2000).str.extract(r"\A((?:[^\n]*\n){0,4}[^\n]*)", 1)
+            return head.str.contains(GENERATED_HEADER).fill_null(False).to_frame("banner")
 
-        return {"f_generated_header": banner(pl.col("old_contents")) | banner(pl.col("new_contents"))}
+        old, new = on_distinct([frame["old_contents"], frame["new_contents"]], banner, frame_text_ids(frame))
+        return {"f_generated_header": old["banner"] | new["banner"]}
 
     def checks(self) -> list[Check]:
         path = pl.col("path")
@@ -134,7 +135,8 @@ class Content(Filter):
     data_max_chars: int | None = 5000
 
     def scores(self, frame: pl.DataFrame) -> dict[str, pl.Expr | pl.Series]:
-        old, new = line_stats(frame["old_contents"]), line_stats(frame["new_contents"])
+        stats = on_distinct([frame["old_contents"], frame["new_contents"]], lambda texts: pl.DataFrame(line_stats(texts)), frame_text_ids(frame))
+        old, new = ({k: f[k].to_numpy() for k in f.columns} for f in stats)
         nonempty_old = old["chars"] > 0
         nonempty_new = new["chars"] > 0
         mean = np.fmax(np.where(nonempty_old, old["mean_line"], np.nan), np.where(nonempty_new, new["mean_line"], np.nan))
@@ -169,10 +171,6 @@ class Content(Filter):
         return out
 
 
-_ALNUM = np.zeros(256, dtype=np.uint8)
-_ALNUM[np.frombuffer(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", dtype=np.uint8)] = 1
-
-
 def line_stats(texts: pl.Series) -> dict[str, np.ndarray]:
     """Per text: max line length, mean line length (UTF-8 bytes), ASCII-alphanumeric share of characters.
 
@@ -202,8 +200,10 @@ def line_stats(texts: pl.Series) -> dict[str, np.ndarray]:
         max_line[i] = int((np.diff(ends, prepend=-1) - 1).max())
     # splitlines() semantics for the mean: a trailing newline does not start another line.
     mean_line = (lengths - n_nl) / np.maximum(n_nl + (tail > 0), 1)
-    chars = lengths - _segment_counts((data & 0xC0) == 0x80, offsets)  # minus UTF-8 continuation bytes
-    alnum = np.where(chars > 0, _segment_counts(_ALNUM[data], offsets) / np.maximum(chars, 1), 1.0)
+    chars = texts.str.len_chars().fill_null(0).to_numpy().astype(np.int64)
+    # ASCII letters and digits with a few SIMD comparisons (uint8 arithmetic wraps below 0).
+    alnum_mask = ((data - np.uint8(48)) < 10) | (((data | np.uint8(32)) - np.uint8(97)) < 26)
+    alnum = np.where(chars > 0, _segment_counts(alnum_mask, offsets) / np.maximum(chars, 1), 1.0)
     return {"max_line": max_line, "mean_line": mean_line, "alnum": alnum, "chars": chars}
 
 

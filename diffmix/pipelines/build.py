@@ -22,6 +22,7 @@ stopped and gives the same bytes.
 from __future__ import annotations
 
 import shutil
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -114,6 +115,7 @@ class PartitionStats:
     dropped: dict[str, int] = field(default_factory=dict)
     documents: int = 0
     redacted: dict[str, int] = field(default_factory=dict)  # findings per detector kind
+    seconds: dict[str, float] = field(default_factory=dict)  # time per step (for benchmarks; not in the manifest)
 
 
 @dataclass
@@ -279,6 +281,7 @@ def process_partition(plan: BuildPlan, part: Partition) -> PartitionStats:
     docs_path, rejects_path, stats_path = _partition_files(plan, part.key)
     if stats_path.is_file():
         return PartitionStats(**read_json(stats_path))
+    clock = _Clock()
     table = _read_partition(plan, part)
     frame = pl.from_arrow(table, rechunk=False)
     assert isinstance(frame, pl.DataFrame)
@@ -290,23 +293,43 @@ def process_partition(plan: BuildPlan, part: Partition) -> PartitionStats:
         pl.col("old_file").alias("old_path"),
         pl.int_range(part.offset, part.offset + frame.height, dtype=pl.Int64).alias("input_row"),
     )
+    clock.lap("read")
     frame = frame.with_columns(structural_reason(plan.config.max_file_bytes).alias("reason"))
+    clock.lap("structural")
     alive, redacted = redact_rows(frame.filter(pl.col("reason").is_null()), plan.config.filters.redact)
     ready = alive.filter(pl.col("reason").is_null())
+    clock.lap("redact")
     rendered, failures = render_rows(ready, get_format(plan.config.format))
     ready = ready.with_columns(pl.Series("reason", failures, dtype=pl.String))
     ok = [r for r in rendered if r is not None]
-    documents = _documents(ready.filter(pl.col("reason").is_null()), ok, plan, source_label(plan.inputs[part.source]))
-    documents, verdicts = engine.decide_rows(documents, plan.config)
+    clock.lap("diff_render")
+    documents, sources = _documents(ready.filter(pl.col("reason").is_null()), ok, plan, source_label(plan.inputs[part.source]))
+    clock.lap("scores")
+    documents, verdicts = engine.decide_rows(documents, plan.config, sources)
+    clock.lap("rules_lazy")
     rejected = pl.concat([_structural_rejects(f.filter(pl.col("reason").is_not_null())) for f in (frame, alive, ready)])
     write_ipc_stream(docs_path, documents.to_arrow().cast(CORPUS_SCHEMA))
     write_ipc_stream(_verdicts_path(plan, part.key), verdicts.to_frame("reason").to_arrow())
     write_ipc_stream(rejects_path, _as_rejects(rejected.to_arrow()))
+    clock.lap("write")
     stats = PartitionStats(
-        part.key, table.num_rows, dict(sorted(Counter(rejected["reason"].to_list()).items())), documents.height, redacted
+        part.key, table.num_rows, dict(sorted(Counter(rejected["reason"].to_list()).items())), documents.height, redacted, clock.laps
     )
     write_json(stats_path, asdict(stats))  # last: marks the partition complete
     return stats
+
+
+class _Clock:
+    """Wall seconds per named step."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 4)
+        self._last = now
 
 
 def source_label(entry: InputEntry) -> str:
@@ -315,8 +338,9 @@ def source_label(entry: InputEntry) -> str:
     return f"{entry.kind}:{name}"
 
 
-def _documents(frame: pl.DataFrame, rendered: list[dict[str, Any]], plan: BuildPlan, source: str) -> pl.DataFrame:
-    """Commit rows + their rendered columns -> CORPUS_SCHEMA columns (documents + filter scores)."""
+def _documents(frame: pl.DataFrame, rendered: list[dict[str, Any]], plan: BuildPlan, source: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Commit rows + their rendered columns -> CORPUS_SCHEMA columns (documents + filter scores),
+    and the redacted old file and diff of each (for lazy signatures; not stored)."""
     parts = pl.from_arrow(pa.Table.from_pylist(rendered, schema=RENDERED_SCHEMA))
     assert isinstance(parts, pl.DataFrame)
     base = frame.drop("lines_added", "lines_deleted").with_columns(
@@ -327,7 +351,7 @@ def _documents(frame: pl.DataFrame, rendered: list[dict[str, Any]], plan: BuildP
     )
     base = _with_split(pl.concat([base, parts], how="horizontal"), plan.config)
     scores = engine.score(base, plan.config)
-    return pl.concat([base.select(DOCUMENT_SCHEMA.names), scores], how="horizontal")
+    return pl.concat([base.select(DOCUMENT_SCHEMA.names), scores], how="horizontal"), base.select("old_contents", "diff")
 
 
 def _with_split(frame: pl.DataFrame, config: BuildConfig) -> pl.DataFrame:

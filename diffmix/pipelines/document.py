@@ -27,6 +27,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
+from diffmix.filters.base import TEXT_IDS, distinct_ids, on_distinct
 from diffmix.filters.secrets import detectors, redact, secret_in_change
 from diffmix.formats.base import Format, ParseError
 from diffmix.formats.edit import LITERAL_TAG_PATTERN, EditRecord
@@ -115,23 +116,37 @@ def split_expr(column: pl.Expr, config: SplitConfig, values: list[str | None]) -
 def redact_rows(frame: pl.DataFrame, config: RedactConfig) -> tuple[pl.DataFrame, dict[str, int]]:
     """Redact old file, new file and message; keep the committed texts as `old_original` / `new_original`.
 
-    Adds `f_secrets`, `f_pii` (findings per row), `f_secret_in_change` (a
+    Adds `f_secrets`, `f_pii` (findings per row), the rows' distinct-text ids
+    (`TEXT_IDS`, reused by the scores), `f_secret_in_change` (a
     secret on a changed line of the original diff) and sets `reason` to
     `redacted_no_change` where redaction made both sides equal. Returns the
     findings per detector kind as well.
     """
     found = detectors(config.secrets, config.emails, config.ip_addresses)
     frame = frame.with_columns(pl.col("old_contents").alias("old_original"), pl.col("new_contents").alias("new_original"))
-    old, new, message = redact(frame["old_contents"], found), redact(frame["new_contents"], found), redact(frame["message"], found)
+    kinds: Counter[str] = Counter()
+
+    def redacted(texts: pl.Series) -> pl.DataFrame:
+        result = redact(texts, found)
+        kinds.update(result.by_kind)
+        return pl.DataFrame({"text": result.text, "secrets": result.secrets, "pii": result.pii})
+
+    # Each distinct file text once (a file's new text is its old text at its next commit);
+    # the ids serve the scores too (redaction maps equal texts to equal texts).
+    ids = distinct_ids([frame["old_contents"], frame["new_contents"]])
+    old, new = on_distinct([frame["old_contents"], frame["new_contents"]], redacted, ids)
+    message = redacted(frame["message"])
     frame = frame.with_columns(
-        old.text.alias("old_contents"),
-        new.text.alias("new_contents"),
-        message.text.alias("message"),
-        (old.secrets + new.secrets + message.secrets).alias("f_secrets"),
-        (old.pii + new.pii + message.pii).alias("f_pii"),
+        ids[0].alias(TEXT_IDS[0]),
+        ids[1].alias(TEXT_IDS[1]),
+        old["text"].alias("old_contents"),
+        new["text"].alias("new_contents"),
+        message["text"].alias("message"),
+        (old["secrets"] + new["secrets"] + message["secrets"]).alias("f_secrets"),
+        (old["pii"] + new["pii"] + message["pii"]).alias("f_pii"),
     )
     # Only rows with a secret in a file can have one on a changed line: one extra diff each.
-    suspects = (old.secrets + new.secrets > 0).arg_true().to_list()
+    suspects = (old["secrets"] + new["secrets"] > 0).arg_true().to_list()
     flags = [False] * frame.height
     originals = frame.select("old_original", "new_original")
     for i in suspects:
@@ -139,9 +154,6 @@ def redact_rows(frame: pl.DataFrame, config: RedactConfig) -> tuple[pl.DataFrame
     frame = frame.with_columns(pl.Series("f_secret_in_change", flags, dtype=pl.Boolean))
     emptied = (pl.col("old_contents") == pl.col("new_contents")) & (pl.col("old_original") != pl.col("new_original"))
     frame = frame.with_columns(pl.when(emptied).then(pl.lit("redacted_no_change")).otherwise(pl.col("reason")).alias("reason"))
-    kinds: Counter[str] = Counter()
-    for redaction in (old, new, message):
-        kinds.update(redaction.by_kind)
     return frame, dict(sorted(kinds.items()))
 
 

@@ -88,3 +88,17 @@ def test_every_setting_enters_the_hash() -> None:
     assert BuildConfig.model_validate({"filters": {"rules": list(reversed(DEFAULT_RULES))}}).digest() != base  # order counts
     assert BuildConfig.model_validate({"split": {"exclude": {"repos": ["a/b"]}}}).digest() != base
     assert BuildConfig.model_validate({"filters": {"dedup": {"near": None}}}).digest() != base
+
+
+def test_scores_on_distinct_texts_survive_gaps_in_the_ids() -> None:
+    """Rows dropped after the ids were made leave gaps; every row must still get its own text's score."""
+    import polars as pl
+
+    from diffmix.filters.base import distinct_ids, on_distinct
+
+    old = pl.Series(["a", "bb", "a", "cccc", None, "bb"])
+    new = pl.Series(["bb", "ddd", "eeeee", "a", "ff", "cccc"])
+    ids = distinct_ids([old, new])
+    keep = pl.Series([False, True, False, True, True, True])  # drop rows 0 and 2: "eeeee" disappears
+    lengths = on_distinct([old.filter(keep), new.filter(keep)], lambda t: t.str.len_bytes().to_frame("n"), [i.filter(keep) for i in ids])
+    assert lengths[0]["n"].to_list() == [2, 4, None, 2] and lengths[1]["n"].to_list() == [3, 1, 2, 4]

@@ -108,3 +108,24 @@ def test_refilter_refuses_settings_the_scores_depend_on(tmp_path: Path, change: 
 def test_refilter_needs_a_commit_corpus(tmp_path: Path) -> None:
     with pytest.raises(DiffmixError, match="no manifest.json"):
         refilter(tmp_path, tmp_path / "out", BuildConfig())
+
+
+@pytest.mark.parametrize("name", __import__("diffmix.formats.base", fromlist=["format_names"]).format_names("edit"))
+@pytest.mark.parametrize("new_file", [False, True])
+def test_diff_is_recovered_from_any_edit_format(name: str, new_file: bool) -> None:
+    """A refilter recomputes signatures from stored documents: the diff must come back exactly."""
+    import polars as pl
+
+    from diffmix.filters.engine import recover_sources
+    from diffmix.formats.base import get_format
+    from diffmix.formats.edit import EditRecord
+    from diffmix.pipelines.diff import diff_texts
+    from tests.filters.conftest import AFTER, BEFORE
+
+    before = "" if new_file else BEFORE
+    diff = diff_texts(before, AFTER)
+    doc = get_format(name).render(EditRecord("src/app.py", before, "Cache the third handler's response", AFTER, diff, new_file=new_file))
+    row = {"text": doc.text, "target_start": doc.target_start, "format": name, "change_type": "A" if new_file else "M"}
+    row.update(bef_start=doc.sections["bef_start"], msg_start=doc.sections["msg_start"])
+    recovered = recover_sources(pl.DataFrame([row]))
+    assert recovered.row(0) == (before, diff.text)
