@@ -174,8 +174,8 @@ class Content(Filter):
 def line_stats(texts: pl.Series) -> dict[str, np.ndarray]:
     """Per text: max line length, mean line length (UTF-8 bytes), ASCII-alphanumeric share of characters.
 
-    Straight from the Arrow buffers: whole-column byte masks, then one SIMD
-    reduction per row (rows are few; their bytes are many).
+    Straight from the Arrow buffers, one text at a time: a few SIMD passes over
+    bytes that stay in cache (whole-column masks are 20x slower: memory-bound).
     """
     array = texts.to_arrow()
     if isinstance(array, pa.ChunkedArray):
@@ -186,34 +186,26 @@ def line_stats(texts: pl.Series) -> dict[str, np.ndarray]:
     n = len(array)
     offsets = np.frombuffer(array.buffers()[1], dtype=np.int64, count=n + 1, offset=array.offset * 8)
     data = np.frombuffer(array.buffers()[2], dtype=np.uint8) if array.buffers()[2] is not None else np.zeros(0, np.uint8)
-    lengths = np.diff(offsets)
     max_line = np.zeros(n, dtype=np.int64)
     n_nl = np.zeros(n, dtype=np.int64)
     tail = np.zeros(n, dtype=np.int64)
+    alnum_bytes = np.zeros(n, dtype=np.int64)
     for i, (a, b) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist())):
         if b == a:
             continue
-        newlines = np.flatnonzero(data[a:b] == 10)
+        text = data[a:b]
+        newlines = np.flatnonzero(text == 10)
         n_nl[i] = len(newlines)
         tail[i] = b - a - (int(newlines[-1]) + 1 if len(newlines) else 0)
-        ends = np.concatenate([newlines, [b - a]])
-        max_line[i] = int((np.diff(ends, prepend=-1) - 1).max())
+        max_line[i] = int((np.diff(newlines, prepend=-1, append=b - a) - 1).max())
+        # ASCII letters and digits (uint8 arithmetic wraps below zero).
+        alnum_bytes[i] = np.count_nonzero(((text - np.uint8(48)) < 10) | (((text | np.uint8(32)) - np.uint8(97)) < 26))
+    lengths = np.diff(offsets)
     # splitlines() semantics for the mean: a trailing newline does not start another line.
     mean_line = (lengths - n_nl) / np.maximum(n_nl + (tail > 0), 1)
     chars = texts.str.len_chars().fill_null(0).to_numpy().astype(np.int64)
-    # ASCII letters and digits with a few SIMD comparisons (uint8 arithmetic wraps below 0).
-    alnum_mask = ((data - np.uint8(48)) < 10) | (((data | np.uint8(32)) - np.uint8(97)) < 26)
-    alnum = np.where(chars > 0, _segment_counts(alnum_mask, offsets) / np.maximum(chars, 1), 1.0)
+    alnum = np.where(chars > 0, alnum_bytes / np.maximum(chars, 1), 1.0)
     return {"max_line": max_line, "mean_line": mean_line, "alnum": alnum, "chars": chars}
-
-
-def _segment_counts(mask: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Non-zero entries of `mask[offsets[i]:offsets[i+1]]` per row.
-
-    One SIMD `count_nonzero` per row beats every whole-array reduction here
-    (`np.add.reduceat` casts element by element; a cumsum needs 4-8 bytes per byte).
-    """
-    return np.fromiter((np.count_nonzero(mask[a:b]) for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())), dtype=np.int64, count=len(offsets) - 1)
 
 
 # --- size -----------------------------------------------------------------------------
