@@ -73,8 +73,9 @@ def run_stages(parquet: Path, out: Path, workers: int) -> tuple[object, dict[str
     return manifest, phases, stats, startup
 
 
-def drop_table(manifest) -> list[list[object]]:
-    """Rows dropped per reason as a share of all input rows, grouped by stage and rule."""
+def drop_table(manifest, alone: dict[str, float]) -> list[list[object]]:
+    """Rows dropped per reason as a share of all input rows (each row counted once, by the first
+    rule that drops it, in config order), and the share of documents each check drops on its own."""
     counts = manifest.counts
     n = counts.rows_in
     rows = []
@@ -82,12 +83,36 @@ def drop_table(manifest) -> list[list[object]]:
         if stage == "filter":
             for rule, r in entry["rules"].items():
                 for reason, k in r["dropped"].items():
-                    rows.append([stage, rule, reason, k, 100 * k / n])
+                    rows.append([stage, rule, reason, k, 100 * k / n, alone.get(reason, "")])
         else:
             for reason, k in entry["dropped"].items():
-                rows.append([stage, "", reason, k, 100 * k / n])
-    rows.append(["kept", "", "", counts.kept, 100 * counts.kept / n])
+                rows.append([stage, "", reason, k, 100 * k / n, ""])
+    rows.append(["kept", "", "", counts.kept, 100 * counts.kept / n, ""])
     return rows
+
+
+def alone_shares(out: Path, config_dict: dict) -> dict[str, str]:
+    """Per check: % of rendered documents it drops on its own (from the stored scores)."""
+    from diffmix.filters import engine
+    from diffmix.filters.tokens import pretoken_lower_bound
+    from diffmix.pipelines.io import read_ipc_stream
+    from diffmix.pipelines.shards import read_manifest
+    from diffmix.schemas.config import BuildConfig
+
+    config = BuildConfig.model_validate(config_dict)
+    manifest = read_manifest(out)
+    tables = [pl.from_arrow(read_ipc_stream(out / e.path)) for e in [*manifest.shards, *manifest.rejects]]
+    docs = pl.concat([t.select(engine.CORPUS_SCHEMA.names) for t in tables if isinstance(t, pl.DataFrame)], how="vertical_relaxed").filter(pl.col("text").is_not_null())
+    shares: dict[str, str] = {}
+    for rule in engine.configured_rules(config):
+        for check in rule.checks():
+            if rule.lazy:  # counts exist only where they decided: bound from below with the pre-token count
+                budget = getattr(rule, "max_tokens")
+                known = docs.select(pl.coalesce("f_tokens", pretoken_lower_bound(pl.col("text"))) > budget).to_series()
+                shares[check.reason] = f">= {100 * known.sum() / docs.height:.1f}"
+            else:
+                shares[check.reason] = f"{100 * docs.select(check.drop.fill_null(False)).to_series().sum() / docs.height:.1f}"
+    return shares
 
 
 # --- near-dedup against datasketch ------------------------------------------------------------
@@ -220,7 +245,8 @@ def main() -> None:
         print(f"\nrendered documents: {documents}; redaction findings: {manifest.reports['redaction']['findings']}")
 
         print()
-        print(table(["stage", "rule", "reason", "rows", "% of input"], drop_table(manifest)))
+        shares = alone_shares(out, manifest.config)
+        print(table(["stage", "rule", "reason", "rows", "% of input (first rule)", "% of documents (alone)"], drop_table(manifest, shares)))
 
         near = manifest.config["filters"]["dedup"]["near"]
         bands, rows = manifest.reports["near_dedup"]["bands"], manifest.reports["near_dedup"]["rows"]

@@ -8,7 +8,7 @@ after secret redaction; its subject is the first line.
 |----------------|------------------------------------------------|--------------------|
 | license        | license_not_allowed                            | permissive SPDX allowlist (CarperAI "non-copyleft", The Stack); GPL family out; MPL/EPL a choice |
 | merge          | merge_commit                                   | git's merge subjects (CommitChronicle mines `only_no_merge`; CommitPack `merge%`) |
-| bot            | bot_author                                     | author names of bots (CommitBench: "bot" in the name) |
+| bot            | bot_author                                     | author names of bots (CommitBench: "bot" in the name), `[pre-commit.ci]`-style subjects |
 | revert         | revert_commit, cherry_pick                     | `Revert "`, "This reverts commit", "cherry picked from commit" (CommitBench, CommitPackFT) |
 | trivial        | trivial_message                                | exact subjects, case- and punctuation-insensitive (CommitPack SQL, CommitPackFT `BAD_MESSAGE`) + CommitChronicle's prefixes |
 | version_bump   | version_bump                                   | bumps and releases, 10% kept (CommitPackFT drops 90%) |
@@ -79,22 +79,32 @@ BOT_NAMES = (
 )  # fmt: skip
 
 
+# Subjects bots write under a human author (pre-commit.ci "lite" commits as the PR author).
+BOT_SUBJECTS = (r"^\[pre-commit\.ci(?: lite)?\]", r"^\[bot\]", r"^\[dependabot\]", r"^\[skip ci\] ?(?:auto|automated)")
+
+
 @register
 class Bot(Filter):
-    """Commits by bots, by author name where the input has one (regexes, case-insensitive)."""
+    """Commits by bots: author names where the input has them, and bots' own subject prefixes
+    (regexes, case-insensitive)."""
 
     name: ClassVar[str] = "bot"
     reasons: ClassVar[tuple[str, ...]] = ("bot_author",)
     score_fields: ClassVar[tuple[pa.Field, ...]] = (pa.field("f_bot", pa.bool_()),)
-    score_settings: ClassVar[tuple[str, ...]] = ("names",)
+    score_settings: ClassVar[tuple[str, ...]] = ("names", "subjects")
 
     names: list[str] = list(BOT_NAMES)
+    subjects: list[str] = list(BOT_SUBJECTS)
 
     def scores(self, frame: pl.DataFrame) -> dict[str, pl.Expr | pl.Series]:
-        if not self.names:
-            return {"f_bot": pl.lit(False)}
-        pattern = "(?i)" + "|".join(f"(?:{n})" for n in self.names)
-        return {"f_bot": pl.col("author_name").str.contains(pattern).fill_null(False)}
+        bot = pl.lit(False)
+        if self.names:
+            pattern = "(?i)" + "|".join(f"(?:{n})" for n in self.names)
+            bot = bot | pl.col("author_name").str.contains(pattern).fill_null(False)
+        if self.subjects:
+            pattern = "(?i)" + "|".join(f"(?:{n})" for n in self.subjects)
+            bot = bot | pl.col("subject").str.contains(pattern).fill_null(False)
+        return {"f_bot": bot}
 
     def checks(self) -> list[Check]:
         return [Check("bot_author", pl.col("f_bot"))]
@@ -186,6 +196,7 @@ VERSION_BUMP_PATTERNS = (
     r"^(?:release|released|releasing|version|tag|tagged)\b[\s:]*v?\d+(?:\.\d+)+",
     r"^v?\d+(?:\.\d+)+(?:[-.+]?[0-9a-z]+)*$",  # the subject is a version number
     r"^start (?:the )?(?:next )?version\b",
+    r"^(?:update|updated|upgrade|upgraded)\s+[\w.-]+\s+to\s+v?\d+(?:\.\d+)+",  # a dependency (often vendored) to a release
 )
 
 

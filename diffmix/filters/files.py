@@ -195,9 +195,11 @@ def line_stats(texts: pl.Series) -> dict[str, np.ndarray]:
             continue
         text = data[a:b]
         newlines = np.flatnonzero(text == 10)
-        n_nl[i] = len(newlines)
-        tail[i] = b - a - (int(newlines[-1]) + 1 if len(newlines) else 0)
-        max_line[i] = int((np.diff(newlines, prepend=-1, append=b - a) - 1).max())
+        k = len(newlines)
+        n_nl[i] = k
+        tail[i] = b - a - (int(newlines[-1]) + 1 if k else 0)
+        inner = int((newlines[1:] - newlines[:-1]).max()) - 1 if k > 1 else 0
+        max_line[i] = max(int(newlines[0]) if k else 0, inner, int(tail[i]))
         # ASCII letters and digits (uint8 arithmetic wraps below zero).
         alnum_bytes[i] = np.count_nonzero(((text - np.uint8(48)) < 10) | (((text | np.uint8(32)) - np.uint8(97)) < 26))
     lengths = np.diff(offsets)

@@ -43,6 +43,8 @@ SPREAD = "".join(f"def step_{i}():\n" + "".join(f"    value_{i}_{j} = {j}\n" for
         (Bot(), {"author_name": "Ada Talbot"}, None),
         (Bot(), {"author_name": None}, None),
         (Bot(names=["^ci-"]), {"author_name": "ci-runner"}, "bot_author"),
+        (Bot(), {"message": "[pre-commit.ci lite] apply automatic fixes"}, "bot_author"),
+        (Bot(subjects=[]), {"message": "[pre-commit.ci lite] apply automatic fixes"}, None),
         # reverts and cherry-picks
         (Revert(), {"message": 'Revert "Cache the third handler"\n\nThis reverts commit ' + "b" * 40 + "."}, "revert_commit"),
         (Revert(), {"message": "Cache the third handler\n\n(cherry picked from commit " + "c" * 40 + ")"}, "cherry_pick"),
@@ -63,6 +65,8 @@ SPREAD = "".join(f"def step_{i}():\n" + "".join(f"    value_{i}_{j} = {j}\n" for
         (VersionBump(keep_fraction=0.0), {"message": "v8.1.0"}, "version_bump"),
         (VersionBump(keep_fraction=0.0), {"message": "Update version number for the next release"}, "version_bump"),
         (VersionBump(keep_fraction=0.0), {"message": "Prepare 3.0 release"}, "version_bump"),
+        (VersionBump(keep_fraction=0.0), {"message": "Update urllib3 to v1.21.1"}, "version_bump"),
+        (VersionBump(keep_fraction=0.0), {"message": "Update docs to match the new API"}, None),
         (VersionBump(keep_fraction=1.0), {"message": "Bump version to 2.3.1"}, None),
         (VersionBump(keep_fraction=None), {"message": "Bump version to 2.3.1"}, None),
         (VersionBump(keep_fraction=0.0), {"message": "Support Python 3.12.1 in the parser"}, None),
