@@ -40,6 +40,8 @@ SCORING_COLUMNS = {
     "old_original": "old file as committed",
     "new_original": "new file as committed",
     "diff": "the diff of the redacted texts (hunks only)",
+    "old_text_id": "ids of the distinct old/new file texts of the partition (optional: see base.on_distinct)",
+    "new_text_id": "",
     "f_secrets": "secret findings (redaction)",
     "f_pii": "e-mail and IP findings (redaction)",
     "f_secret_in_change": "a secret on a changed line of the original diff",
