@@ -25,7 +25,7 @@ from typing import ClassVar
 import polars as pl
 import pyarrow as pa
 
-from diffmix.filters.base import Check, Filter, register, subject_of, uniform
+from diffmix.filters.base import Check, Filter, register, uniform
 
 # --- license ---------------------------------------------------------------------
 
