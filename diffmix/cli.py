@@ -41,8 +41,16 @@ EXIT_BAD_INPUT = 2
 
 
 def _build(args: argparse.Namespace) -> int:
-    from diffmix.flows import run_build_corpus
+    from diffmix.flows import run_build_corpus, run_refilter_corpus
 
+    if bool(args.input) == bool(args.refilter):
+        raise DiffmixError("give either --input SRC (a new build) or --refilter DIR (re-decide a built corpus), not both or neither")
+    if args.refilter:
+        if not args.config:
+            raise DiffmixError("--refilter needs --config with the new thresholds")
+        manifest = run_refilter_corpus(args.refilter, args.out, args.config, overwrite=args.overwrite)
+        _print_build(args.out, manifest)
+        return 0
     overrides: dict[str, Any] = {}
     if args.format:
         overrides["format"] = args.format
@@ -55,10 +63,14 @@ def _build(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         config_overrides=overrides,
     )
-    counts = manifest["counts"]
-    dropped = ", ".join(f"{k} {v}" for k, v in counts["dropped"].items()) or "none"
-    print(f"{args.out}: {counts['kept']} documents from {counts['in']} rows in {len(manifest['shards'])} shard(s); dropped: {dropped}")
+    _print_build(args.out, manifest)
     return 0
+
+
+def _print_build(out: str, manifest: dict[str, Any]) -> None:
+    counts = manifest["counts"]
+    dropped = ", ".join(f"{k} {v}" for k, v in sorted(counts["dropped"].items(), key=lambda kv: -kv[1])) or "none"
+    print(f"{out}: {counts['kept']} documents from {counts['in']} rows in {len(manifest['shards'])} shard(s); dropped: {dropped}")
 
 
 def _mix(args: argparse.Namespace) -> int:
@@ -145,7 +157,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     build = sub.add_parser("build", help="build a document corpus from commits or synthetic sources")
-    build.add_argument("--input", action="append", required=True, metavar="SRC", help="git repo, .parquet, .jsonl[.gz|.zst], hf:NAME[:SPLIT] or synthetic:TASK?k=v (repeatable)")
+    build.add_argument("--refilter", metavar="DIR", help="re-decide a built corpus under --config from its stored scores (no re-diffing)")
+    build.add_argument("--input", action="append", metavar="SRC", help="git repo, .parquet, .jsonl[.gz|.zst], hf:NAME[:SPLIT] or synthetic:TASK?k=v (repeatable)")
     build.add_argument("--out", required=True, metavar="DIR")
     build.add_argument("--config", metavar="FILE", help="build config YAML (default: the packaged configs/build.yaml)")
     build.add_argument("--format", metavar="NAME", help="document format (overrides the config), e.g. openelm_v1")

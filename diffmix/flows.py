@@ -170,6 +170,19 @@ def run_build_corpus(
         )
 
 
+@flow(name="refilter_corpus")
+def refilter_corpus(src: str, out: str, config_path: str, overwrite: bool = False) -> dict[str, Any]:
+    """A built corpus re-decided under a new config from its stored scores (no re-diffing)."""
+    return corpus.refilter(src, out, load_build_config(config_path), overwrite=overwrite).to_json_dict()
+
+
+def run_refilter_corpus(src: str, out: str, config_path: str, overwrite: bool = False) -> dict[str, Any]:
+    load_build_config(config_path)  # a bad config fails before the server starts
+    corpus.read_manifest(src)
+    with prefect_api():
+        return refilter_corpus(src, out, config_path, overwrite)
+
+
 # --- mixtures and training -------------------------------------------------------
 
 

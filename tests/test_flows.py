@@ -18,6 +18,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from diffmix.cli import main
 from diffmix.flows import run_build_corpus
@@ -38,6 +39,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 def history(git_repo: Path) -> Path:
     """A small repository with every kind of change."""
     commit_files(git_repo, {"a.py": "def f():\n    return 1\n", "b.txt": "one\ntwo\n", "bin.dat": b"\x00\x01"}, "Add a, b and data")
+    commit_files(git_repo, {"LICENSE": "MIT License\n\nPermission is hereby granted, free of charge, to any person\n"}, "Add the MIT license text")
     commit_files(git_repo, {"a.py": "def f():\n    return 2\n", "c.md": "# C\n"}, "Return two from f")
     git(git_repo, "mv", "b.txt", "bb.txt")
     commit_files(git_repo, {}, "Rename b")
@@ -76,7 +78,8 @@ def test_build_is_deterministic_across_workers_and_skips_when_complete(tmp_path:
         outs.append(out)
     assert tree_digest(outs[0]) == tree_digest(outs[1])
     manifest = read_manifest(outs[0])
-    assert manifest.counts.dropped == {"binary": 1, "deleted_file": 1, "pure_rename": 1}
+    assert manifest.counts.by_stage["structural"]["dropped"] == {"binary": 1, "deleted_file": 1, "pure_rename": 1}
+    assert manifest.counts.dropped["duplicate_exact"] > 0  # the Parquet repeats edits: dedup ran, the same on 1 and 2 workers
     assert len(manifest.shards) == 1 and not (outs[0] / ".work").exists()
     before = {p: p.stat().st_mtime_ns for p in outs[0].rglob("*")}
     run_build_corpus([str(history), str(parquet)], str(outs[0]), workers=1, config_overrides=SMALL)
@@ -156,7 +159,9 @@ def test_real_data_slice_round_trips(tmp_path: Path, dev_parquet: Path) -> None:
     table = pa.concat_tables([source.read_row_group(g).slice(0, 300) for g in range(source.num_row_groups)])
     pq.write_table(table, slice_path)
     out = tmp_path / "out"
-    manifest = run_build_corpus([str(slice_path)], str(out), workers=2, config_overrides={"partition_rows": 500})
+    # Redaction off: each document must give back the input's new file byte for byte.
+    no_redaction = {"partition_rows": 500, "filters": {"redact": {"secrets": False, "emails": False, "ip_addresses": False}}}
+    manifest = run_build_corpus([str(slice_path)], str(out), workers=2, config_overrides=no_redaction)
     counts = manifest["counts"]
     assert counts["in"] == table.num_rows == counts["kept"] + sum(counts["dropped"].values())
     assert "diff_roundtrip_failed" not in counts["dropped"]
@@ -168,3 +173,15 @@ def test_real_data_slice_round_trips(tmp_path: Path, dev_parquet: Path) -> None:
         after[key] = row["new_contents"]
     for doc_id, text, start in zip(docs["doc_id"].to_pylist(), docs["text"].to_pylist(), docs["target_start"].to_pylist()):
         assert fmt.parse(text[:start], text[start:]) == after[doc_id]
+
+
+def test_refilter_through_the_cli(tmp_path: Path, history: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "built"
+    run_build_corpus([str(history)], str(out), workers=1, config_overrides=SMALL)
+    looser = tmp_path / "looser.yaml"
+    # No message-length rule: commits with short subjects come back, from the stored rows.
+    looser.write_text(yaml.safe_dump({**SMALL, "filters": {"rules": [{"license": {}}]}}))
+    assert main(["build", "--refilter", str(out), "--config", str(looser), "--out", str(tmp_path / "re")]) == 0
+    before, after = read_manifest(out), read_manifest(tmp_path / "re")
+    assert after.counts.rows_in == before.counts.rows_in and after.counts.kept >= before.counts.kept
+    assert "documents from" in capsys.readouterr().out
