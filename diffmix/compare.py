@@ -222,3 +222,47 @@ def _pm(values: list[float], digits: int = 0) -> str:
     if len(values) == 1:
         return f"{text} (1 seed)"
     return f"{text} ± {sd:.{digits}f}" if digits else f"{text} ± {sd:,.0f}"
+
+
+def write_comparison(
+    root: Path,
+    rows: list[dict[str, Any]],
+    baseline: str | None,
+    train_config: Any,
+    title: str,
+    mixture_dirs: dict[str, str],
+) -> dict[str, Any]:
+    """comparison.parquet, one table per skill, report.md / report.html; a JSON-able summary back."""
+    from diffmix import report
+    from diffmix.mixers.mixture import source_proportions
+
+    frame = comparison_frame(rows)
+    with atomic_open(root / "comparison.parquet") as f:
+        frame.write_parquet(f, compression="zstd", statistics=False)
+    recipes = list(dict.fromkeys(frame["recipe"].to_list()))
+    base = baseline or recipes[0]
+    if base not in recipes:
+        raise DiffmixError(f"--baseline {base!r} is not one of the recipes ({', '.join(recipes)})")
+    tables = {skill: skill_table(frame, skill, base) for skill in skills_of(frame)}
+    proportions = {}
+    for recipe, directory in mixture_dirs.items():
+        if (Path(directory) / MANIFEST).is_file():
+            proportions[recipe] = source_proportions(directory)
+    setup = {
+        "title": title,
+        "recipes": ", ".join(recipes),
+        "baseline": base,
+        "seeds per recipe": str(frame.group_by("recipe").len()["len"].max()),
+        "threshold": f"tau = {train_config.skills.tau}, held for k = {train_config.skills.k} evals",
+        "model": f"{train_config.model.n_layer} layers, d={train_config.model.d_model}, {train_config.model.n_head} heads, context {train_config.model.block_size}",
+        "training": f"{train_config.steps} steps max, batch {train_config.batch_size}, lr {train_config.lr} ({train_config.schedule}), eval every {train_config.eval_interval}",
+    }
+    md_path, html_path = report.write_report(root, frame, tables, proportions, train_config.skills.tau, setup)
+    return {
+        "comparison": str(root / "comparison.parquet"),
+        "report_md": str(md_path),
+        "report_html": str(html_path),
+        "baseline": base,
+        "runs": frame.select("run_id", "status", "error").to_dicts(),
+        "tables": {skill: table.to_dicts() for skill, table in tables.items()},
+    }
