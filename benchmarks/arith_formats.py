@@ -173,8 +173,8 @@ def report(results: list[dict[str, Any]], seeds: list[int]) -> str:
                 rows,
             )
         )
-        lines.append("\n(censored runs count in 'reached' only when they reached; their step caps: "
-                     + ", ".join(f"{f} {next(r['cap'] for r in results if r['format'] == f)}" for f in FORMATS if any(r["format"] == f for r in results)) + ")")
+        caps = ", ".join(f"{f} {next(r['cap'] for r in results if r['format'] == f)}" for f in FORMATS if any(r["format"] == f for r in results))
+        lines.append(f"\nStep caps: {caps}. A run that has not held 90 % for 2 evals by its cap is censored: no number, only its best.")
     lines.append("\n### Lee et al. 2023: smallest N with >= 90 % (6 layers, d=384)\n")
     lines.append(table(["format", "N"], [[f, LEE_N90[f]] for f in FORMATS]))
     return "\n".join(lines)

@@ -4,6 +4,7 @@
                                 RUN/summary.json      skill speeds, AULC, plateaus, epoch gaps, N_eff
                                 RUN/loss.png, RUN/skills.png
                                 RUN/tokenizer.json, RUN/config.json, RUN/timing.json
+                                RUN/generations.jsonl the latest eval's first generations per source
                                 RUN/checkpoint.pt     model, optimiser, scheduler, RNG, loader position
 
 The loop is nanoGPT's: AdamW (fused), a LambdaLR schedule, gradient
@@ -20,6 +21,7 @@ deterministic for a given input and config except `timing.json`.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import random
@@ -66,6 +68,8 @@ from diffmix.training.schedule import lr_multiplier
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 METRICS = "metrics.parquet"
+# Generations per source kept in RUN/generations.jsonl (those of the latest eval), for reading what the model writes.
+GENERATION_SAMPLES = 8
 
 
 # --- setup -------------------------------------------------------------------------
@@ -320,7 +324,7 @@ def train(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], con
             if evaluate:
                 t0 = time.perf_counter()
                 if rank == 0:
-                    state.evals.append(_evaluate(model, probes, tokenizer, pad, eos, config, device, state))
+                    state.evals.append(_evaluate(model, probes, tokenizer, pad, eos, config, device, state, run))
                     state.acquired = _acquired(state.evals, config)
                     model.train()
                 if world > 1:  # rank 0 decides; the broadcast also waits for its evaluation
@@ -434,15 +438,23 @@ def _flush(pending: list[tuple[int, BatchInfo, float, torch.Tensor]], state: _Pr
     bar.update(bar.task_ids[0], completed=state.step, tps=f"{rate:,.0f}", loss=f"{state.rows[-1]['loss']:.4f}")
 
 
-def _evaluate(model: GPT, probes: list[ProbeSet], tokenizer: Tokenizer, pad: int, eos: int, config: TrainConfig, device: torch.device, state: _Progress) -> dict[str, Any]:
+def _evaluate(model: GPT, probes: list[ProbeSet], tokenizer: Tokenizer, pad: int, eos: int, config: TrainConfig, device: torch.device, state: _Progress, run: Path) -> dict[str, Any]:
+    """Every probe of every source: one metrics row; the first generations go to RUN/generations.jsonl."""
     model.eval()
     last = state.rows[-1]
     row: dict[str, Any] = {key: last[key] for key in ("step", "tokens", "loss_tokens", "examples", "unique_examples", "epoch", "phase", "lr")}
+    samples = []
     for probe in probes:
-        scores, _ = run_probe_set(model, probe, tokenizer.decode, eos, pad, config.probes, device)
+        scores, generations = run_probe_set(model, probe, tokenizer.decode, eos, pad, config.probes, device)
         for name, value in scores.items():
             key = f"heldout_loss/{probe.source}" if name == "heldout_loss" else f"probe/{probe.source}/{name}"
             row[key] = value
+        for i in range(min(GENERATION_SAMPLES, len(probe))):
+            samples.append(
+                {"step": last["step"], "source": probe.source, "format": probe.formats[i], "prompt_tail": probe.prompts[i][-200:], "reference": probe.references[i], "generated": generations[i]}
+            )
+    with atomic_open(run / "generations.jsonl") as f:
+        f.write("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples).encode())
     return row
 
 

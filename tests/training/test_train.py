@@ -38,8 +38,10 @@ def test_a_tiny_model_learns_the_copy_task(copy_mixture: Path, tmp_path: Path) -
     assert summary["stopped_on"] == "exact_match" and summary["steps"] < 1000
     assert skill["steps"] <= summary["steps"] and skill["tokens"] > 0 and 0 < skill["unique_examples"] <= 1000
     assert summary["heldout_loss"]["copy"] < 0.5
-    for name in ("metrics.parquet", "summary.json", "loss.png", "skills.png", "tokenizer.json", "timing.json", CHECKPOINT):
+    for name in ("metrics.parquet", "summary.json", "loss.png", "skills.png", "tokenizer.json", "timing.json", "generations.jsonl", CHECKPOINT):
         assert (run / name).is_file(), name
+    sample = json.loads((run / "generations.jsonl").read_text().splitlines()[0])
+    assert sample["source"] == "copy" and sample["step"] == summary["steps"] and isinstance(sample["generated"], str)
     assert json.loads((run / "summary.json").read_text()) == summary
 
     frame = pl.read_parquet(run / "metrics.parquet")
