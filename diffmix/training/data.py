@@ -223,7 +223,12 @@ class MixtureBatches(Dataset):
 
 
 def make_loader(batches: MixtureBatches, start: int, stop: int, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """Batches `start .. stop-1` in order; workers build them ahead, each batch a pure function of its index."""
+    """Batches `start .. stop-1` in order; workers build them ahead, each batch a pure function of its index.
+
+    Workers are spawned, not forked: under a Prefect flow or a Dask worker the
+    process has event-loop and logging threads that a forked child inherits in
+    an undefined state (it then dies at exit).
+    """
     return DataLoader(
         batches,
         batch_size=None,
@@ -232,6 +237,7 @@ def make_loader(batches: MixtureBatches, start: int, stop: int, num_workers: int
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,
+        multiprocessing_context="spawn" if num_workers else None,
     )
 
 

@@ -231,8 +231,10 @@ def _score_names(fmt: Format) -> tuple[str, ...]:
 @torch.no_grad()
 def heldout_loss(model: GPT, probe: ProbeSet, eos_id: int, pad_id: int, batch_size: int, device: torch.device) -> float:
     """Mean loss per target token (EOS included) with teacher forcing, through the training batcher."""
-    ids = pa.array([p + t for p, t in zip(probe.prompt_ids, probe.target_ids)], type=pa.list_(pa.int32()))
     rows = len(probe)
+    if rows == 0:  # every held-out document was longer than the context (see `skipped_too_long`)
+        return math.nan
+    ids = pa.array([p + t for p, t in zip(probe.prompt_ids, probe.target_ids)], type=pa.list_(pa.int32()))
     data = MixtureTokens.from_columns(
         ids,
         np.array([len(p) for p in probe.prompt_ids]),

@@ -142,3 +142,11 @@ def test_ddp_with_two_gloo_processes_matches_one_process(copy_mixture: Path, tmp
     np.testing.assert_allclose(b["loss/copy"].to_numpy(), a["loss/copy"].to_numpy(), rtol=1e-4)
     assert b["tokens"].to_list() == a["tokens"].to_list()
     assert ddp["config_digest"] == single["config_digest"]
+
+
+def test_a_source_whose_test_documents_exceed_the_context_still_trains(copy_mixture: Path, tmp_path: Path) -> None:
+    # A context shorter than every copy document: no probe fits, the run still finishes.
+    summary = train(copy_mixture, tmp_path / "run", tiny_config(steps=20, **{"model.block_size": 8}))
+    (probe_set,) = summary["probe_sets"].values()
+    assert probe_set["documents"] == 0 and probe_set["skipped_too_long"] > 0
+    assert summary["complete"] and summary["steps"] == 20
