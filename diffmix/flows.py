@@ -141,6 +141,7 @@ def build_corpus(
         groups = corpus.prepare_dedup(plan, parts)  # filter verdicts + exact dedup; near-dedup band groups
         edges = _progress([near_dedup_task.submit(plan, parts, g) for g in groups], "dedup")
         specs = corpus.decide(plan, parts, edges)
+        corpus.prepare_tokenizer(plan, specs)
         shards = _progress([write_shard_task.submit(plan, s) for s in specs], "shards")
         return corpus.finalize(plan, parts, stats, shards).to_json_dict()
     except DiffmixError:

@@ -185,3 +185,27 @@ def test_refilter_through_the_cli(tmp_path: Path, history: Path, capsys: pytest.
     before, after = read_manifest(out), read_manifest(tmp_path / "re")
     assert after.counts.rows_in == before.counts.rows_in and after.counts.kept >= before.counts.kept
     assert "documents from" in capsys.readouterr().out
+
+
+def test_windowed_and_tokenised_build(tmp_path: Path, history: Path) -> None:
+    config = {**SMALL, "window": "1", "tokenize": {"kind": "bpe", "vocab_size": 300}}
+    outs = [tmp_path / f"w{n}" for n in (1, 2)]
+    for workers, out in zip((1, 2), outs):
+        run_build_corpus([str(history)], str(out), workers=workers, config_overrides=config)
+    assert tree_digest(outs[0]) == tree_digest(outs[1])  # the tokenizer and its ids too
+    manifest = read_manifest(outs[0])
+    assert manifest.tokenizer["kind"] == "bpe" and (outs[0] / "tokenizer.json").is_file()
+    assert manifest.tokens["documents"] == manifest.counts.kept > 0
+    from diffmix.pipelines.tokenize import load_tokenizer
+
+    tokenizer = load_tokenizer(outs[0])
+    fmt = get_format("openelm_v1")
+    docs = load_table(outs[0])
+    for row in docs.to_pylist():
+        prompt, target = row["text"][: row["target_start"]], row["text"][row["target_start"] :]
+        assert fmt.parse(prompt, target) is not None  # the window's diff applies to the window's BEF
+        bef = row["text"][row["bef_start"] + 6 : row["msg_start"] - 1]
+        assert bef == "ADDFILE" or bef.count("\n") <= 2 + target.count("\n")  # a window, not the whole file
+        ids = row["input_ids"]
+        assert tokenizer.decode(ids[: row["target_token_start"]]) == prompt
+        assert len(ids) == row["n_tokens"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from diffmix.filters import engine
 from diffmix.filters.base import uniform
 from diffmix.filters.dedup import band_keys, bucket_pairs, components
 from diffmix.formats.base import get_format
+from diffmix.formats.window import WindowSpec
 from diffmix.pipelines.document import (
     RENDERED_SCHEMA,
     doc_ids,
@@ -61,7 +63,8 @@ from diffmix.pipelines.shards import (
     write_shard,
     write_table_shards,
 )
-from diffmix.schemas.columns import COMMIT_SCHEMA, DOCUMENT_SCHEMA, REJECT_ID_FIELDS, reject_schema
+from diffmix.pipelines.tokenize import build_tokenizer, load_tokenizer, save_tokenizer, token_stats, tokenize_documents
+from diffmix.schemas.columns import COMMIT_SCHEMA, DOCUMENT_SCHEMA, REJECT_ID_FIELDS, TOKEN_FIELDS, reject_schema
 from diffmix.schemas.config import BuildConfig
 from diffmix.schemas.manifest import Counts, FileEntry, InputEntry, Manifest
 
@@ -299,13 +302,15 @@ def process_partition(plan: BuildPlan, part: Partition) -> PartitionStats:
     alive, redacted = redact_rows(frame.filter(pl.col("reason").is_null()), plan.config.filters.redact)
     ready = alive.filter(pl.col("reason").is_null())
     clock.lap("redact")
-    rendered, failures = render_rows(ready, get_format(plan.config.format))
+    window = WindowSpec.parse(plan.config.window, seed=plan.config.window_seed)
+    rendered, failures = render_rows(ready, get_format(plan.config.format), window)
     ready = ready.with_columns(pl.Series("reason", failures, dtype=pl.String))
     ok = [r for r in rendered if r is not None]
     clock.lap("diff_render")
     documents, sources = _documents(ready.filter(pl.col("reason").is_null()), ok, plan, source_label(plan.inputs[part.source]))
     clock.lap("scores")
-    documents, verdicts = engine.decide_rows(documents, plan.config, sources)
+    # A windowed document shows the window: its MinHash text is the window's, as a refilter recovers it.
+    documents, verdicts = engine.decide_rows(documents, plan.config, sources if window.whole_file else None)
     clock.lap("rules_lazy")
     rejected = pl.concat([_structural_rejects(f.filter(pl.col("reason").is_not_null())) for f in (frame, alive, ready)])
     write_ipc_stream(docs_path, documents.to_arrow().cast(CORPUS_SCHEMA))
@@ -568,14 +573,49 @@ def _whitespace_cap(state: pl.DataFrame, config: BuildConfig) -> pl.DataFrame:
     return _mark(state, ordered["node"][allowed:], "cap", "whitespace_only_cap", None)
 
 
+# The corpus tokenizer is trained on at most this much kept text, taken in output order.
+TOKENIZER_SAMPLE_CHARS = 32 << 20
+
+
+def prepare_tokenizer(plan: BuildPlan, specs: list[ShardSpec]) -> None:
+    """With `tokenize:` configured, train the tokenizer on the kept documents (in output order).
+
+    It is written under `.work/` (so a changed config never reuses it) and moved
+    beside the shards by `finalize`; `write_data_shard` encodes with it.
+    """
+    if plan.config.tokenize is None:
+        return
+
+    def texts() -> Iterator[str]:
+        for spec in specs:
+            for key, rows in spec.pieces:
+                docs_path, _, _ = _partition_files(plan, key)
+                yield from read_ipc_stream(docs_path, ["text"]).column("text").take(pa.array(rows, pa.int64())).to_pylist()
+
+    tokenizer = build_tokenizer(plan.config.tokenize.kind, texts(), plan.config.tokenize.vocab_size, max_chars=TOKENIZER_SAMPLE_CHARS)
+    save_tokenizer(tokenizer, plan.work)
+
+
 def write_data_shard(plan: BuildPlan, spec: ShardSpec) -> FileEntry:
-    """Gather the shard's rows from the staged partitions and write it atomically."""
+    """Gather the shard's rows from the staged partitions (tokenise them if configured), write it atomically."""
     tables = []
     for key, rows in spec.pieces:
         docs_path, _, _ = _partition_files(plan, key)
         tables.append(read_ipc_stream(docs_path).take(pa.array(rows, pa.int64())))
     table = pa.concat_tables(tables).combine_chunks() if tables else CORPUS_SCHEMA.empty_table()
+    if plan.config.tokenize is not None:
+        table = tokenize_documents(table, load_tokenizer(plan.work))
     return write_shard(plan.out, f"{DATA_DIR}/{shard_name(spec.index, spec.count)}", table)
+
+
+def _finish_tokens(plan: BuildPlan, shards: list[FileEntry]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Move the tokenizer beside the shards; its manifest entry and the token totals."""
+    if plan.config.tokenize is None:
+        return None, None
+    info = save_tokenizer(load_tokenizer(plan.work), plan.out)
+    columns = ["split", *(f.name for f in TOKEN_FIELDS if f.name != "input_ids")]
+    table = pa.concat_tables([read_ipc_stream(plan.out / e.path, columns) for e in shards])
+    return info, token_stats(table)
 
 
 def finalize(plan: BuildPlan, parts: list[Partition], stats: list[PartitionStats], shards: list[FileEntry]) -> Manifest:
@@ -608,6 +648,7 @@ def finalize(plan: BuildPlan, parts: list[Partition], stats: list[PartitionStats
     splits = Counter[str]()
     for entry in shards:
         splits.update(read_ipc_stream(plan.out / entry.path, ["split"]).column("split").to_pylist())
+    tokenizer, tokens = _finish_tokens(plan, shards)
     redacted = Counter[str]()
     for s in stats:
         redacted.update(s.redacted)
@@ -617,11 +658,13 @@ def finalize(plan: BuildPlan, parts: list[Partition], stats: list[PartitionStats
         config_hash=plan.config_hash,
         inputs=plan.inputs,
         counts=counts,
-        columns=CORPUS_SCHEMA.names,
+        columns=CORPUS_SCHEMA.names + ([f.name for f in TOKEN_FIELDS] if tokenizer else []),
         shards=shards,
         rejects=reject_entries,
         splits=dict(sorted(splits.items())),
         formats={plan.config.format: kept},
+        tokenizer=tokenizer,
+        tokens=tokens,
         reports=_reports(plan.config, redacted),
     )
     write_manifest(plan.out, manifest)
@@ -722,6 +765,7 @@ def refilter(src_dir: str | Path, out_dir: str | Path, config: BuildConfig, over
             )
         ]  # fmt: skip
         specs = decide(plan, parts)
+        prepare_tokenizer(plan, specs)
         shards = [write_data_shard(plan, spec) for spec in specs]
         return finalize(plan, parts, stats, shards)
     except DiffmixError:
@@ -797,6 +841,11 @@ def build_synthetic(plan: BuildPlan) -> Manifest:
     sources = plan.sources()
     table = pa.concat_tables([s.documents() for s in sources if isinstance(s, SyntheticSource)]).combine_chunks()
     table = table.cast(DOCUMENT_SCHEMA)
+    tokenizer = tokens = None
+    if plan.config.tokenize is not None:
+        built = build_tokenizer(plan.config.tokenize.kind, table.column("text").to_pylist(), plan.config.tokenize.vocab_size, max_chars=TOKENIZER_SAMPLE_CHARS)
+        table = tokenize_documents(table, built)
+        tokenizer, tokens = save_tokenizer(built, plan.out), token_stats(table)
     shards = write_table_shards(plan.out, DATA_DIR, table, plan.config.shard_bytes)
     n = table.num_rows
     counts = Counts(rows_in=n, kept=n, by_stage={"generate": {"in": n, "kept": n, "dropped": {}}})
@@ -810,6 +859,8 @@ def build_synthetic(plan: BuildPlan) -> Manifest:
         shards=shards,
         splits=dict(sorted(Counter(table.column("split").to_pylist()).items())),
         formats=dict(sorted(Counter(table.column("format").to_pylist()).items())),
+        tokenizer=tokenizer,
+        tokens=tokens,
     )
     write_manifest(plan.out, manifest)
     shutil.rmtree(plan.work, ignore_errors=True)

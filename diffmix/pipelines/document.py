@@ -31,6 +31,7 @@ from diffmix.filters.base import TEXT_IDS, distinct_ids, on_distinct
 from diffmix.filters.secrets import detectors, redact, secret_in_change
 from diffmix.formats.base import Format, ParseError
 from diffmix.formats.edit import LITERAL_TAG_PATTERN, EditRecord
+from diffmix.formats.window import WindowSpec
 from diffmix.pipelines.diff import BinaryDiffError, diff_texts
 from diffmix.schemas.config import RedactConfig, SplitConfig
 
@@ -157,23 +158,27 @@ def redact_rows(frame: pl.DataFrame, config: RedactConfig) -> tuple[pl.DataFrame
     return frame, dict(sorted(kinds.items()))
 
 
-def render_rows(frame: pl.DataFrame, fmt: Format) -> tuple[list[dict[str, Any] | None], list[str | None]]:
+def render_rows(frame: pl.DataFrame, fmt: Format, window: WindowSpec | None = None) -> tuple[list[dict[str, Any] | None], list[str | None]]:
     """Diff, render and round-trip each row; return (rendered columns or None, failure reason or None).
 
     The round trip is the format's own parser applied to the emitted document:
-    it must give back the new file byte for byte.
+    it must give back the new file (of the window, when BEF is windowed) byte
+    for byte. The returned `diff` (scored by the change rules) is always the
+    whole file's; a windowed document carries the window's diff.
     """
     rendered: list[dict[str, Any] | None] = []
     failures: list[str | None] = []
-    rows = frame.select("new_file", "old_contents", "message", "new_contents", "change_type").iter_rows()
-    for path, before, message, after, change in rows:
+    windowed = window is not None and not window.whole_file
+    rows = frame.select("new_file", "old_contents", "message", "new_contents", "change_type", "doc_id").iter_rows()
+    for path, before, message, after, change, doc_id in rows:
         try:
             diff = diff_texts(before, after)
         except BinaryDiffError:
             rendered.append(None)
             failures.append("binary")
             continue
-        record = EditRecord(path, before, message, after, diff, new_file=change == "A")
+        whole = EditRecord(path, before, message, after, diff, new_file=change == "A")
+        record = window.apply(whole, key=doc_id) if windowed and window is not None else whole
         doc = fmt.render(record)
         try:
             ok = fmt.parse(doc.prompt, doc.target) == fmt.answer(record)

@@ -156,6 +156,10 @@ class FiltersConfig(_Strict):
 
 class BuildConfig(_Strict):
     format: str = "openelm_v1"
+    # BEF windowing: "none" (the whole file), k (±k lines around the change), or "lo..hi"
+    # (k drawn per document from `window_seed` and the document id). Headers stay correct.
+    window: str = "none"
+    window_seed: int = 0
     # Rows per input partition (the unit of parallel work and of resume).
     partition_rows: int = Field(2000, gt=0)
     shard_bytes: int = Field(128 * 1024 * 1024, gt=0)
@@ -166,6 +170,16 @@ class BuildConfig(_Strict):
     tokenize: TokenizeConfig | None = None
     # Quality filters, dedup, caps and redaction (diffmix.filters).
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
+
+    @field_validator("window")
+    @classmethod
+    def _window_spec(cls, value: str) -> str:
+        from diffmix.formats.window import WindowSpec
+
+        try:
+            return str(WindowSpec.parse(value))
+        except DiffmixError as exc:
+            raise ValueError(str(exc)) from None
 
     def digest(self) -> str:
         return sha256_json(self.model_dump(mode="json"))
