@@ -101,6 +101,7 @@ def test_render_rows_flags_roundtrip_failures_and_binary() -> None:
             "message": ["m", "m"],
             "new_contents": ["b\n", "b\x00\n"],
             "change_type": ["M", "M"],
+            "doc_id": ["a", "b"],
         }
     )
     rendered, failures = render_rows(frame, get_format("openelm_v1"))
