@@ -27,6 +27,7 @@ demo: setup
 	$(BIN)/diffmix demo --out demo-out
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: setup

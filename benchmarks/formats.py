@@ -24,9 +24,18 @@ import pyarrow.parquet as pq
 from diffmix.formats.base import format_names, get_format
 from diffmix.formats.edit import EditRecord, has_literal_tag
 from diffmix.formats.window import window_record
-from diffmix.mixers.synthetic import parse_synthetic_uri, synthetic_documents, synthetic_problems
+from diffmix.mixers.synthetic import (
+    parse_synthetic_uri,
+    synthetic_documents,
+    synthetic_problems,
+)
 from diffmix.pipelines.diff import BinaryDiffError
-from diffmix.pipelines.tokenize import char_tokenizer, token_stats, tokenize_documents, train_bpe
+from diffmix.pipelines.tokenize import (
+    char_tokenizer,
+    token_stats,
+    tokenize_documents,
+    train_bpe,
+)
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "commits-dev.parquet"
 

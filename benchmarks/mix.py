@@ -36,7 +36,12 @@ from diffmix.mixers.blend import blend, runs_for_plan, source_rows
 from diffmix.mixers.mixture import MixtureReader, build_mixture
 from diffmix.mixers.recipe import parse_recipe, plan_schedule
 from diffmix.pipelines.io import read_ipc_stream, sha256_json
-from diffmix.pipelines.shards import load_table, shard_paths, write_manifest, write_table_shards
+from diffmix.pipelines.shards import (
+    load_table,
+    shard_paths,
+    write_manifest,
+    write_table_shards,
+)
 from diffmix.schemas.manifest import Counts, Manifest
 
 ROOT = Path(__file__).resolve().parents[1]

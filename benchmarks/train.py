@@ -40,11 +40,22 @@ from diffmix.mixers.recipe import parse_recipe  # noqa: E402
 from diffmix.mixers.synthetic import parse_synthetic_uri, synthetic_documents  # noqa: E402
 from diffmix.pipelines.io import sha256_json  # noqa: E402
 from diffmix.pipelines.shards import shard_paths, write_manifest, write_table_shards  # noqa: E402
-from diffmix.pipelines.tokenize import char_tokenizer, load_tokenizer, save_tokenizer, tokenize_documents  # noqa: E402
+from diffmix.pipelines.tokenize import (  # noqa: E402
+    char_tokenizer,
+    load_tokenizer,
+    save_tokenizer,
+    tokenize_documents,
+)
 from diffmix.schemas.manifest import Counts, Manifest  # noqa: E402
 from diffmix.training import load_train_config, train  # noqa: E402
 from diffmix.training.config import TrainConfig  # noqa: E402
-from diffmix.training.data import MixtureBatches, MixtureTokens, eos_id, make_loader, open_mixture  # noqa: E402
+from diffmix.training.data import (  # noqa: E402
+    MixtureBatches,
+    MixtureTokens,
+    eos_id,
+    make_loader,
+    open_mixture,
+)
 from diffmix.training.model import GPT  # noqa: E402
 
 WORKLOADS = {

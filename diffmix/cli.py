@@ -14,26 +14,14 @@ Bad input ends in one line on stderr naming what is wrong and exit status 2.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-# Quiet, offline-safe defaults before Prefect / datasets are imported (a user's settings win).
-for _key, _value in {
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-    # Run logs go to the Prefect API (and UI); the terminal shows diffmix's own output,
-    # so a bad input deep in a task still ends in one line, not a logged traceback.
-    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "HF_UPDATE_DOWNLOAD_COUNTS": "0",
-    "TOKENIZERS_PARALLELISM": "false",
-    "DASK_LOGGING__DISTRIBUTED": "warning",
-}.items():
-    os.environ.setdefault(_key, _value)
+from diffmix.settings import apply_defaults
+
+apply_defaults()  # before Prefect / datasets are imported
 
 from diffmix.errors import DiffmixError  # noqa: E402
 

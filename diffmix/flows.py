@@ -19,15 +19,25 @@ from typing import Any
 
 import yaml
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
-from prefect_dask import DaskTaskRunner
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from diffmix.settings import apply_defaults
 
-from diffmix.errors import DiffmixError
-from diffmix.pipelines import build as corpus
-from diffmix.schemas.config import load_build_config
+apply_defaults()  # before Prefect is imported
+
+from prefect import flow, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.futures import as_completed  # noqa: E402
+from prefect_dask import DaskTaskRunner  # noqa: E402
+from rich.progress import (  # noqa: E402
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from diffmix.errors import DiffmixError  # noqa: E402
+from diffmix.pipelines import build as corpus  # noqa: E402
+from diffmix.schemas.config import load_build_config  # noqa: E402
 
 RETRIES = 2
 

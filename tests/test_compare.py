@@ -198,3 +198,20 @@ def test_bad_serve_config(tmp_path: Path, body: dict, message: str) -> None:
 def test_mean_spread_of_one_value() -> None:
     mean, sd = compare._mean_spread([3.0])
     assert (mean, sd) == (3.0, 0.0) and not math.isnan(sd)
+
+
+def test_shipped_recipes_are_valid_and_read_buildable_sources() -> None:
+    import importlib.util
+
+    from diffmix.mixers.recipe import load_recipe
+
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    spec = importlib.util.spec_from_file_location("build_sources", root / "build_sources.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    buildable = {root / "data" / name for name in [*module.SYNTHETIC, "commits", "commits-window3"]}
+    recipes = sorted(root.glob("*.yaml"))
+    assert len(recipes) >= 12
+    for path in recipes:
+        recipe = load_recipe(path)
+        assert {recipe.source_path(s) for s in recipe.sources} <= buildable, path.name

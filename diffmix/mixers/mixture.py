@@ -38,9 +38,22 @@ import pyarrow.compute as pc
 
 from diffmix.errors import DiffmixError
 from diffmix.mixers.blend import blend, check_repetition, runs_for_plan, source_rows
-from diffmix.mixers.recipe import Plan, Recipe, SourceSpec, load_recipe, plan_schedule, resolved_config, where_expression
-from diffmix.pipelines.tokenize import TOKENIZER_FILE
-from diffmix.pipelines.io import atomic_open, read_ipc_stream, remove_stale_temporaries, sha256_file, sha256_json
+from diffmix.mixers.recipe import (
+    Plan,
+    Recipe,
+    SourceSpec,
+    load_recipe,
+    plan_schedule,
+    resolved_config,
+    where_expression,
+)
+from diffmix.pipelines.io import (
+    atomic_open,
+    read_ipc_stream,
+    remove_stale_temporaries,
+    sha256_file,
+    sha256_json,
+)
 from diffmix.pipelines.shards import (
     DATA_DIR,
     DEFAULT_SHARD_BYTES,
@@ -55,6 +68,7 @@ from diffmix.pipelines.shards import (
     write_shard,
     write_table_shards,
 )
+from diffmix.pipelines.tokenize import TOKENIZER_FILE
 from diffmix.schemas.columns import MIXTURE_FIELDS, TOKEN_FIELDS
 from diffmix.schemas.manifest import Counts, FileEntry, InputEntry, Manifest
 

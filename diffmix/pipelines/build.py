@@ -49,8 +49,20 @@ from diffmix.pipelines.document import (
     split_expr,
     structural_reason,
 )
-from diffmix.pipelines.ingest import ParquetSource, Source, StreamSource, SyntheticSource, resolve_source
-from diffmix.pipelines.io import read_ipc_stream, read_json, remove_stale_temporaries, write_ipc_stream, write_json
+from diffmix.pipelines.ingest import (
+    ParquetSource,
+    Source,
+    StreamSource,
+    SyntheticSource,
+    resolve_source,
+)
+from diffmix.pipelines.io import (
+    read_ipc_stream,
+    read_json,
+    remove_stale_temporaries,
+    write_ipc_stream,
+    write_json,
+)
 from diffmix.pipelines.shards import (
     DATA_DIR,
     MANIFEST,
@@ -63,8 +75,20 @@ from diffmix.pipelines.shards import (
     write_shard,
     write_table_shards,
 )
-from diffmix.pipelines.tokenize import build_tokenizer, load_tokenizer, save_tokenizer, token_stats, tokenize_documents
-from diffmix.schemas.columns import COMMIT_SCHEMA, DOCUMENT_SCHEMA, REJECT_ID_FIELDS, TOKEN_FIELDS, reject_schema
+from diffmix.pipelines.tokenize import (
+    build_tokenizer,
+    load_tokenizer,
+    save_tokenizer,
+    token_stats,
+    tokenize_documents,
+)
+from diffmix.schemas.columns import (
+    COMMIT_SCHEMA,
+    DOCUMENT_SCHEMA,
+    REJECT_ID_FIELDS,
+    TOKEN_FIELDS,
+    reject_schema,
+)
 from diffmix.schemas.config import BuildConfig
 from diffmix.schemas.manifest import Counts, FileEntry, InputEntry, Manifest
 

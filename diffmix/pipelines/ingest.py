@@ -34,7 +34,12 @@ import pyarrow.parquet as pq
 
 from diffmix.errors import DiffmixError
 from diffmix.pipelines.io import sha256_file
-from diffmix.schemas.columns import COMMIT_SCHEMA, MESSAGE_COLUMNS, PATH_COLUMNS, REQUIRED_COMMIT_COLUMNS
+from diffmix.schemas.columns import (
+    COMMIT_SCHEMA,
+    MESSAGE_COLUMNS,
+    PATH_COLUMNS,
+    REQUIRED_COMMIT_COLUMNS,
+)
 from diffmix.schemas.config import BuildConfig
 from diffmix.schemas.languages import language_expr
 from diffmix.schemas.manifest import InputEntry

@@ -20,7 +20,13 @@ import pyarrow.compute as pc
 from pydantic import ValidationError
 
 from diffmix.errors import DiffmixError
-from diffmix.pipelines.io import read_ipc_stream, read_json, sha256_file, write_ipc_stream, write_json
+from diffmix.pipelines.io import (
+    read_ipc_stream,
+    read_json,
+    sha256_file,
+    write_ipc_stream,
+    write_json,
+)
 from diffmix.schemas.manifest import FileEntry, Manifest
 
 MANIFEST = "manifest.json"

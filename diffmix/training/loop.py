@@ -43,7 +43,12 @@ from torch.nn.parallel import DistributedDataParallel
 from diffmix.errors import DiffmixError
 from diffmix.pipelines.io import atomic_open, read_json, write_json
 from diffmix.pipelines.shards import read_manifest
-from diffmix.pipelines.tokenize import TOKENIZER_FILE, load_tokenizer, save_tokenizer, tokenize_documents
+from diffmix.pipelines.tokenize import (
+    TOKENIZER_FILE,
+    load_tokenizer,
+    save_tokenizer,
+    tokenize_documents,
+)
 from diffmix.schemas.manifest import Manifest
 from diffmix.training import plots
 from diffmix.training.config import TrainConfig

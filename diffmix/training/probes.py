@@ -36,7 +36,13 @@ from tokenizers import Tokenizer
 
 from diffmix.formats.base import Format, ParseError, get_format
 from diffmix.formats.edit import OpenElmParts, split_openelm
-from diffmix.pipelines.apply import DiffError, apply_lenient, apply_strict, parse_diff, split_lines
+from diffmix.pipelines.apply import (
+    DiffError,
+    apply_lenient,
+    apply_strict,
+    parse_diff,
+    split_lines,
+)
 from diffmix.pipelines.tokenize import tokenize_documents
 from diffmix.training.config import ProbeConfig
 from diffmix.training.data import MixtureBatches, MixtureTokens

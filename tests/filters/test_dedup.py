@@ -8,9 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffmix.filters.dedup import MinHasher, band_keys, bucket_pairs, components, optimal_bands
+from diffmix.filters.dedup import (
+    MinHasher,
+    band_keys,
+    bucket_pairs,
+    components,
+    optimal_bands,
+)
 from diffmix.schemas.config import BuildConfig
-from tests.filters.conftest import commit_row, data, rejects, run_build, tree_bytes, write_commits
+from tests.filters.conftest import (
+    commit_row,
+    data,
+    rejects,
+    run_build,
+    tree_bytes,
+    write_commits,
+)
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec romeo".split()
 

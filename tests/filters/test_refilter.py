@@ -10,7 +10,14 @@ from diffmix.errors import DiffmixError
 from diffmix.pipelines.build import refilter
 from diffmix.pipelines.shards import read_manifest
 from diffmix.schemas.config import BuildConfig
-from tests.filters.conftest import commit_row, data, rejects, run_build, tree_bytes, write_commits
+from tests.filters.conftest import (
+    commit_row,
+    data,
+    rejects,
+    run_build,
+    tree_bytes,
+    write_commits,
+)
 from tests.filters.test_dedup import edit, module, planted_rows
 
 

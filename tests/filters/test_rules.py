@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from diffmix.filters.change import Change
-from diffmix.filters.commit import Bot, English, HashOnly, License, Merge, Message, Revert, Trivial, VersionBump
+from diffmix.filters.commit import (
+    Bot,
+    English,
+    HashOnly,
+    License,
+    Merge,
+    Message,
+    Revert,
+    Trivial,
+    VersionBump,
+)
 from diffmix.filters.decontam import Decontaminate, git_blob_ids
 from diffmix.filters.files import Content, FileSize, Generated, Language
 from diffmix.filters.secrets import Secrets

@@ -7,7 +7,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from diffmix.filters.secrets import DETECTORS, detectors, redact, secret_in_change, shannon_entropy
+from diffmix.filters.secrets import (
+    DETECTORS,
+    detectors,
+    redact,
+    secret_in_change,
+    shannon_entropy,
+)
 from diffmix.formats.base import get_format
 from diffmix.schemas.config import BuildConfig
 from tests.conftest import commit_files

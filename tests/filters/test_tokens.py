@@ -7,7 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diffmix.filters.tokens import TokenBudget, budget_tokenizer, count_tokens, pretoken_lower_bound
+from diffmix.filters.tokens import (
+    TokenBudget,
+    budget_tokenizer,
+    count_tokens,
+    pretoken_lower_bound,
+)
 from diffmix.schemas.config import BuildConfig
 from tests.filters.conftest import BEFORE, engine_verdict
 

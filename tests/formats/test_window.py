@@ -7,7 +7,13 @@ import pytest
 from diffmix.errors import DiffmixError
 from diffmix.formats.base import format_names, get_format
 from diffmix.formats.edit import EditRecord
-from diffmix.formats.window import WindowSpec, changed_region, draw_k, window_bounds, window_record
+from diffmix.formats.window import (
+    WindowSpec,
+    changed_region,
+    draw_k,
+    window_bounds,
+    window_record,
+)
 from diffmix.pipelines.apply import apply_strict, split_lines
 
 LINES = "".join(f"line {i}\n" for i in range(1, 21))  # line 1 .. line 20

@@ -11,7 +11,12 @@ import pytest
 import yaml
 
 from diffmix.errors import DiffmixError
-from diffmix.mixers.recipe import load_recipe, parse_recipe, plan_schedule, resolve_weights
+from diffmix.mixers.recipe import (
+    load_recipe,
+    parse_recipe,
+    plan_schedule,
+    resolve_weights,
+)
 
 BASE: dict[str, Any] = {
     "name": "t",

@@ -6,7 +6,14 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from diffmix.pipelines.apply import DiffState, apply_lenient, apply_strict, parse_diff, split_lines, verify_diff
+from diffmix.pipelines.apply import (
+    DiffState,
+    apply_lenient,
+    apply_strict,
+    parse_diff,
+    split_lines,
+    verify_diff,
+)
 from diffmix.pipelines.diff import diff_texts
 
 FILE = "a\nb\nc\nd\ne\nf\ng\n"

@@ -7,7 +7,11 @@ import pytest
 
 from diffmix.formats.base import get_format
 from diffmix.formats.edit import EditRecord, split_openelm
-from diffmix.pipelines.document import normalized_message, render_rows, structural_reason
+from diffmix.pipelines.document import (
+    normalized_message,
+    render_rows,
+    structural_reason,
+)
 
 
 @pytest.mark.parametrize(

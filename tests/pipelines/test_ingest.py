@@ -23,8 +23,8 @@ from diffmix.pipelines.ingest import (
     normalize_commits,
     resolve_source,
 )
-from diffmix.schemas.config import BuildConfig
 from diffmix.schemas.columns import COMMIT_SCHEMA
+from diffmix.schemas.config import BuildConfig
 from tests.conftest import commit_files, git
 
 

@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from diffmix.errors import DiffmixError
-from diffmix.training.data import MixtureBatches, MixtureTokens, make_loader, stream_stats
+from diffmix.training.data import (
+    MixtureBatches,
+    MixtureTokens,
+    make_loader,
+    stream_stats,
+)
 
 EOS = 1
 

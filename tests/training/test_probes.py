@@ -10,7 +10,12 @@ from diffmix.formats.arithmetic import AdditionProblem
 from diffmix.formats.base import format_names, get_format
 from diffmix.formats.copy import CopyProblem
 from diffmix.formats.edit import EditRecord
-from diffmix.training.probes import EDIT_SCORES, cut_at_stop, digit_accuracy, score_generation
+from diffmix.training.probes import (
+    EDIT_SCORES,
+    cut_at_stop,
+    digit_accuracy,
+    score_generation,
+)
 
 NAN = math.nan
 
