@@ -181,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="build, mix, train and compare on embedded defaults (this repository's history + synthetic sources)")
     demo.add_argument("--out", default="demo-out", metavar="DIR")
-    demo.add_argument("--steps", type=int, default=1500, metavar="N", help="training steps per recipe (default 1500)")
+    demo.add_argument("--steps", type=int, default=1300, metavar="N", help="training steps per recipe (default 1300)")
     demo.set_defaults(run=_demo)
 
     serve = sub.add_parser("serve", help="register scheduled deployments (cron) and run them (needs `prefect server start`)")

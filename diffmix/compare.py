@@ -169,7 +169,8 @@ def skill_table(frame: pl.DataFrame, skill: str, baseline: str) -> pl.DataFrame:
         raise DiffmixError(f"no run measured skill {skill!r}")
     base_rows = ok.filter(pl.col("recipe") == baseline)
     rows = []
-    for recipe in list(dict.fromkeys(frame["recipe"].to_list())):
+    recipes = list(dict.fromkeys(frame["recipe"].to_list()))
+    for recipe in sorted(recipes, key=lambda r: r != baseline):  # the baseline first
         runs = ok.filter(pl.col("recipe") == recipe)
         failed = frame.filter((pl.col("recipe") == recipe) & (pl.col("status") != "ok")).height
         measured = [c for c in runs[f"{col}/censored"].to_list() if c is not None] if runs.height else []

@@ -275,22 +275,31 @@ def compare_recipes(
     workers = max(1, min(len(runs), _parallel_runs()))
     threads = max(1, (os.cpu_count() or 1) // workers)
 
-    mixtures: dict[str, Any] = {}
-    for run in runs:
-        if run.mixture_dir not in mixtures:
-            mixtures[run.mixture_dir] = build_mixture_task.submit(run.recipe_path, run.mixture_dir)
-    futures = []
-    for run in runs:
-        config = base_config.model_copy(update={"seed": run.seed, "threads": threads, "progress": False})
-        futures.append(measure_task.submit(run.mixture_dir, run.run_dir, config, wait_for=[mixtures[run.mixture_dir]]))
-    rows = []
-    for run, future in zip(runs, futures):
+    # Mixtures first (seconds each). Runs are then submitted without a Dask dependency, so
+    # they queue on the scheduler and start, in order, on whichever worker is free (a
+    # dependency would pin each run to the worker that happens to hold its mixture).
+    mixture_futures = {d: build_mixture_task.submit(p, d) for d, p in {r.mixture_dir: r.recipe_path for r in runs}.items()}
+    mixture_errors: dict[str, str] = {}
+    for directory, future in mixture_futures.items():
         try:
             future.result()
-            rows.append(compare.run_row(run, by_name[run.recipe], "ok"))
-        except Exception as exc:  # one failed run must not lose the others
-            error = _failure_reason(exc, mixtures[run.mixture_dir])
-            rows.append(compare.run_row(run, by_name[run.recipe], "failed", error))
+        except Exception as exc:  # its runs are reported as failed, the others go on
+            mixture_errors[directory] = f"mixture failed: {_first_line(exc)}"
+    futures = {}
+    for run in runs:
+        if run.mixture_dir not in mixture_errors:
+            config = base_config.model_copy(update={"seed": run.seed, "threads": threads, "progress": False})
+            futures[run.run_id] = measure_task.submit(run.mixture_dir, run.run_dir, config)
+    rows = []
+    for run in runs:
+        error = mixture_errors.get(run.mixture_dir)
+        if error is None:
+            try:
+                futures[run.run_id].result()
+            except Exception as exc:  # one failed run must not lose the others
+                error = _first_line(exc)
+        status = "ok" if error is None else "failed"
+        rows.append(compare.run_row(run, by_name[run.recipe], status, error))
     mixture_dirs = {run.recipe: run.mixture_dir for run in runs}
     result = compare.write_comparison(root, rows, baseline, base_config, title or ", ".join(by_name), mixture_dirs)
     _publish_artifacts(result)
@@ -307,12 +316,7 @@ def _publish_artifacts(result: dict[str, Any]) -> None:
     create_markdown_artifact(markdown=Path(result["report_md"]).read_text(encoding="utf-8"), key="comparison-report", description="diffmix recipe comparison")
 
 
-def _failure_reason(exc: BaseException, mixture_future: Any) -> str:
-    """The first line of what failed: the mixture (if it did) or the run."""
-    try:
-        mixture_future.result()
-    except Exception as mixing:  # noqa: BLE001 - reported as text
-        return f"mixture failed: {str(mixing).strip().splitlines()[0] if str(mixing).strip() else type(mixing).__name__}"
+def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -380,19 +384,24 @@ def serve(path: str) -> None:
 # simplified scratchpad reaches 90% on 2,000 unique 3-digit additions in about
 # 1,500 steps of a 0.4M-parameter model, while plain sits lower for longer.
 DEMO_ADDITION = "synthetic:addition?digits=3&format={fmt}&n=2000&test=200&seed=0&operands=balanced"
-DEMO_CORPUS = {"split": {"by": "commit", "seed": 0, "fractions": {"train": 0.8, "test": 0.2}}, "git": {"repo_name": "diffmix"}}
+# One repository: split by commit; BEF windowed to ±1 line so commit documents are short.
+DEMO_CORPUS = {"split": {"by": "commit", "seed": 0, "fractions": {"train": 0.8, "test": 0.2}}, "git": {"repo_name": "diffmix"}, "window": "1"}
 DEMO_TRAIN = {
     "batch_size": 64,
     "eval_interval": 100,
     "probes.samples": 200,
-    "model.block_size": 128,
+    "model.block_size": 96,
     "stop_when": "exact_match",
 }
-DEMO_STEPS = 1500
+DEMO_STEPS = 1300
 
 
 def demo_recipes(root: Path, corpus: Path, additions: dict[str, Path], steps: int) -> list[Path]:
-    """Three recipes on the same 2,000 problems: format (plain vs scratchpad) and mix ratio (20% commits)."""
+    """Three recipes on the same 2,000 problems: format (plain vs scratchpad) and mix ratio (10% commits).
+
+    The slowest run (the mix: commit documents fill the context) comes first, so
+    that it starts first on the parallel workers; the baseline is `plain`.
+    """
     samples = steps * DEMO_TRAIN["batch_size"]
 
     def recipe(name: str, sources: list[dict[str, Any]], weights: dict[str, float]) -> Path:
@@ -414,9 +423,9 @@ def demo_recipes(root: Path, corpus: Path, additions: dict[str, Path], steps: in
     scratch = {"name": "addition", "path": str(additions["simplified_scratchpad"]), "max_repetition": repeat}
     code = {"name": "commits", "path": str(corpus), "max_repetition": samples}
     return [
-        recipe("plain", [plain], {"addition": 1.0}),
+        recipe("scratchpad-10pct-commits", [scratch, code], {"addition": 0.9, "commits": 0.1}),
         recipe("scratchpad", [scratch], {"addition": 1.0}),
-        recipe("scratchpad-20pct-commits", [scratch, code], {"addition": 0.8, "commits": 0.2}),
+        recipe("plain", [plain], {"addition": 1.0}),
     ]
 
 
@@ -444,7 +453,9 @@ def demo(out: str, steps: int = DEMO_STEPS) -> dict[str, Any]:
         additions[fmt] = root / f"addition-{fmt}"
         build_corpus([DEMO_ADDITION.format(fmt=fmt)], str(additions[fmt]))
     recipes = [str(p) for p in demo_recipes(root, corpus, additions, steps)]
-    return compare_recipes(recipes, str(root / "compare"), seeds=1, steps=steps, train_overrides=DEMO_TRAIN, title="diffmix demo: format and mix ratio")
+    return compare_recipes(
+        recipes, str(root / "compare"), seeds=1, steps=steps, train_overrides=DEMO_TRAIN, baseline="plain", title="diffmix demo: format and mix ratio"
+    )
 
 
 def run_demo(out: str, steps: int = DEMO_STEPS) -> dict[str, Any]:
