@@ -30,9 +30,10 @@ def machine() -> str:
     import polars
     import pyarrow
 
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
         f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}, "
-        f"pyarrow {pyarrow.__version__}, polars {polars.__version__}"
+        f"pyarrow {pyarrow.__version__}, polars {polars.__version__}; load average at start {load}"
     )
 
 

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
+import sys
 import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import DEV_PARQUET as DEV  # noqa: E402
+from benchmarks.common import machine  # noqa: E402
 from diffmix.formats.base import format_names, get_format
 from diffmix.formats.edit import EditRecord, has_literal_tag
 from diffmix.formats.window import window_record
@@ -36,8 +39,6 @@ from diffmix.pipelines.tokenize import (
     tokenize_documents,
     train_bpe,
 )
-
-DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "commits-dev.parquet"
 
 
 def load_records(path: Path, rows: int) -> list[EditRecord]:
@@ -131,19 +132,6 @@ def table_md(rows: list[dict], tokenizer_name: str, baseline: str) -> str:
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{os.cpu_count()} cores ({cpu}), {platform.python_version()}, no GPU, load average at start {load}"
 
 
 def main() -> None:

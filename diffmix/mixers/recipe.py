@@ -51,7 +51,6 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -63,6 +62,7 @@ from pydantic import (
 )
 
 from diffmix.errors import DiffmixError
+from diffmix.schemas.config import read_yaml_mapping
 
 HELPERS = ("uniform", "proportional")
 TEMPERATURE = "temperature"
@@ -319,16 +319,7 @@ def parse_recipe(data: Any, base_dir: str | os.PathLike[str] | None = None, orig
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     """Read and validate a recipe file; paths in it are relative to its folder."""
     path = Path(path)
-    if not path.is_file():
-        raise DiffmixError(f"{path}: recipe file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise DiffmixError(f"{path}: invalid YAML{where} ({problem})") from None
-    return parse_recipe(data, path.parent, origin=str(path))
+    return parse_recipe(read_yaml_mapping(path, "recipe"), path.parent, origin=str(path))
 
 
 # --- resolution: recipe + source sizes -> steps, phases, per-step weights ----------

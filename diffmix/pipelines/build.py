@@ -176,20 +176,27 @@ def prepare_build(uris: list[str], out: str | Path, config: BuildConfig, overwri
     out = Path(out)
     plan = BuildPlan(out, config, config.digest(), [s.input_entry() for s in sources], list(uris))
     plan.synthetic = all(isinstance(s, SyntheticSource) for s in sources)
+    if _claim_output(plan, overwrite) is not None:
+        plan.complete = True
+        return plan
+    _reset_work_if_stale(plan)
+    return plan
+
+
+def _claim_output(plan: BuildPlan, overwrite: bool) -> Manifest | None:
+    """The manifest when `out` already holds this exact build; else make `out` this build's (or fail)."""
+    out = plan.out
     if (out / MANIFEST).is_file():
         manifest = read_manifest(out)
-        same = manifest.config_hash == plan.config_hash and manifest.inputs == plan.inputs
-        if same:
+        if manifest.config_hash == plan.config_hash and manifest.inputs == plan.inputs:
             verify_files(out, manifest.shards + manifest.rejects, check_hashes=False)
-            plan.complete = True
-            return plan
+            return manifest
         if not overwrite:
             raise DiffmixError(f"{out}: holds a different build (config or inputs differ); pass --overwrite or choose another --out")
         shutil.rmtree(out)
     elif out.is_dir() and any(out.iterdir()) and not (out / WORK_DIR).is_dir():
         raise DiffmixError(f"{out}: directory is not empty and is not a diffmix build")
-    _reset_work_if_stale(plan)
-    return plan
+    return None
 
 
 def _reset_work_if_stale(plan: BuildPlan, mode: str = "build") -> None:
@@ -766,16 +773,9 @@ def refilter(src_dir: str | Path, out_dir: str | Path, config: BuildConfig, over
         raise DiffmixError(f"{src / MANIFEST}: its config does not validate with this diffmix ({str(exc).splitlines()[0]})") from None
     _check_same_scores(engine.score_key(previous), engine.score_key(config))
     plan = BuildPlan(out, config, config.digest(), list(source.inputs), [i.uri for i in source.inputs])
-    if (out / MANIFEST).is_file():
-        manifest = read_manifest(out)
-        if manifest.config_hash == plan.config_hash and manifest.inputs == plan.inputs:
-            verify_files(out, manifest.shards + manifest.rejects, check_hashes=False)
-            return manifest
-        if not overwrite:
-            raise DiffmixError(f"{out}: holds a different build (config or inputs differ); pass --overwrite or choose another --out")
-        shutil.rmtree(out)
-    elif out.is_dir() and any(out.iterdir()) and not (out / WORK_DIR).is_dir():
-        raise DiffmixError(f"{out}: directory is not empty and is not a diffmix build")
+    existing = _claim_output(plan, overwrite)
+    if existing is not None:
+        return existing
     _reset_work_if_stale(plan, mode=f"refilter:{source.config_hash}")
     try:
         parts = _stage_stored_rows(plan, src, source)

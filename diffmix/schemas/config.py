@@ -185,17 +185,29 @@ class BuildConfig(_Strict):
         return sha256_json(self.model_dump(mode="json"))
 
 
+def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (a config, a recipe); every problem is one line."""
+    source = Path(path)
+    try:
+        data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except (FileNotFoundError, IsADirectoryError):
+        raise DiffmixError(f"{source}: {what} file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise DiffmixError(f"{source}: invalid YAML{at} ({problem})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DiffmixError(f"{source}: a {what} is a YAML mapping (got {type(data).__name__})")
+    return data
+
+
 def load_build_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> BuildConfig:
     """Read a YAML build config (the packaged default when `path` is None); fail in one line."""
     source = Path(path) if path is not None else DEFAULT_CONFIG
-    try:
-        data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise DiffmixError(f"{source}: config file not found") from None
-    except yaml.YAMLError as exc:
-        raise DiffmixError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise DiffmixError(f"{source}: a build config must be a mapping, got {type(data).__name__}")
+    data = read_yaml_mapping(source, "build config")
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return BuildConfig.model_validate(data)

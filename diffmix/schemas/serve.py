@@ -13,11 +13,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from diffmix.errors import DiffmixError
-from diffmix.schemas.config import first_error
+from diffmix.schemas.config import first_error, read_yaml_mapping
 
 
 class DeploymentConfig(BaseModel):
@@ -51,12 +50,7 @@ class ServeConfig(BaseModel):
 
 def load_serve_config(path: str | os.PathLike[str]) -> ServeConfig:
     source = Path(path)
-    try:
-        data = yaml.safe_load(source.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DiffmixError(f"{source}: serve config not found") from None
-    except yaml.YAMLError as exc:
-        raise DiffmixError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml_mapping(source, "serve config")
     try:
         return ServeConfig.model_validate(data)
     except ValidationError as exc:

@@ -15,15 +15,13 @@ one machine may be resumed on another.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from diffmix.errors import DiffmixError
 from diffmix.pipelines.io import sha256_json
-from diffmix.schemas.config import first_error
+from diffmix.schemas.config import first_error, read_yaml_mapping
 
 
 class _Strict(BaseModel):
@@ -178,16 +176,8 @@ def load_train_config(path: str | os.PathLike[str] | None = None, **overrides: A
     data: dict[str, Any] = {}
     where = "config"
     if path is not None:
-        source = Path(path)
-        where = str(source)
-        try:
-            data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise DiffmixError(f"{source}: config file not found") from None
-        except yaml.YAMLError as exc:
-            raise DiffmixError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise DiffmixError(f"{source}: a training config must be a mapping, got {type(data).__name__}")
+        where = str(path)
+        data = read_yaml_mapping(path, "training config")
     for key, value in overrides.items():
         if value is None:
             continue

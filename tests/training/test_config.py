@@ -34,8 +34,8 @@ def test_yaml_then_overrides(tmp_path: Path) -> None:
         ("schedule: linear\n", {}, "schedule: Input should be"),
         ("model:\n  d_model: 130\n  n_head: 4\n", {}, "d_model 130 is not divisible by n_head 4"),
         ("bogus: 1\n", {}, "bogus: Extra inputs are not permitted"),
-        ("- 1\n", {}, "must be a mapping"),
-        ("steps: [\n", {}, "not valid YAML"),
+        ("- 1\n", {}, "is a YAML mapping"),
+        ("steps: [\n", {}, "invalid YAML"),
         ("model: 3\n", {"model.n_layer": 2}, "model: expected a mapping"),
     ],
 )
