@@ -92,7 +92,12 @@ def _compare(args: argparse.Namespace) -> int:
 
     result = run_compare_recipes(args.recipes, args.out, seeds=args.seeds, steps=args.steps, train_config=args.config, baseline=args.baseline, dask_address=args.dask_address)
     print(format_comparison(result))
-    return 0
+    return _failed_runs_status(result)
+
+
+def _failed_runs_status(result: dict[str, Any]) -> int:
+    """1 when any run failed (the others are still in the report), else 0."""
+    return 1 if any(r["status"] != "ok" for r in result["runs"]) else 0
 
 
 def format_comparison(result: dict[str, Any]) -> str:
@@ -123,7 +128,7 @@ def _demo(args: argparse.Namespace) -> int:
     result = run_demo(args.out, steps=args.steps)
     print(format_comparison(result))
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; everything it built is under {args.out}/")
-    return 0
+    return _failed_runs_status(result)
 
 
 def _serve(args: argparse.Namespace) -> int:

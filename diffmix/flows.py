@@ -444,7 +444,7 @@ def find_repository() -> Path:
 @flow(name="demo")
 def demo(out: str, steps: int = DEMO_STEPS) -> dict[str, Any]:
     """Build a corpus from this repository's history and three synthetic sources, then compare three recipes."""
-    root = Path(out)
+    root = Path(out).resolve()  # recipe paths are read relative to the recipe file: write them absolute
     repo = find_repository()
     corpus = root / "corpus"
     build_corpus([str(repo)], str(corpus), config_overrides=DEMO_CORPUS)
