@@ -126,6 +126,10 @@ def _demo(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     result = run_demo(args.out, steps=args.steps)
+    counts = result["corpus"]["counts"]
+    dropped = ", ".join(f"{k} {v}" for k, v in sorted(counts["dropped"].items(), key=lambda kv: -kv[1])[:6])
+    print(f"corpus from this repository's history: {counts['kept']} documents from {counts['in']} (commit, file) rows; top drops: {dropped}")
+    print(f"  `diffmix inspect {result['corpus']['dir']}` shows the counts per reason and a document")
     print(format_comparison(result))
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; everything it built is under {args.out}/")
     return _failed_runs_status(result)
@@ -186,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="build, mix, train and compare on embedded defaults (this repository's history + synthetic sources)")
     demo.add_argument("--out", default="demo-out", metavar="DIR")
-    demo.add_argument("--steps", type=int, default=1300, metavar="N", help="training steps per recipe (default 1300)")
+    demo.add_argument("--steps", type=int, default=2000, metavar="N", help="training steps per recipe at most (default 2000)")
     demo.set_defaults(run=_demo)
 
     serve = sub.add_parser("serve", help="register scheduled deployments (cron) and run them (needs `prefect server start`)")
