@@ -73,18 +73,11 @@ def _train(args: argparse.Namespace) -> int:
     from diffmix.flows import run_measure_mixture
 
     overrides = {"steps": args.steps, "device": args.device}
-    summary = run_measure_mixture(args.data, args.out, args.config, overrides)
-    _print_skills(summary)
-    print(f"{args.out}: metrics.parquet, summary.json and curves written")
+    run_measure_mixture(args.data, args.out, args.config, overrides)
+    from diffmix.inspect import describe_run
+
+    print(describe_run(Path(args.out)))
     return 0
-
-
-def _print_skills(summary: dict[str, Any]) -> None:
-    tau = summary.get("threshold", {}).get("tau")
-    for skill, entry in summary.get("skills", {}).items():
-        reached = "censored (never held tau)" if entry.get("censored") else f"{entry['steps']:,.0f} steps, {entry['tokens']:,.0f} tokens, {entry['unique_examples']:,.0f} unique examples"
-        final = entry.get("final")
-        print(f"  {skill:<40} to tau={tau}: {reached}; final {final if final is None else round(final, 3)}")
 
 
 def _compare(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffmix.pipelines.io import read_ipc_stream
+from diffmix.pipelines.io import read_ipc_stream, read_json
 from diffmix.pipelines.shards import read_manifest, shard_paths
 from diffmix.schemas.manifest import Manifest
 
@@ -12,7 +12,9 @@ _MAX_SECTION_LINES = 12
 
 
 def describe(directory: Path, documents: int = 1) -> str:
-    """Counts per reason, sizes, splits and formats, then documents pretty-printed."""
+    """A training run's skills, a mixture's audit, or a corpus's counts, sizes and documents."""
+    if (directory / "summary.json").is_file() and not (directory / "manifest.json").is_file():
+        return describe_run(directory)
     manifest = read_manifest(directory)
     if manifest.kind == "mixture":
         from diffmix.mixers.mixture import describe_mixture
@@ -34,6 +36,28 @@ def describe(directory: Path, documents: int = 1) -> str:
         lines.append(f"tokenizer {manifest.tokenizer}")
     lines += [_pretty(row) for row in _sample(directory, manifest, documents)]
     return "\n".join(lines)
+
+
+def describe_run(directory: Path) -> str:
+    """Per skill: steps / tokens / unique examples to the threshold (or censored), AULC, final score."""
+    summary = read_json(directory / "summary.json")
+    tau, k = summary["threshold"]["tau"], summary["threshold"]["k"]
+    loss = summary.get("final_loss_ema")
+    lines = [f"{directory}  (run: {summary.get('steps')} steps, {summary.get('tokens') or 0:,} tokens, final EMA loss {_num(loss)})"]
+    lines.append(f"skill speed to tau = {tau} held for {k} evals:")
+    for skill, entry in summary.get("skills", {}).items():
+        if entry.get("censored"):
+            reached = "censored (never held tau)"
+        else:
+            reached = f"{entry['steps']:,.0f} steps, {entry['tokens']:,.0f} tokens, {entry['unique_examples']:,.0f} unique examples"
+        lines.append(f"  {skill:<40} {reached}; AULC {_num(entry.get('aulc'))}, final {_num(entry.get('final'))}")
+    for plateau in summary.get("plateaus", []):
+        lines.append(f"  plateau of the EMA loss: {plateau}")
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _sample(directory: Path, manifest: Manifest, per_format: int) -> list[dict]:
