@@ -209,3 +209,18 @@ def test_windowed_and_tokenised_build(tmp_path: Path, history: Path) -> None:
         ids = row["input_ids"]
         assert tokenizer.decode(ids[: row["target_token_start"]]) == prompt
         assert len(ids) == row["n_tokens"]
+
+
+def test_build_with_every_filter_off_keeps_every_document(tmp_path: Path, history: Path) -> None:
+    off = {
+        **SMALL,
+        "filters": {
+            "rules": [],
+            "dedup": {"exact_before_diff": False, "exact_diff": False, "near": None},
+            "caps": {"whitespace_only": None},
+            "redact": {"secrets": False, "emails": False, "ip_addresses": False},
+        },
+    }
+    manifest = run_build_corpus([str(history)], str(tmp_path / "out"), workers=1, config_overrides=off)
+    assert manifest["counts"]["dropped"] == manifest["counts"]["by_stage"]["structural"]["dropped"]
+    assert manifest["counts"]["kept"] == manifest["counts"]["by_stage"]["structural"]["kept"] > 0

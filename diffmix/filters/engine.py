@@ -147,7 +147,8 @@ def first_reason(frame: pl.DataFrame, rules: list[Filter]) -> pl.Series:
     reason = pl.lit(None, dtype=pl.String)
     for check in reversed(checks):
         reason = pl.when(check.drop.fill_null(False)).then(pl.lit(check.reason)).otherwise(reason)
-    return frame.select(reason.alias("reason")).to_series()
+    # with_columns broadcasts: with no checks at all the reason is a null literal per row.
+    return frame.with_columns(reason.alias("__reason"))["__reason"].alias("reason")
 
 
 def decide_rows(table: pl.DataFrame, config: BuildConfig, sources: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.Series]:
