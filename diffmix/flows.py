@@ -26,6 +26,7 @@ apply_defaults()  # before Prefect is imported
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect_dask import DaskTaskRunner  # noqa: E402
 from rich.progress import (  # noqa: E402
     BarColumn,
@@ -125,6 +126,18 @@ def _env_workers() -> int:
     return int(os.environ.get("DIFFMIX_WORKERS", "2"))
 
 
+def _parallel_runs() -> int:
+    """Training runs side by side (default: one per core, each with one torch thread)."""
+    return int(os.environ.get("DIFFMIX_PARALLEL_RUNS", os.cpu_count() or 1))
+
+
+def corpus_runner(inputs: list[str], workers: int = 2, dask_address: str | None = None) -> Any:
+    """Dask for commit inputs; synthetic inputs are generated in-process (no cluster to start)."""
+    if inputs and all(uri.startswith("synthetic:") for uri in inputs):
+        return ThreadPoolTaskRunner(max_workers=1)
+    return dask_runner(workers, dask_address)
+
+
 # Deployments run these flow objects as they are defined here: their default
 # runner is a Dask LocalCluster (DIFFMIX_WORKERS processes) or DIFFMIX_DASK_ADDRESS.
 @flow(name="build_corpus", task_runner=dask_runner(_env_workers(), os.environ.get("DIFFMIX_DASK_ADDRESS")))
@@ -174,7 +187,7 @@ def run_build_corpus(
     """
     config = load_build_config(config_path, **(config_overrides or {}))
     corpus.check_inputs(inputs, out, config)
-    runner = dask_runner(workers, dask_address)
+    runner = corpus_runner(inputs, workers, dask_address)
     with prefect_api():
         return build_corpus.with_options(task_runner=runner)(
             inputs, str(Path(out)), config_path, overwrite, config_overrides
@@ -248,7 +261,7 @@ def run_measure_mixture(data: str, out: str, config_path: str | None = None, ove
 # --- comparisons -----------------------------------------------------------------
 
 
-@flow(name="compare_recipes", task_runner=dask_runner(int(os.environ.get("DIFFMIX_PARALLEL_RUNS", os.cpu_count() or 1)), os.environ.get("DIFFMIX_DASK_ADDRESS")))
+@flow(name="compare_recipes", task_runner=dask_runner(_parallel_runs(), os.environ.get("DIFFMIX_DASK_ADDRESS")))
 def compare_recipes(
     recipes: list[str],
     out: str,
@@ -319,11 +332,6 @@ def _publish_artifacts(result: dict[str, Any]) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _parallel_runs() -> int:
-    """Training runs side by side (default: one per core, each with one torch thread)."""
-    return int(os.environ.get("DIFFMIX_PARALLEL_RUNS", os.cpu_count() or 1))
 
 
 def run_compare_recipes(
@@ -438,7 +446,8 @@ def demo(out: str, steps: int = DEMO_STEPS) -> dict[str, Any]:
     additions = {}
     for fmt in DEMO_FORMATS:
         additions[fmt] = root / f"addition-{fmt}"
-        build_corpus([DEMO_ADDITION.format(fmt=fmt)], str(additions[fmt]))
+        uri = DEMO_ADDITION.format(fmt=fmt)
+        build_corpus.with_options(task_runner=corpus_runner([uri]))([uri], str(additions[fmt]))
     recipes = [str(p) for p in demo_recipes(root, additions, steps)]
     result = compare_recipes(
         recipes, str(root / "compare"), seeds=1, steps=steps, train_overrides=DEMO_TRAIN, baseline="plain", title="diffmix demo: the format lever"

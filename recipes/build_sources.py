@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diffmix.flows import build_corpus, find_repository, prefect_api
+from diffmix.flows import build_corpus, corpus_runner, find_repository, prefect_api
 
 HERE = Path(__file__).resolve().parent
 ADDITION = "synthetic:addition?digits=3&format={}&n=2000&test=200&seed=0&operands=balanced"
@@ -39,7 +39,7 @@ def main() -> None:
     data = HERE / "data"
     with prefect_api():
         for name, uri in SYNTHETIC.items():
-            build_corpus([uri], str(data / name))
+            build_corpus.with_options(task_runner=corpus_runner([uri]))([uri], str(data / name))
             print(f"built {data / name}")
         for name, window in (("commits", "none"), ("commits-window3", "3")):
             build_corpus([commits], str(data / name), config_overrides={**COMMITS, "window": window})
