@@ -7,9 +7,12 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from diffmix.pipelines.apply import (
+    DiffError,
     DiffState,
+    _apply_strict_fast,
     apply_lenient,
     apply_strict,
+    apply_strict_by_lines,
     parse_diff,
     split_lines,
     verify_diff,
@@ -121,3 +124,51 @@ def test_xdiff_then_strict_apply_round_trips(old: list[str], old_nl: bool, new: 
     diff = diff_texts(before, after).text
     assert apply_strict(before, diff) == after
     assert apply_lenient(before, diff)[0] == after
+
+
+_EDITS = st.lists(
+    st.tuples(st.sampled_from(["digit", "drop", "dup", "marker", "blank", "op"]), st.integers(0, 10**6)),
+    max_size=3,
+)
+
+
+def _damage(diff: str, edits: list[tuple[str, int]]) -> str:
+    """A diff with a few corruptions a model might make (wrong numbers, lost or repeated lines, ...)."""
+    lines = diff.split("\n")
+    for kind, at in edits:
+        i = at % len(lines)
+        if kind == "digit" and any(ch.isdigit() for ch in lines[i]):
+            j = [k for k, ch in enumerate(lines[i]) if ch.isdigit()][at % sum(ch.isdigit() for ch in lines[i])]
+            lines[i] = lines[i][:j] + str((int(lines[i][j]) + 1 + at % 3) % 10) + lines[i][j + 1 :]
+        elif kind == "drop" and len(lines) > 1:
+            del lines[i]
+        elif kind == "dup":
+            lines.insert(i, lines[i])
+        elif kind == "marker":
+            lines.insert(i, "\\ No newline at end of file")
+        elif kind == "blank":
+            lines.insert(i, "")
+        elif kind == "op" and lines[i]:
+            lines[i] = "+- "[at % 3] + lines[i][1:]
+    return "\n".join(lines)
+
+
+@settings(max_examples=400)
+@given(_LINES, st.booleans(), _LINES, st.booleans(), _EDITS)
+def test_fast_strict_path_agrees_with_the_line_by_line_path(old: list[str], old_nl: bool, new: list[str], new_nl: bool, edits: list[tuple[str, int]]) -> None:
+    before, after = _text(old, old_nl), _text(new, new_nl)
+    assume(before != after)
+    diff = _damage(diff_texts(before, after).text, edits)
+    try:
+        expected: str | DiffState = apply_strict_by_lines(before, diff)
+    except DiffError as exc:
+        expected = exc.state
+    fast = _apply_strict_fast(before, diff)
+    assert fast is None or fast == expected  # the fast path never accepts what the reference rejects
+    if not edits and "\\ No newline" not in diff:
+        assert fast == after  # and it takes every well-formed diff without a no-newline marker
+    try:
+        got: str | DiffState = apply_strict(before, diff)
+    except DiffError as exc:
+        got = exc.state
+    assert got == expected
