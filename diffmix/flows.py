@@ -119,6 +119,7 @@ def _progress(futures: list[Any], label: str) -> list[Any]:
 stage_source_task = task(corpus.stage_source, name="stage_source", retries=RETRIES, retry_condition_fn=_transient, cache_policy=NO_CACHE)
 process_partition_task = task(corpus.process_partition, name="process_partition", retries=RETRIES, retry_condition_fn=_transient, cache_policy=NO_CACHE)
 write_shard_task = task(corpus.write_data_shard, name="write_shard", retries=RETRIES, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+write_rejects_task = task(corpus.write_reject_shard, name="write_rejects", retries=RETRIES, retry_condition_fn=_transient, cache_policy=NO_CACHE)
 near_dedup_task = task(corpus.near_dedup_group, name="near_dedup", retries=RETRIES, retry_condition_fn=_transient, cache_policy=NO_CACHE)
 
 
@@ -165,8 +166,10 @@ def build_corpus(
         edges = _progress([near_dedup_task.submit(plan, parts, g) for g in groups], "dedup")
         specs = corpus.decide(plan, parts, edges)
         corpus.prepare_tokenizer(plan, specs)
-        shards = _progress([write_shard_task.submit(plan, s) for s in specs], "shards")
-        return corpus.finalize(plan, parts, stats, shards).to_json_dict()
+        reject_specs = corpus.plan_reject_shards(plan, parts)
+        written = _progress([write_shard_task.submit(plan, s) for s in specs] + [write_rejects_task.submit(plan, s) for s in reject_specs], "shards")
+        shards, rejects = written[: len(specs)], written[len(specs) :]
+        return corpus.finalize(plan, parts, stats, shards, rejects).to_json_dict()
     except DiffmixError:
         corpus.discard_incomplete(plan)
         raise

@@ -9,8 +9,8 @@
     near_dedup_group   LSH candidate pairs of one group of bands, checked against the threshold
     decide             near-duplicate clusters, corpus-wide caps, the shard plan
     write_data_shard   one output shard from the kept rows, in input order
-    finalize           rejects (structural ids; filter/dedup/cap rejects with their whole row),
-                       manifest with counts per stage and per rule (written last), clean-up
+    write_reject_shard one rejects shard: structural ids; filter/dedup/cap rejects with their whole row
+    finalize           manifest with counts per stage and per rule (written last), clean-up
     refilter           re-decide a built corpus under a new config from its stored scores
 
 Partitions (and dedup band groups) depend only on the inputs and the config,
@@ -649,9 +649,14 @@ def _finish_tokens(plan: BuildPlan, shards: list[FileEntry]) -> tuple[dict[str, 
     return info, token_stats(table)
 
 
-def finalize(plan: BuildPlan, parts: list[Partition], stats: list[PartitionStats], shards: list[FileEntry]) -> Manifest:
-    """Write rejects and the manifest (last), then drop the work directory."""
-    reject_entries = _write_rejects(plan, parts)
+def finalize(
+    plan: BuildPlan, parts: list[Partition], stats: list[PartitionStats], shards: list[FileEntry], rejects: list[FileEntry] | None = None
+) -> Manifest:
+    """Write the manifest (last), then drop the work directory.
+
+    `rejects`: the `write_reject_shard` entries (written here, in turn, when not given).
+    """
+    reject_entries = rejects if rejects is not None else [write_reject_shard(plan, spec) for spec in plan_reject_shards(plan, parts)]
     decisions = pl.concat([pl.from_arrow(read_ipc_stream(_decisions_path(plan, p.key))) for p in parts]) if parts else pl.DataFrame(schema={"stage": pl.String, "reason": pl.String, "detail": pl.String})
     assert isinstance(decisions, pl.DataFrame)
     rows_in = sum(s.rows_in for s in stats)
@@ -712,37 +717,73 @@ def _reports(config: BuildConfig, redacted: Counter[str]) -> dict[str, Any]:
     return reports
 
 
-def _write_rejects(plan: BuildPlan, parts: list[Partition]) -> list[FileEntry]:
-    """Every dropped row, in input order, in shards of about `shard_bytes` (bounded memory:
-    one partition's rejects at a time, then each shard gathered from those)."""
-    staged, sizes = [], []
+@dataclass
+class RejectShardSpec:
+    index: int
+    count: int
+    pieces: list[tuple[str, int, int]]  # (partition key, start, stop) among the partition's rejects in input order
+
+
+def plan_reject_shards(plan: BuildPlan, parts: list[Partition]) -> list[RejectShardSpec]:
+    """Every dropped row, in input order, cut into shards of about `shard_bytes` (reads ids and lengths only)."""
+    sizes = []
     for part in parts:
-        docs_path, rejects_path, _ = _partition_files(plan, part.key)
-        decisions = read_ipc_stream(_decisions_path(plan, part.key))
-        dropped = pc.indices_nonzero(pc.is_valid(decisions.column("stage")))
-        rows = read_ipc_stream(docs_path).take(dropped)
-        for name in ("stage", "reason", "detail"):
-            rows = rows.append_column(name, decisions.column(name).take(dropped))
-        merged = pa.concat_tables([read_ipc_stream(rejects_path), _as_rejects(rows)])
-        merged = merged.take(pc.sort_indices(merged, [("input_row", "ascending")]))
-        path = plan.work / "rejects-final" / f"{part.key}.arrow"
-        write_ipc_stream(path, merged)
-        staged.append(path)
-        text = pc.fill_null(pc.binary_length(merged.column("text")), 0).to_numpy(zero_copy_only=False)
-        sizes.append(text.astype(np.int64) + 256)
+        rejects = _PartitionRejects(plan, part.key)
+        sizes.append(np.concatenate([np.zeros(rejects.structural.num_rows, np.int64), rejects.text_bytes])[rejects.order] + 256)
     size = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
     bounds = np.cumsum([0, *(len(s) for s in sizes)])
     ranges = plan_shards(size, plan.config.shard_bytes)
-    entries = []
+    specs = []
     for index, (start, stop) in enumerate(ranges):
         pieces = []
-        for k, path in enumerate(staged):
+        for k, part in enumerate(parts):
             lo, hi = max(start, bounds[k]), min(stop, bounds[k + 1])
             if hi > lo:
-                pieces.append(read_ipc_stream(path).slice(lo - bounds[k], hi - lo))
-        table = pa.concat_tables(pieces).combine_chunks() if pieces else REJECT_SCHEMA.empty_table()
-        entries.append(write_shard(plan.out, f"{REJECTS_DIR}/{shard_name(index, len(ranges))}", table))
-    return entries
+                pieces.append((part.key, int(lo - bounds[k]), int(hi - bounds[k])))
+        specs.append(RejectShardSpec(index, len(ranges), pieces))
+    return specs
+
+
+class _PartitionRejects:
+    """A partition's structural rejects and its dropped documents, interleaved by input row
+    (`order` indexes structural rows first, then documents). Memory-mapped: rows are
+    copied only when taken."""
+
+    def __init__(self, plan: BuildPlan, key: str) -> None:
+        docs_path, rejects_path, _ = _partition_files(plan, key)
+        self.decisions = read_ipc_stream(_decisions_path(plan, key))
+        self.dropped = pc.indices_nonzero(pc.is_valid(self.decisions.column("stage")))
+        self.structural = read_ipc_stream(rejects_path)
+        documents = read_ipc_stream(docs_path, ["input_row", "text"])
+        # Lengths from the offsets alone: no text is read.
+        self.text_bytes = pc.fill_null(pc.binary_length(documents.column("text")), 0).take(self.dropped).to_numpy().astype(np.int64)
+        self._docs_path = docs_path
+        rows = np.concatenate([self.structural.column("input_row").to_numpy(), documents.column("input_row").take(self.dropped).to_numpy()])
+        self.order = np.argsort(rows, kind="stable")
+
+    def rows(self, start: int, stop: int) -> pa.Table:
+        """Rejects [start, stop) in input order, as REJECT_SCHEMA rows."""
+        picked = self.order[start:stop]
+        n = self.structural.num_rows
+        is_structural = picked < n
+        from_structural, from_documents = picked[is_structural], picked[~is_structural] - n
+        chosen = self.dropped.take(pa.array(from_documents, pa.int64()))
+        rows = read_ipc_stream(self._docs_path).take(chosen)
+        for name in ("stage", "reason", "detail"):
+            rows = rows.append_column(name, self.decisions.column(name).take(chosen))
+        both = pa.concat_tables([self.structural.take(pa.array(from_structural, pa.int64())).cast(REJECT_SCHEMA), _as_rejects(rows)])
+        # `picked` is in input order; structural and document rows each keep that order in `both`.
+        position = np.empty(len(picked), np.int64)
+        position[is_structural] = np.arange(len(from_structural))
+        position[~is_structural] = len(from_structural) + np.arange(len(from_documents))
+        return both.take(pa.array(position, pa.int64()))
+
+
+def write_reject_shard(plan: BuildPlan, spec: RejectShardSpec) -> FileEntry:
+    """Gather one rejects shard from the partitions' structural rejects and dropped documents."""
+    tables = [_PartitionRejects(plan, key).rows(start, stop) for key, start, stop in spec.pieces]
+    table = pa.concat_tables(tables).combine_chunks() if tables else REJECT_SCHEMA.empty_table()
+    return write_shard(plan.out, f"{REJECTS_DIR}/{shard_name(spec.index, spec.count)}", table)
 
 
 # --- refilter --------------------------------------------------------------------------
