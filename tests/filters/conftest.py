@@ -135,7 +135,9 @@ def run_build(inputs: list[str], out: Path, config: BuildConfig, workers: int = 
         edges = client.gather(client.map(build.near_dedup_group, [plan] * len(groups), [parts] * len(groups), groups, pure=False))
         specs = build.decide(plan, parts, edges)
         shards = client.gather(client.map(build.write_data_shard, [plan] * len(specs), specs, pure=False))
-    return build.finalize(plan, parts, stats, shards)
+        reject_specs = build.plan_reject_shards(plan, parts)
+        rejected = client.gather(client.map(build.write_reject_shard, [plan] * len(reject_specs), reject_specs, pure=False))
+    return build.finalize(plan, parts, stats, shards, rejected)
 
 
 def data(out: Path) -> pl.DataFrame:

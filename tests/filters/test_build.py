@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from diffmix.filters.engine import CORPUS_SCHEMA
 from diffmix.formats.base import get_format
@@ -16,10 +17,13 @@ from tests.filters.conftest import data, rejects, run_build, write_commits
 from tests.filters.test_refilter import mixed_rows
 
 
-def test_counts_rejects_and_columns(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shard_bytes", [128 << 20, 4096], ids=["one-shard", "many-shards"])
+def test_counts_rejects_and_columns(tmp_path: Path, shard_bytes: int) -> None:
     parquet = write_commits(tmp_path / "in.parquet", mixed_rows(), row_group_size=4)
     out = tmp_path / "out"
-    manifest = run_build([str(parquet)], out, BuildConfig(partition_rows=5))
+    manifest = run_build([str(parquet)], out, BuildConfig(partition_rows=5, shard_bytes=shard_bytes), workers=2)
+    if shard_bytes == 4096:  # rejects shards cut across partitions still hold every dropped row once, in input order
+        assert len(manifest.rejects) > 2 and len(manifest.shards) > 1
     counts = manifest.counts
     stages = counts.by_stage
     assert counts.rows_in == len(mixed_rows()) == counts.kept + sum(counts.dropped.values())
