@@ -1,6 +1,6 @@
 """Corpus build of the whole dev Parquet against the I/O floor, measured in one run.
 
-    python benchmarks/build.py [--workers 1 2] [--skip-diff]
+    python benchmarks/build.py [--workers 1 2] [--skip-diff] [--config FILE]
 
 Prints (Markdown tables):
 * the floor: pyarrow reading the Parquet and writing the same rows as one Arrow IPC stream;
@@ -70,13 +70,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-diff", action="store_true")
+    parser.add_argument("--config", help="a build config (default: the built-in one, every filter on); e.g. benchmarks/configs/filters-off.yaml")
     args = parser.parse_args()
     parquet = require_dev_data()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from diffmix.flows import prefect_api
 
-    print(f"machine: {machine()}\n")
+    print(f"machine: {machine()}")
+    print(f"config: {args.config or 'built-in default (every filter, dedup and redaction on)'}\n")
     scratch = Path(tempfile.mkdtemp(prefix="diffmix-bench-"))
     try:
         tiny = scratch / "tiny.parquet"
@@ -95,6 +97,7 @@ def main() -> None:
                 for name, source in (("tiny", tiny), ("full", parquet)):
                     out = scratch / f"out-{name}-{workers}"
                     cmd = [sys.executable, "-m", "diffmix", "build", "--input", str(source), "--out", str(out), "--workers", str(workers)]
+                    cmd += ["--config", args.config] if args.config else []
                     runs[name] = run_measured(cmd, env)
                     shutil.rmtree(out)
                 results[workers] = runs
