@@ -28,7 +28,9 @@ def git_blob_ids(texts: pl.Series) -> pl.Series:
             out.append(None)
             continue
         data = text.encode()
-        out.append(hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest())
+        digest = hashlib.sha1(b"blob %d\0" % len(data), usedforsecurity=False)
+        digest.update(data)  # no header + data copy
+        out.append(digest.hexdigest())
     return pl.Series(texts.name, out, dtype=pl.String)
 
 
