@@ -160,7 +160,7 @@ def apply_strict_by_lines(before: str, diff: str) -> str:
 
 
 # Fast path of apply_strict (the build's round trip runs it on every document).
-_HEADER_LINE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(?: .*)?$", re.M)
+_HEADER_LINE = re.compile(_HEADER.pattern, re.M)  # the same header, found in the whole diff
 _NOT_A_HUNK_LINE = re.compile(r"^[^ +\-]", re.M)  # also an empty line, and the no-newline marker
 _ADDED_LINE = re.compile(r"^\+.*\n", re.M)
 _REMOVED_LINE = re.compile(r"^-.*\n", re.M)
@@ -186,7 +186,7 @@ def _apply_strict_fast(before: str, diff: str) -> str | None:
             return None
         old_text = _OP.sub("", _ADDED_LINE.sub("", body))
         new_text = _OP.sub("", _REMOVED_LINE.sub("", body))
-        a, b, c, d = (int(g) if g is not None else 1 for g in match.groups())
+        a, b, c, d = (int(g) if g is not None else 1 for g in match.groups()[:4])  # the 5th is the section
         if (old_text.count("\n"), new_text.count("\n")) != (b, d):
             return None
         hunks.append((a, b, c, d, old_text.encode("utf-8", "surrogatepass"), new_text.encode("utf-8", "surrogatepass")))

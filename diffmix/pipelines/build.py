@@ -754,11 +754,10 @@ class _PartitionRejects:
         self.decisions = read_ipc_stream(_decisions_path(plan, key))
         self.dropped = pc.indices_nonzero(pc.is_valid(self.decisions.column("stage")))
         self.structural = read_ipc_stream(rejects_path)
-        documents = read_ipc_stream(docs_path, ["input_row", "text"])
+        self.documents = read_ipc_stream(docs_path)
         # Lengths from the offsets alone: no text is read.
-        self.text_bytes = pc.fill_null(pc.binary_length(documents.column("text")), 0).take(self.dropped).to_numpy().astype(np.int64)
-        self._docs_path = docs_path
-        rows = np.concatenate([self.structural.column("input_row").to_numpy(), documents.column("input_row").take(self.dropped).to_numpy()])
+        self.text_bytes = pc.fill_null(pc.binary_length(self.documents.column("text")), 0).take(self.dropped).to_numpy().astype(np.int64)
+        rows = np.concatenate([self.structural.column("input_row").to_numpy(), self.documents.column("input_row").take(self.dropped).to_numpy()])
         self.order = np.argsort(rows, kind="stable")
 
     def rows(self, start: int, stop: int) -> pa.Table:
@@ -768,7 +767,7 @@ class _PartitionRejects:
         is_structural = picked < n
         from_structural, from_documents = picked[is_structural], picked[~is_structural] - n
         chosen = self.dropped.take(pa.array(from_documents, pa.int64()))
-        rows = read_ipc_stream(self._docs_path).take(chosen)
+        rows = self.documents.take(chosen)
         for name in ("stage", "reason", "detail"):
             rows = rows.append_column(name, self.decisions.column(name).take(chosen))
         both = pa.concat_tables([self.structural.take(pa.array(from_structural, pa.int64())).cast(REJECT_SCHEMA), _as_rejects(rows)])
