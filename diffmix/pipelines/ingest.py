@@ -46,6 +46,7 @@ from diffmix.schemas.manifest import InputEntry
 
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".ndjson", ".json.gz")
 _HUB_HOST = ("huggingface.co", 443)
+_CONTENT_COLUMNS = ("old_contents", "new_contents")
 
 
 def check_columns(names: list[str] | set[str], where: str) -> None:
@@ -130,11 +131,28 @@ class ParquetSource(Source):
         return out
 
     def read_slice(self, piece: RowGroupSlice) -> pa.Table:
-        try:
-            table = self._open().read_row_group(piece.row_group)
-        except (pa.ArrowException, OSError) as exc:
-            raise DiffmixError(f"{self.path}: row group {piece.row_group} unreadable ({_first_line(exc)})") from None
-        return normalize_commits(table.slice(piece.start, piece.stop - piece.start), str(self.path))
+        """The slice's rows, normalised. Polars reads only the pages the slice needs, so a
+        partition of a big row group (a file written with pyarrow's or pandas' defaults has
+        one) costs its own rows, not the whole group; pyarrow decodes whole row groups and is
+        the path for what Polars refuses (invalid UTF-8 in a string column, binary text columns).
+        """
+        file = self._open()
+        schema = file.schema_arrow
+        columns = [name for name in schema.names if name in COMMIT_SCHEMA.names]
+        table = None
+        text_types = [schema.field(name).type for name in _CONTENT_COLUMNS if name in columns]
+        if all(pa.types.is_string(t) or pa.types.is_large_string(t) for t in text_types):
+            first = sum(file.metadata.row_group(g).num_rows for g in range(piece.row_group)) + piece.start
+            try:
+                table = pl.scan_parquet(self.path, glob=False).select(columns).slice(first, piece.stop - piece.start).collect().to_arrow()
+            except (pl.exceptions.PolarsError, OSError):
+                table = None  # judged below, row by row or with pyarrow's message
+        if table is None:
+            try:
+                table = file.read_row_group(piece.row_group, columns=columns).slice(piece.start, piece.stop - piece.start)
+            except (pa.ArrowException, OSError) as exc:
+                raise DiffmixError(f"{self.path}: row group {piece.row_group} unreadable ({_first_line(exc)})") from None
+        return normalize_commits(table, str(self.path))
 
 
 class JsonlSource(StreamSource):
@@ -358,7 +376,7 @@ def normalize_commits(table: pa.Table, where: str) -> pa.Table:
 def _decode_binary_columns(table: pa.Table) -> pa.Table:
     """Binary text columns -> strings; bytes that are not UTF-8 become null and mark the row binary."""
     bad = None
-    for name in ("old_contents", "new_contents"):
+    for name in _CONTENT_COLUMNS:
         if name not in table.column_names:
             continue
         column = table.column(name)

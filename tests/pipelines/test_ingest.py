@@ -156,6 +156,33 @@ def test_parquet_slices_cover_every_row(tmp_path: Path) -> None:
     assert sum(source.read_slice(p).num_rows for p in pieces) == 10
 
 
+@pytest.mark.parametrize("row_group_size", [None, 4])  # None: one row group (pyarrow's and pandas' default)
+def test_parquet_slices_equal_the_rows_they_name(tmp_path: Path, row_group_size: int | None) -> None:
+    rows = [dict(r, commit=f"{i:040d}", new_contents=f"v{i}\n" * (i + 1)) for i, r in enumerate(COMMITPACK_ROWS * 7)]
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
+    source = ParquetSource(str(path))
+    read = pa.concat_tables(source.read_slice(p) for p in source.slices(rows_per_partition=3))
+    assert read.equals(normalize_commits(pa.Table.from_pylist(rows), str(path)))
+
+
+@pytest.mark.parametrize(
+    "old_contents",
+    [
+        pa.array([b"ok\n", b"\xff\xfe"], pa.binary()),  # a binary column
+        pa.array([b"ok\n", b"\xff\xfe"], pa.binary()).view(pa.string()),  # a string column holding invalid UTF-8
+    ],
+)
+def test_parquet_slice_with_bytes_that_are_not_utf8(tmp_path: Path, old_contents: pa.Array) -> None:
+    path = tmp_path / "p.parquet"
+    table = pa.table({"commit": ["c", "d"], "new_file": ["a", "b"], "old_contents": old_contents, "new_contents": ["ok2\n", "x"], "message": ["m", "m"]})
+    pq.write_table(table, path)
+    source = ParquetSource(str(path))
+    rows = [row for piece in source.slices(rows_per_partition=1) for row in source.read_slice(piece).to_pylist()]
+    assert [r["is_binary"] for r in rows] == [False, True]
+    assert [r["old_contents"] for r in rows] == ["ok\n", None]
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst"])
 def test_jsonl_variants_equal_parquet(tmp_path: Path, suffix: str) -> None:
     lines = "".join(json.dumps(r) + "\n" for r in COMMITPACK_ROWS).encode()
