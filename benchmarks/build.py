@@ -1,6 +1,6 @@
 """Corpus build of the whole dev Parquet against the I/O floor, measured in one run.
 
-    python benchmarks/build.py [--workers 1 2] [--skip-diff] [--config FILE]
+    python benchmarks/build.py [--workers 1 2] [--skip-diff] [--skip-one-group] [--config FILE]
 
 Prints (Markdown tables):
 * the floor: pyarrow reading the Parquet and writing the same rows as one Arrow IPC stream;
@@ -8,6 +8,9 @@ Prints (Markdown tables):
   tiny input (50 rows: the fixed start-up of the CLI, the Dask cluster and the
   flow), data work = T(full) - T(tiny), its ratio to the floor, peak RSS of any
   process, and the 2-worker speed-up;
+* the same build of the same rows rewritten as one row group (what pyarrow's and
+  pandas' writers give below 1M rows: every partition is a slice of that group),
+  on the most workers, against its own floor;
 * the diff engine (libgit2 xdiff via pygit2) against `difflib.unified_diff`, per pair.
 
 One Prefect server is started for the whole run (its start-up is printed on its own line).
@@ -70,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-diff", action="store_true")
+    parser.add_argument("--skip-one-group", action="store_true", help="skip the build of the same rows rewritten as one row group")
     parser.add_argument("--config", help="a build config (default: the built-in one, every filter on); e.g. benchmarks/configs/filters-off.yaml")
     args = parser.parse_args()
     parquet = require_dev_data()
@@ -83,34 +87,40 @@ def main() -> None:
     try:
         tiny = scratch / "tiny.parquet"
         pq.write_table(pq.ParquetFile(parquet).read_row_group(0).slice(0, 50), tiny)
-        t_floor = floor(parquet, scratch)
+        inputs = {"dev Parquet": parquet}
+        if not args.skip_one_group:
+            # The same rows as one row group: what pyarrow's and pandas' writers give below 1M rows.
+            inputs["same rows, one row group"] = scratch / "one-group.parquet"
+            pq.write_table(pq.read_table(parquet), inputs["same rows, one row group"], compression="zstd")
+        floors = {label: floor(path, scratch) for label, path in inputs.items()}
         rows = pq.ParquetFile(parquet).metadata.num_rows
-        print(table(["floor: pyarrow read Parquet + write IPC stream", "rows", "seconds"], [["whole dev Parquet", rows, t_floor]]))
+        row_groups = {label: pq.ParquetFile(path).metadata.num_row_groups for label, path in inputs.items()}
+        print(table(["floor: pyarrow read Parquet + write IPC stream", "rows", "row groups", "seconds"], [[label, rows, row_groups[label], t] for label, t in floors.items()]))
 
         start = time.perf_counter()
         with prefect_api() as url:
             print(f"\nstart-up (own line, not in any throughput): local Prefect server {time.perf_counter() - start:.1f} s")
             env = {**os.environ, "PREFECT_API_URL": str(url)}
             results = {}
-            for workers in args.workers:
-                runs = {}
-                for name, source in (("tiny", tiny), ("full", parquet)):
-                    out = scratch / f"out-{name}-{workers}"
-                    cmd = [sys.executable, "-m", "diffmix", "build", "--input", str(source), "--out", str(out), "--workers", str(workers)]
-                    cmd += ["--config", args.config] if args.config else []
-                    runs[name] = run_measured(cmd, env)
-                    shutil.rmtree(out)
-                results[workers] = runs
+            for label, path in inputs.items():
+                for workers in args.workers if path == parquet else [max(args.workers)]:
+                    runs = {}
+                    for name, source in (("tiny", tiny), ("full", path)):
+                        out = scratch / f"out-{name}-{workers}"
+                        cmd = [sys.executable, "-m", "diffmix", "build", "--input", str(source), "--out", str(out), "--workers", str(workers)]
+                        cmd += ["--config", args.config] if args.config else []
+                        runs[name] = run_measured(cmd, env)
+                        shutil.rmtree(out)
+                    results[label, workers] = runs
         bench_rows = []
-        for workers, runs in results.items():
+        for (label, workers), runs in results.items():
             (t_tiny, rss_tiny), (t_full, rss_full) = runs["tiny"], runs["full"]
             work = t_full - t_tiny
-            bench_rows.append([workers, t_full, t_tiny, work, work / t_floor, max(rss_tiny, rss_full)])
+            bench_rows.append([label, workers, t_full, t_tiny, work, work / floors[label], max(rss_tiny, rss_full)])
         print()
-        print(table(["workers", "T(full) s", "T(tiny) s = start-up", "data work s", "x floor", "peak RSS MB (any process)"], bench_rows))
-        if 1 in results and 2 in results:
-            w1 = results[1]["full"][0] - results[1]["tiny"][0]
-            w2 = results[2]["full"][0] - results[2]["tiny"][0]
+        print(table(["input", "workers", "T(full) s", "T(tiny) s = start-up", "data work s", "x floor", "peak RSS MB (any process)"], bench_rows))
+        if ("dev Parquet", 1) in results and ("dev Parquet", 2) in results:
+            w1, w2 = (results["dev Parquet", w]["full"][0] - results["dev Parquet", w]["tiny"][0] for w in (1, 2))
             print(f"\n2 workers vs 1 on the data work: {w1 / w2:.2f}x")
         if not args.skip_diff:
             print()

@@ -761,27 +761,31 @@ class _PartitionRejects:
         self.order = np.argsort(rows, kind="stable")
 
     def rows(self, start: int, stop: int) -> pa.Table:
-        """Rejects [start, stop) in input order, as REJECT_SCHEMA rows."""
+        """Rejects [start, stop) in input order, as REJECT_SCHEMA rows.
+
+        One take per column: a row's index into the side it is not on is null, so each
+        side's take gives nulls there (the documents' texts are copied once, not twice)."""
         picked = self.order[start:stop]
         n = self.structural.num_rows
         is_structural = picked < n
-        from_structural, from_documents = picked[is_structural], picked[~is_structural] - n
-        chosen = self.dropped.take(pa.array(from_documents, pa.int64()))
-        rows = self.documents.take(chosen)
-        for name in ("stage", "reason", "detail"):
-            rows = rows.append_column(name, self.decisions.column(name).take(chosen))
-        both = pa.concat_tables([self.structural.take(pa.array(from_structural, pa.int64())).cast(REJECT_SCHEMA), _as_rejects(rows)])
-        # `picked` is in input order; structural and document rows each keep that order in `both`.
-        position = np.empty(len(picked), np.int64)
-        position[is_structural] = np.arange(len(from_structural))
-        position[~is_structural] = len(from_structural) + np.arange(len(from_documents))
-        return both.take(pa.array(position, pa.int64()))
+        structural_index = pa.array(np.where(is_structural, picked, 0), pa.int64(), mask=~is_structural)
+        document_index = self.dropped.take(pa.array(np.where(is_structural, 0, picked - n), pa.int64(), mask=is_structural))
+        columns = {}
+        for wanted in REJECT_SCHEMA:
+            sides = [
+                table.column(wanted.name).take(index).cast(wanted.type)
+                for table, index in ((self.structural, structural_index), (self.documents, document_index), (self.decisions, document_index))
+                # a side whose column is all null (structural rows have no text) adds nothing
+                if wanted.name in table.column_names and table.column(wanted.name).null_count < table.num_rows
+            ]
+            columns[wanted.name] = pc.coalesce(*sides) if len(sides) > 1 else sides[0] if sides else pa.nulls(len(picked), wanted.type)
+        return pa.table(columns, schema=REJECT_SCHEMA)
 
 
 def write_reject_shard(plan: BuildPlan, spec: RejectShardSpec) -> FileEntry:
     """Gather one rejects shard from the partitions' structural rejects and dropped documents."""
     tables = [_PartitionRejects(plan, key).rows(start, stop) for key, start, stop in spec.pieces]
-    table = pa.concat_tables(tables).combine_chunks() if tables else REJECT_SCHEMA.empty_table()
+    table = pa.concat_tables(tables) if tables else REJECT_SCHEMA.empty_table()
     return write_shard(plan.out, f"{REJECTS_DIR}/{shard_name(spec.index, spec.count)}", table)
 
 

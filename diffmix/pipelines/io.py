@@ -80,8 +80,14 @@ def write_ipc_stream(path: str | os.PathLike[str], table: pa.Table, max_chunksiz
     """
     with atomic_open(path) as f:
         with pa.ipc.new_stream(f, table.schema) as writer:
-            if table.num_rows:
-                writer.write_table(table, max_chunksize=max_chunksize)
+            if table.num_rows and max_chunksize:
+                for start in range(0, table.num_rows, max_chunksize):
+                    # Batches of exactly max_chunksize rows whatever the chunks: only a batch
+                    # that straddles chunks is copied (combining the whole table copies it all).
+                    batch = table.slice(start, max_chunksize)
+                    writer.write_table(batch.combine_chunks() if any(c.num_chunks > 1 for c in batch.columns) else batch)
+            elif table.num_rows:
+                writer.write_table(table)
             else:  # one empty batch: `datasets` cannot map a stream without any (for some column types)
                 writer.write_batch(pa.RecordBatch.from_pylist([], schema=table.schema))
     return os.path.getsize(path)
