@@ -145,7 +145,7 @@ class ParquetSource(Source):
             first = sum(file.metadata.row_group(g).num_rows for g in range(piece.row_group)) + piece.start
             try:
                 table = pl.scan_parquet(self.path, glob=False).select(columns).slice(first, piece.stop - piece.start).collect().to_arrow()
-            except (pl.exceptions.PolarsError, OSError):
+            except (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError):
                 table = None  # judged below, row by row or with pyarrow's message
         if table is None:
             try:
