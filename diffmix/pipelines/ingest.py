@@ -3,7 +3,7 @@
 A source URI is one of:
 
 * a local git repository (a directory): see `diffmix.pipelines.gitlog`;
-* a CommitPack-style `.parquet` file (read by row group, in parallel partitions);
+* a CommitPack-style `.parquet` file (read in row slices of its row groups, in parallel partitions);
 * a `.jsonl`, `.jsonl.gz` or `.jsonl.zst` file (streamed with pyarrow's JSON reader);
 * `hf:NAME[:SPLIT]`: a Hugging Face dataset through `datasets.load_dataset(streaming=True)`
   (NAME may be a hub id, online, or a local dataset directory);
@@ -97,7 +97,7 @@ class RowGroupSlice:
 
 
 class ParquetSource(Source):
-    """A CommitPack-style Parquet file, read directly by row-group slices."""
+    """A CommitPack-style Parquet file, read directly in slices of its row groups."""
 
     kind = "parquet"
 
