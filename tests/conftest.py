@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HOME", str(_SESSION_TMP / "hf"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
+import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
 DEV_PARQUET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "commits-dev.parquet"
@@ -84,3 +85,12 @@ def git_repo(tmp_path: Path) -> Path:
     git(repo, "init", "-q", "-b", "main")
     git(repo, "config", "core.autocrlf", "false")
     return repo
+
+
+def damage_first_page(path: Path, column: str) -> None:
+    """Overwrite the header of `column`'s first data page in row group 0 (footer left intact)."""
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    offset = next(meta.column(i).data_page_offset for i in range(meta.num_columns) if meta.column(i).path_in_schema == column)
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))

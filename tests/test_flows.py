@@ -24,7 +24,7 @@ from diffmix.cli import main
 from diffmix.flows import run_build_corpus
 from diffmix.formats.base import get_format
 from diffmix.pipelines.shards import load_table, read_manifest
-from tests.conftest import commit_files, git
+from tests.conftest import commit_files, damage_first_page, git
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -128,6 +128,7 @@ def test_resume_after_sigkill_gives_identical_bytes(tmp_path: Path) -> None:
     [
         (["--input", "/no/such.parquet"], "/no/such.parquet: no such file"),
         (["--input", "{bad_parquet}"], "unreadable Parquet"),
+        (["--input", "{damaged_parquet}"], "damaged.parquet: unreadable Parquet"),
         (["--input", "{no_columns}"], "missing required column(s): old_contents, new_contents"),
         (["--input", "{broken_jsonl}"], "broken JSON line"),
         (["--input", "{not_repo}"], "not a git repository"),
@@ -137,6 +138,8 @@ def test_resume_after_sigkill_gives_identical_bytes(tmp_path: Path) -> None:
 )
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, history: Path, capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    _parquet(tmp_path, rows=20).rename(tmp_path / "damaged.parquet")
+    damage_first_page(tmp_path / "damaged.parquet", "new_contents")
     pq.write_table(pa.table({"commit": ["c"], "new_file": ["x"]}), tmp_path / "nocols.parquet")
     (tmp_path / "broken.jsonl").write_text('{"commit": "c", "new_file": "x", "old_contents": "a", "new_contents": "b", "message": "m"}\n{oops\n')
     (tmp_path / "plain").mkdir()
@@ -144,7 +147,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, history: Path,
     if "--out-is-file" in args:
         args = [a for a in args if a != "--out-is-file"]
         out.write_text("a file")
-    values = {"bad_parquet": tmp_path / "bad.parquet", "no_columns": tmp_path / "nocols.parquet",
+    values = {"bad_parquet": tmp_path / "bad.parquet", "damaged_parquet": tmp_path / "damaged.parquet", "no_columns": tmp_path / "nocols.parquet",
               "broken_jsonl": tmp_path / "broken.jsonl", "not_repo": tmp_path / "plain", "repo": history}  # fmt: skip
     argv = ["build", *[a.format(**values) for a in args], "--out", str(out), "--workers", "1"]
     assert main(argv) == 2

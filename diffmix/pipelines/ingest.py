@@ -9,14 +9,16 @@ A source URI is one of:
   (NAME may be a hub id, online, or a local dataset directory);
 * `synthetic:TASK?key=value&...`: generated documents (see `diffmix.mixers.synthetic`).
 
-`Source.validate()` does every cheap check up front (file exists, Parquet footer
-readable, required columns present, hub reachable) so that bad input fails in
-one line before anything is written. Missing optional columns are derived or
+`Source.validate()` does every check that needs no build work up front (file
+exists, Parquet footer readable and every page decodable, required columns
+present, hub reachable) so that bad input fails in one line before anything is
+written. Missing optional columns are derived or
 filled by `normalize_commits`; bad *rows* are left for the build to reject.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -114,7 +116,15 @@ class ParquetSource(Source):
             raise DiffmixError(f"{self.path}: unreadable Parquet ({_first_line(exc)})") from None
 
     def validate(self) -> None:
-        check_columns(self._open().schema_arrow.names, str(self.path))
+        """Footer and columns, then every page of the columns a build reads, decoded once by
+        pyarrow: a corrupt page fails here, in one line, before any work."""
+        file = self._open()
+        check_columns(file.schema_arrow.names, str(self.path))
+        leaves = tuple(i for i in range(file.metadata.num_columns) if file.schema.column(i).path.split(".")[0] in COMMIT_SCHEMA.names)
+        stat = self.path.stat()
+        problem = _undecodable_pages(str(self.path), stat.st_size, stat.st_mtime_ns, leaves)
+        if problem is not None:
+            raise DiffmixError(f"{self.path}: unreadable Parquet ({problem})")
 
     def fingerprint(self) -> str:
         return f"sha256:{sha256_file(self.path)}"
@@ -135,6 +145,7 @@ class ParquetSource(Source):
         partition of a big row group (a file written with pyarrow's or pandas' defaults has
         one) costs its own rows, not the whole group; pyarrow decodes whole row groups and is
         the path for what Polars refuses (invalid UTF-8 in a string column, binary text columns).
+        `validate` has had pyarrow decode every page, so both readers see a well-formed file.
         """
         file = self._open()
         schema = file.schema_arrow
@@ -145,6 +156,9 @@ class ParquetSource(Source):
             first = sum(file.metadata.row_group(g).num_rows for g in range(piece.row_group)) + piece.start
             try:
                 table = pl.scan_parquet(self.path, glob=False).select(columns).slice(first, piece.stop - piece.start).collect().to_arrow()
+                for i, name in enumerate(table.column_names):  # dates and times as pyarrow reads them
+                    if pa.types.is_temporal(schema.field(name).type) and table.schema.field(i).type != schema.field(name).type:
+                        table = table.set_column(i, name, table.column(i).cast(schema.field(name).type))
             except (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError):
                 table = None  # judged below, row by row or with pyarrow's message
         if table is None:
@@ -153,6 +167,21 @@ class ParquetSource(Source):
             except (pa.ArrowException, OSError) as exc:
                 raise DiffmixError(f"{self.path}: row group {piece.row_group} unreadable ({_first_line(exc)})") from None
         return normalize_commits(table, str(self.path))
+
+
+@functools.lru_cache(maxsize=32)
+def _undecodable_pages(path: str, size: int, mtime_ns: int, leaves: tuple[int, ...]) -> str | None:
+    """pyarrow's complaint about the first page of these leaf columns it cannot decode, or None.
+
+    One pass per file version and process (`check_inputs` runs twice per build); memory is
+    bounded by a column chunk. Polars decodes some damaged pages without an error (a zeroed
+    dictionary bit width reads as valid, giving wrong values) or panics on them.
+    """
+    try:
+        pq.ParquetFile(path).scan_contents(list(leaves))
+    except (pa.ArrowException, OSError) as exc:
+        return _first_line(exc)
+    return None
 
 
 class JsonlSource(StreamSource):

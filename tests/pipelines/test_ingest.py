@@ -25,7 +25,7 @@ from diffmix.pipelines.ingest import (
 )
 from diffmix.schemas.columns import COMMIT_SCHEMA
 from diffmix.schemas.config import BuildConfig
-from tests.conftest import commit_files, git
+from tests.conftest import commit_files, damage_first_page, git
 
 
 def _rows(repo: Path) -> list[dict]:
@@ -144,6 +144,16 @@ def test_truncated_parquet(tmp_path: Path) -> None:
     bad.write_bytes(good.read_bytes()[:-100])
     with pytest.raises(DiffmixError, match="unreadable Parquet"):
         ParquetSource(str(bad)).validate()
+
+
+def test_parquet_with_a_damaged_page_fails_validation(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.parquet"
+    pq.write_table(pa.Table.from_pylist(COMMITPACK_ROWS * 5), path)
+    damage_first_page(path, "new_contents")
+    source = ParquetSource(str(path))
+    assert source.slices(rows_per_partition=3)  # the footer still reads
+    with pytest.raises(DiffmixError, match=r"damaged\.parquet: unreadable Parquet \("):
+        source.validate()
 
 
 def test_parquet_slices_cover_every_row(tmp_path: Path) -> None:
