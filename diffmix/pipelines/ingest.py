@@ -159,7 +159,7 @@ class ParquetSource(Source):
                 for i, name in enumerate(table.column_names):  # dates and times as pyarrow reads them
                     if pa.types.is_temporal(schema.field(name).type) and table.schema.field(i).type != schema.field(name).type:
                         table = table.set_column(i, name, table.column(i).cast(schema.field(name).type))
-            except (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError):
+            except (pl.exceptions.PolarsError, pl.exceptions.PanicException, pa.ArrowException, OSError):
                 table = None  # judged below, row by row or with pyarrow's message
         if table is None:
             try:
