@@ -36,7 +36,7 @@ from rich.progress import (  # noqa: E402
     TimeElapsedColumn,
 )
 
-from diffmix.errors import DiffmixError  # noqa: E402
+from diffmix.errors import DiffmixError, first_line  # noqa: E402
 from diffmix.pipelines import build as corpus  # noqa: E402
 from diffmix.schemas.config import load_build_config  # noqa: E402
 
@@ -300,7 +300,7 @@ def compare_recipes(
         try:
             future.result()
         except Exception as exc:  # its runs are reported as failed, the others go on
-            mixture_errors[directory] = f"mixture failed: {_first_line(exc)}"
+            mixture_errors[directory] = f"mixture failed: {first_line(exc)}"
     futures = {}
     for run in runs:
         if run.mixture_dir not in mixture_errors:
@@ -313,7 +313,7 @@ def compare_recipes(
             try:
                 futures[run.run_id].result()
             except Exception as exc:  # one failed run must not lose the others
-                error = _first_line(exc)
+                error = first_line(exc)
         status = "ok" if error is None else "failed"
         rows.append(compare.run_row(run, by_name[run.recipe], status, error))
     mixture_dirs = {run.recipe: run.mixture_dir for run in runs}
@@ -330,11 +330,6 @@ def _publish_artifacts(result: dict[str, Any]) -> None:
         key = "comparison-" + "".join(c if c.isalnum() else "-" for c in skill.lower()).strip("-")
         create_table_artifact(table=rows, key=key, description=f"Skill {skill}: speed to threshold per recipe")
     create_markdown_artifact(markdown=Path(result["report_md"]).read_text(encoding="utf-8"), key="comparison-report", description="diffmix recipe comparison")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def run_compare_recipes(

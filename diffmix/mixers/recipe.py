@@ -61,7 +61,7 @@ from pydantic import (
     model_validator,
 )
 
-from diffmix.errors import DiffmixError
+from diffmix.errors import DiffmixError, first_line
 from diffmix.schemas.config import read_yaml_mapping
 
 HELPERS = ("uniform", "proportional")
@@ -153,9 +153,7 @@ def where_expression(clause: str) -> pl.Expr:
     try:
         return pl.sql_expr(clause)
     except Exception as exc:  # polars raises several SQL error types
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        raise ValueError(f"not a valid SQL WHERE clause: {first} (got {clause!r})") from None
+        raise ValueError(f"not a valid SQL WHERE clause: {first_line(exc)} (got {clause!r})") from None
 
 
 class Budget(_Strict):

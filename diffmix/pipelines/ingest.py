@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from diffmix.errors import DiffmixError
+from diffmix.errors import DiffmixError, first_line
 from diffmix.pipelines.io import sha256_file
 from diffmix.schemas.columns import (
     COMMIT_SCHEMA,
@@ -113,7 +113,7 @@ class ParquetSource(Source):
         try:
             return pq.ParquetFile(self.path)
         except (pa.ArrowException, OSError) as exc:
-            raise DiffmixError(f"{self.path}: unreadable Parquet ({_first_line(exc)})") from None
+            raise DiffmixError(f"{self.path}: unreadable Parquet ({first_line(exc)})") from None
 
     def validate(self) -> None:
         """Footer and columns, then every page of the columns a build reads, decoded once by
@@ -165,7 +165,7 @@ class ParquetSource(Source):
             try:
                 table = file.read_row_group(piece.row_group, columns=columns).slice(piece.start, piece.stop - piece.start)
             except (pa.ArrowException, OSError) as exc:
-                raise DiffmixError(f"{self.path}: row group {piece.row_group} unreadable ({_first_line(exc)})") from None
+                raise DiffmixError(f"{self.path}: row group {piece.row_group} unreadable ({first_line(exc)})") from None
         return normalize_commits(table, str(self.path))
 
 
@@ -180,7 +180,7 @@ def _undecodable_pages(path: str, size: int, mtime_ns: int, leaves: tuple[int, .
     try:
         pq.ParquetFile(path).scan_contents(list(leaves))
     except (pa.ArrowException, OSError) as exc:
-        return _first_line(exc)
+        return first_line(exc)
     return None
 
 
@@ -200,7 +200,7 @@ class JsonlSource(StreamSource):
         try:
             first = _first_line_of(self.path)
         except (pa.ArrowException, OSError) as exc:
-            raise DiffmixError(f"{self.path}: unreadable ({_first_line(exc)})") from None
+            raise DiffmixError(f"{self.path}: unreadable ({first_line(exc)})") from None
         if not first.strip():
             raise DiffmixError(f"{self.path}: empty file (no JSON line)")
         try:
@@ -227,7 +227,7 @@ class JsonlSource(StreamSource):
                     rows += batch.num_rows
                     yield normalize_commits(pa.Table.from_batches([batch]), str(self.path))
         except pa.ArrowException as exc:
-            raise DiffmixError(f"{self.path}: broken JSON line after row {rows} ({_first_line(exc)})") from None
+            raise DiffmixError(f"{self.path}: broken JSON line after row {rows} ({first_line(exc)})") from None
 
 
 class GitSource(StreamSource):
@@ -301,7 +301,7 @@ class HuggingFaceSource(StreamSource):
         try:
             return datasets.load_dataset(self.name, split=self.split, streaming=True)
         except Exception as exc:  # datasets raises many types for a missing/unreachable dataset
-            raise DiffmixError(f"{self.uri}: cannot load dataset ({_first_line(exc)})") from None
+            raise DiffmixError(f"{self.uri}: cannot load dataset ({first_line(exc)})") from None
 
     def iter_tables(self, config: BuildConfig) -> Iterator[pa.Table]:
         dataset = self._dataset()
@@ -375,10 +375,10 @@ def normalize_commits(table: pa.Table, where: str) -> pa.Table:
     frame = pl.from_arrow(table, rechunk=False)
     assert isinstance(frame, pl.DataFrame)
     col = pl.col
-    first_line = col("message").str.split_exact("\n", 1).struct.field("field_0")
+    subject_line = col("message").str.split_exact("\n", 1).struct.field("field_0")
     frame = frame.with_columns(
         pl.coalesce(col("message"), col("subject")).alias("message"),
-        pl.coalesce(col("subject"), first_line).alias("subject"),
+        pl.coalesce(col("subject"), subject_line).alias("subject"),
         pl.coalesce(col("old_file"), col("new_file")).alias("old_file"),
         pl.coalesce(col("new_file"), col("old_file")).alias("new_file"),
     )
@@ -399,7 +399,7 @@ def normalize_commits(table: pa.Table, where: str) -> pa.Table:
     try:
         return out.cast(COMMIT_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise DiffmixError(f"{where}: a column has the wrong type ({_first_line(exc)})") from None
+        raise DiffmixError(f"{where}: a column has the wrong type ({first_line(exc)})") from None
 
 
 def _decode_binary_columns(table: pa.Table) -> pa.Table:
@@ -459,8 +459,3 @@ def _first_line_of(path: Path, limit: int = 64 << 20) -> bytes:
                 break
             data += chunk
     return data.split(b"\n", 1)[0]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
