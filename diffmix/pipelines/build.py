@@ -41,7 +41,6 @@ from diffmix.filters.dedup import band_keys, bucket_pairs, components
 from diffmix.formats.base import get_format
 from diffmix.formats.window import WindowSpec
 from diffmix.pipelines.document import (
-    RENDERED_SCHEMA,
     doc_ids,
     normalized_message,
     redact_rows,
@@ -336,9 +335,8 @@ def process_partition(plan: BuildPlan, part: Partition) -> PartitionStats:
     window = WindowSpec.parse(plan.config.window, seed=plan.config.window_seed)
     rendered, failures = render_rows(ready, get_format(plan.config.format), window)
     ready = ready.with_columns(pl.Series("reason", failures, dtype=pl.String))
-    ok = [r for r in rendered if r is not None]
     clock.lap("diff_render")
-    documents, sources = _documents(ready.filter(pl.col("reason").is_null()), ok, plan, source_label(plan.inputs[part.source]))
+    documents, sources = _documents(ready.filter(pl.col("reason").is_null()), rendered, plan, source_label(plan.inputs[part.source]))
     clock.lap("scores")
     # A windowed document shows the window: its MinHash text is the window's, as a refilter recovers it.
     documents, verdicts = engine.decide_rows(documents, plan.config, sources if window.whole_file else None)
@@ -374,18 +372,16 @@ def source_label(entry: InputEntry) -> str:
     return f"{entry.kind}:{name}"
 
 
-def _documents(frame: pl.DataFrame, rendered: list[dict[str, Any]], plan: BuildPlan, source: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _documents(frame: pl.DataFrame, rendered: pl.DataFrame, plan: BuildPlan, source: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Commit rows + their rendered columns -> CORPUS_SCHEMA columns (documents + filter scores),
     and the redacted old file and diff of each (for lazy signatures; not stored)."""
-    parts = pl.from_arrow(pa.Table.from_pylist(rendered, schema=RENDERED_SCHEMA))
-    assert isinstance(parts, pl.DataFrame)
     base = frame.drop("lines_added", "lines_deleted").with_columns(
         pl.lit(plan.config.format).alias("format"),
         pl.lit(source).alias("source"),
         pl.col("old_contents").str.len_chars().cast(pl.Int32).alias("old_chars"),
         pl.col("new_contents").str.len_chars().cast(pl.Int32).alias("new_chars"),
     )
-    base = _with_split(pl.concat([base, parts], how="horizontal"), plan.config)
+    base = _with_split(pl.concat([base, rendered], how="horizontal"), plan.config)
     scores = engine.score(base, plan.config)
     return pl.concat([base.select(DOCUMENT_SCHEMA.names), scores], how="horizontal"), base.select("old_contents", "diff")
 

@@ -25,7 +25,6 @@ from collections import Counter
 from typing import Any
 
 import polars as pl
-import pyarrow as pa
 
 from diffmix.filters.base import TEXT_IDS, distinct_ids, on_distinct
 from diffmix.filters.secrets import detectors, redact, secret_in_change
@@ -158,15 +157,16 @@ def redact_rows(frame: pl.DataFrame, config: RedactConfig) -> tuple[pl.DataFrame
     return frame, dict(sorted(kinds.items()))
 
 
-def render_rows(frame: pl.DataFrame, fmt: Format, window: WindowSpec | None = None) -> tuple[list[dict[str, Any] | None], list[str | None]]:
-    """Diff, render and round-trip each row; return (rendered columns or None, failure reason or None).
+def render_rows(frame: pl.DataFrame, fmt: Format, window: WindowSpec | None = None) -> tuple[pl.DataFrame, list[str | None]]:
+    """Diff, render and round-trip each row; return the rendered columns of the rows that
+    passed (`RENDERED_COLUMNS`, in row order) and each row's failure reason or None.
 
     The round trip is the format's own parser applied to the emitted document:
     it must give back the new file (of the window, when BEF is windowed) byte
     for byte. The returned `diff` (scored by the change rules) is always the
     whole file's; a windowed document carries the window's diff.
     """
-    rendered: list[dict[str, Any] | None] = []
+    columns: dict[str, list[Any]] = {name: [] for name in RENDERED_COLUMNS}
     failures: list[str | None] = []
     windowed = window is not None and not window.whole_file
     rows = frame.select("new_file", "old_contents", "message", "new_contents", "change_type", "doc_id").iter_rows()
@@ -174,7 +174,6 @@ def render_rows(frame: pl.DataFrame, fmt: Format, window: WindowSpec | None = No
         try:
             diff = diff_texts(before, after)
         except BinaryDiffError:
-            rendered.append(None)
             failures.append("binary")
             continue
         whole = EditRecord(path, before, message, after, diff, new_file=change == "A")
@@ -185,38 +184,31 @@ def render_rows(frame: pl.DataFrame, fmt: Format, window: WindowSpec | None = No
         except ParseError:
             ok = False
         if not ok:
-            rendered.append(None)
             failures.append("diff_roundtrip_failed")
             continue
-        rendered.append(
-            {
-                "text": doc.text,
-                "target_start": doc.target_start,
-                "bef_start": doc.sections.get("bef_start"),
-                "msg_start": doc.sections.get("msg_start"),
-                "dff_start": doc.sections.get("dff_start"),
-                "diff_chars": len(diff.text),
-                "n_hunks": diff.hunks,
-                "lines_added": diff.added,
-                "lines_deleted": diff.deleted,
-                "diff": diff.text,
-            }
-        )
+        values = (
+            doc.text, doc.target_start, doc.sections.get("bef_start"), doc.sections.get("msg_start"), doc.sections.get("dff_start"),
+            len(diff.text), diff.hunks, diff.added, diff.deleted, diff.text,
+        )  # fmt: skip
+        for column, value in zip(columns.values(), values):
+            column.append(value)
         failures.append(None)
-    return rendered, failures
+    # Columns of Python values straight into Polars: 2-5x faster than pyarrow's from_pylist for the texts.
+    return pl.DataFrame(columns, schema=RENDERED_COLUMNS), failures
 
 
-RENDERED_SCHEMA = pa.schema(
-    [
-        pa.field("text", pa.large_string()),
-        pa.field("target_start", pa.int32()),
-        pa.field("bef_start", pa.int32()),
-        pa.field("msg_start", pa.int32()),
-        pa.field("dff_start", pa.int32()),
-        pa.field("diff_chars", pa.int32()),
-        pa.field("n_hunks", pa.int32()),
-        pa.field("lines_added", pa.int32()),
-        pa.field("lines_deleted", pa.int32()),
-        pa.field("diff", pa.large_string()),  # for scoring only; not a document column
-    ]
+# What `render_rows` gives per row, in this order.
+RENDERED_COLUMNS = pl.Schema(
+    {
+        "text": pl.String,
+        "target_start": pl.Int32,
+        "bef_start": pl.Int32,
+        "msg_start": pl.Int32,
+        "dff_start": pl.Int32,
+        "diff_chars": pl.Int32,
+        "n_hunks": pl.Int32,
+        "lines_added": pl.Int32,
+        "lines_deleted": pl.Int32,
+        "diff": pl.String,  # for scoring only; not a document column
+    }
 )

@@ -110,4 +110,4 @@ def test_render_rows_flags_roundtrip_failures_and_binary() -> None:
     )
     rendered, failures = render_rows(frame, get_format("openelm_v1"))
     assert failures == [None, "binary"]
-    assert rendered[0] is not None and rendered[0]["n_hunks"] == 1
+    assert rendered.height == 1 and rendered["n_hunks"].to_list() == [1]
