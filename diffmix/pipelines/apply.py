@@ -161,10 +161,6 @@ def apply_strict_by_lines(before: str, diff: str) -> str:
 
 # Fast path of apply_strict (the build's round trip runs it on every document).
 _HEADER_LINE = re.compile(_HEADER.pattern, re.M)  # the same header, found in the whole diff
-_NOT_A_HUNK_LINE = re.compile(r"^[^ +\-]", re.M)  # also an empty line, and the no-newline marker
-_ADDED_LINE = re.compile(r"^\+.*\n", re.M)
-_REMOVED_LINE = re.compile(r"^-.*\n", re.M)
-_OP = re.compile(r"^.", re.M)
 
 
 def _apply_strict_fast(before: str, diff: str) -> str | None:
@@ -182,13 +178,24 @@ def _apply_strict_fast(before: str, diff: str) -> str | None:
     hunks = []
     for k, match in enumerate(headers):
         body = diff[match.end() + 1 : headers[k + 1].start() if k + 1 < len(headers) else len(diff)]
-        if _NOT_A_HUNK_LINE.search(body):
-            return None
-        old_text = _OP.sub("", _ADDED_LINE.sub("", body))
-        new_text = _OP.sub("", _REMOVED_LINE.sub("", body))
+        old: list[str] = []
+        new: list[str] = []
+        for line in body.split("\n")[:-1]:  # the body ends with "\n"
+            op = line[:1]
+            if op == " ":
+                old.append(line[1:])
+                new.append(line[1:])
+            elif op == "-":
+                old.append(line[1:])
+            elif op == "+":
+                new.append(line[1:])
+            else:  # also an empty line, and the no-newline marker
+                return None
         a, b, c, d = (int(g) if g is not None else 1 for g in match.groups()[:4])  # the 5th is the section
-        if (old_text.count("\n"), new_text.count("\n")) != (b, d):
+        if (len(old), len(new)) != (b, d):
             return None
+        old_text = "\n".join(old) + "\n" if old else ""
+        new_text = "\n".join(new) + "\n" if new else ""
         hunks.append((a, b, c, d, old_text.encode("utf-8", "surrogatepass"), new_text.encode("utf-8", "surrogatepass")))
     data = before.encode("utf-8", "surrogatepass")
     newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
