@@ -168,7 +168,7 @@ def decide_rows(table: pl.DataFrame, config: BuildConfig, sources: pl.DataFrame 
     for rule in scoring_rules(config):
         if rule.lazy:
             fill = getattr(rule, "fill")
-            table = fill(table, alive if rule.name in configured else pl.Series([False] * table.height))
+            table = fill(table, alive if rule.name in configured else pl.Series([False] * table.height, dtype=pl.Boolean))
             if rule.name in configured:
                 alive = alive & first_reason(table, [rule]).is_null()
     return _fill_signatures(table, alive, config, sources), first_reason(table, rules)
@@ -177,7 +177,7 @@ def decide_rows(table: pl.DataFrame, config: BuildConfig, sources: pl.DataFrame 
 def _fill_signatures(table: pl.DataFrame, alive: pl.Series, config: BuildConfig, sources: pl.DataFrame | None) -> pl.DataFrame:
     """`f_minhash` exactly for the rows that reach dedup (null elsewhere)."""
     hasher = minhasher(config)
-    need = alive if hasher is not None else pl.Series([False] * table.height)
+    need = alive if hasher is not None else pl.Series([False] * table.height, dtype=pl.Boolean)
     stored = table["f_minhash"].is_not_null()
     keep = (need & stored).to_numpy()
     todo = (need & ~stored).arg_true().to_numpy()

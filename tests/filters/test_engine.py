@@ -102,3 +102,13 @@ def test_scores_on_distinct_texts_survive_gaps_in_the_ids() -> None:
     keep = pl.Series([False, True, False, True, True, True])  # drop rows 0 and 2: "eeeee" disappears
     lengths = on_distinct([old.filter(keep), new.filter(keep)], lambda t: t.str.len_bytes().to_frame("n"), [i.filter(keep) for i in ids])
     assert lengths[0]["n"].to_list() == [2, 4, None, 2] and lengths[1]["n"].to_list() == [3, 1, 2, 4]
+
+
+@pytest.mark.parametrize("rules", [[], None])
+def test_decide_rows_on_no_rows(rules: list | None) -> None:
+    """A partition can be empty (a shallow clone's only commit is skipped); with or without rules."""
+    from tests.filters.conftest import row, scored
+
+    config = BuildConfig() if rules is None else BuildConfig.model_validate({"filters": {"rules": rules, "dedup": {"near": None}}})
+    table, reasons = engine.decide_rows(scored([row()], config).clear(), config)
+    assert (table.height, reasons.to_list()) == (0, [])
