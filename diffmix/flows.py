@@ -12,8 +12,9 @@ workers; otherwise each worker process would start a temporary server of its own
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,13 +115,39 @@ def _progress(futures: list[Any], label: str) -> list[Any]:
     return [results[i] for i in range(len(futures))]
 
 
+def _panics_as_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn`, raising a Rust panic as a RuntimeError.
+
+    pyo3's PanicException (Polars, tokenizers) is a BaseException: raised inside a
+    Prefect task on Dask it escapes the engine's error handling and the flow hangs
+    instead of failing.
+    """
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            raise
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+                raise
+            raise RuntimeError(f"{type(exc).__name__}: {first_line(exc)}") from None
+
+    return call
+
+
+def _task(fn: Callable[..., Any], name: str, **options: Any) -> Any:
+    return task(_panics_as_errors(fn), name=name, cache_policy=NO_CACHE, **options)
+
+
 # --- corpus build ---------------------------------------------------------------
 
-stage_source_task = task(corpus.stage_source, name="stage_source", retries=RETRIES, retry_condition_fn=_transient, cache_policy=NO_CACHE)
-process_partition_task = task(corpus.process_partition, name="process_partition", retries=RETRIES, retry_condition_fn=_transient, cache_policy=NO_CACHE)
-write_shard_task = task(corpus.write_data_shard, name="write_shard", retries=RETRIES, retry_condition_fn=_transient, cache_policy=NO_CACHE)
-write_rejects_task = task(corpus.write_reject_shard, name="write_rejects", retries=RETRIES, retry_condition_fn=_transient, cache_policy=NO_CACHE)
-near_dedup_task = task(corpus.near_dedup_group, name="near_dedup", retries=RETRIES, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+stage_source_task = _task(corpus.stage_source, "stage_source", retries=RETRIES, retry_condition_fn=_transient)
+process_partition_task = _task(corpus.process_partition, "process_partition", retries=RETRIES, retry_condition_fn=_transient)
+write_shard_task = _task(corpus.write_data_shard, "write_shard", retries=RETRIES, retry_condition_fn=_transient)
+write_rejects_task = _task(corpus.write_reject_shard, "write_rejects", retries=RETRIES, retry_condition_fn=_transient)
+near_dedup_task = _task(corpus.near_dedup_group, "near_dedup", retries=RETRIES, retry_condition_fn=_transient)
 
 
 def _env_workers() -> int:
@@ -225,8 +252,8 @@ def _train(data: str, out: str, config: Any) -> dict[str, Any]:
     return train(data, out, config)
 
 
-build_mixture_task = task(_build_mixture, name="build_mixture", cache_policy=NO_CACHE)
-measure_task = task(_train, name="train", cache_policy=NO_CACHE)
+build_mixture_task = _task(_build_mixture, "build_mixture")
+measure_task = _task(_train, "train")
 
 
 @flow(name="build_mixture")

@@ -227,3 +227,25 @@ def test_build_with_every_filter_off_keeps_every_document(tmp_path: Path, histor
     manifest = run_build_corpus([str(history)], str(tmp_path / "out"), workers=1, config_overrides=off)
     assert manifest["counts"]["dropped"] == manifest["counts"]["by_stage"]["structural"]["dropped"]
     assert manifest["counts"]["kept"] == manifest["counts"]["by_stage"]["structural"]["kept"] > 0
+
+
+def test_task_panics_become_errors() -> None:
+    """A Rust panic (pyo3's PanicException, a BaseException) would hang a flow on Dask: every task raises it as a RuntimeError."""
+    import polars as pl
+
+    from diffmix import flows
+
+    def panics() -> None:
+        raise pl.exceptions.PanicException("index out of bounds")
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(RuntimeError, match="^PanicException: index out of bounds$"):
+        flows._panics_as_errors(panics)()
+    with pytest.raises(KeyboardInterrupt):
+        flows._panics_as_errors(interrupted)()
+    with pytest.raises(ValueError, match="plain"):
+        flows._panics_as_errors(lambda: int("plain"))()
+    tasks = [v for v in vars(flows).values() if type(v).__name__ == "Task"]
+    assert len(tasks) == 7 and all(hasattr(t.fn, "__wrapped__") for t in tasks)
