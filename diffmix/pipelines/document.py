@@ -5,7 +5,7 @@ structural reject reasons, sizes, splits). Diffing, rendering and the round
 trip are one libgit2 / Python call per row: that is the work itself.
 
 Structural reasons (stable codes, first match wins, in this order):
-`missing_field`, `binary`, `too_large`, `null_contents`, `deleted_file`,
+`missing_field`, `binary`, `bad_encoding`, `too_large`, `null_contents`, `deleted_file`,
 `pure_rename`, `no_change`, `bad_path`, `empty_message`, `literal_tag`, then
 after redaction `redacted_no_change` (the change was only secrets or PII, which
 redaction replaced by the same placeholder on both sides), then after diffing
@@ -43,7 +43,7 @@ TRAILER_KEYS = (
 _TRAILER_LINE = r"(?mi)^(?:" + "|".join(k.replace(" ", r"\s") for k in TRAILER_KEYS) + r")\s*:.*$"
 
 STRUCTURAL_REASONS = (
-    "missing_field", "binary", "too_large", "null_contents", "deleted_file", "pure_rename",
+    "missing_field", "binary", "bad_encoding", "too_large", "null_contents", "deleted_file", "pure_rename",
     "no_change", "bad_path", "empty_message", "literal_tag", "redacted_no_change", "diff_roundtrip_failed",
 )  # fmt: skip
 
@@ -70,6 +70,7 @@ def structural_reason(max_file_bytes: int) -> pl.Expr:
     checks: list[tuple[str, pl.Expr]] = [
         ("missing_field", col("commit").is_null() | col("new_file").is_null() | (col("new_file") == "")),
         ("binary", col("is_binary").fill_null(False)),
+        ("bad_encoding", col("bad_encoding").fill_null(False)),
         (
             "too_large",
             col("too_large").fill_null(False)

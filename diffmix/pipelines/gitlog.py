@@ -2,45 +2,73 @@
 
 Every non-merge commit reachable from HEAD, newest first (topological, then
 time order), one row per changed file with git's A/M/D/R status (renames found
-as `git -M` does), binary and size flags, and both blob texts. All in one
-process through libgit2: no subprocess per commit or file.
+as `git -M` does, whatever the user's `diff.renames` setting; a file that
+becomes a symlink or the other way round is one modified row), binary and size
+flags, and both blob texts. All in one process through libgit2: no subprocess
+per commit or file.
+
+What is not file text counts as binary: a blob with a NUL in its first 8,000
+bytes or that is not UTF-8, a submodule (its "content" is a commit id) and a
+symlink (its target path). A message, author or path that is not text in the
+commit's declared encoding (UTF-8 when none) is decoded with U+FFFD and marks
+the row `bad_encoding`. In a shallow clone, the commits at the boundary are
+skipped: their parents are missing, so their diffs would invent added files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pygit2
-from pygit2.enums import SortMode
+from pygit2.enums import DiffFind, DiffOption, RepositoryOpenFlag, SortMode
 
-from diffmix.errors import DiffmixError
+from diffmix.errors import DiffmixError, first_line
 from diffmix.schemas.columns import COMMIT_SCHEMA
 from diffmix.schemas.languages import language_of
 
 _BINARY_PROBE_BYTES = 8000  # git's own heuristic: a NUL in the first 8,000 bytes
 _SUBMODULE_MODE = 0o160000
-_STATUS = {"A": "A", "M": "M", "D": "D", "R": "R", "T": "M", "C": "A"}
+_SYMLINK_MODE = 0o120000
+_STATUS = {"A": "A", "M": "M", "D": "D", "R": "R", "T": "M"}  # T: file <-> symlink (binary: a link is no file text)
 _REMOTE = re.compile(r"(?:[:/])([^/:]+/[^/]+?)(?:\.git)?/?$")
 _LICENSE_FILES = ("LICENSE", "LICENSE.md", "LICENSE.txt", "LICENCE", "COPYING", "COPYING.md")
 
 
 def open_repository(path: str | Path) -> pygit2.Repository:
-    """Open a repository or fail in one line."""
+    """Open a repository at exactly `path` (its top level, its .git or a bare repository) or fail in one line."""
     if not Path(path).exists():
         raise DiffmixError(f"{path}: no such file or directory")
     try:
-        repo = pygit2.Repository(str(path))
+        repo = pygit2.Repository(str(path), flags=RepositoryOpenFlag.NO_SEARCH)
     except pygit2.GitError:
-        raise DiffmixError(f"{path}: not a git repository") from None
+        # Not a subdirectory either: its history is the enclosing repository's, all of it.
+        enclosing = pygit2.discover_repository(str(path))
+        top = (pygit2.Repository(enclosing).workdir or enclosing) if enclosing else None
+        raise DiffmixError(
+            f"{path}: not a git repository" + (f" (a directory inside {top.rstrip('/')}: give that one)" if top else "")
+        ) from None
     if repo.head_is_unborn:
         raise DiffmixError(f"{path}: git repository has no commits")
+    if _is_partial_clone(repo):
+        raise DiffmixError(f"{path}: a partial clone (blobs fetched on demand, which libgit2 cannot do); use a full clone")
     return repo
+
+
+def _is_partial_clone(repo: pygit2.Repository) -> bool:
+    """A clone made with `--filter`: a promisor remote (or the older `extensions.partialclone`)."""
+    for entry in repo.config:
+        name = entry.name.lower()
+        if name == "extensions.partialclone" or (
+            name.startswith("remote.") and name.endswith(".promisor") and entry.value.lower() in ("true", "yes", "on", "1")
+        ):
+            return True
+    return False
 
 
 def head_commit(repo: pygit2.Repository) -> str:
@@ -94,7 +122,7 @@ def _blob_text(repo: pygit2.Repository, file: Any, max_bytes: int) -> tuple[str 
     """(text, is_binary, too_large) of one side of a delta; ("", False, False) when absent."""
     if file.id.raw == bytes(20):
         return "", False, False
-    if file.mode == _SUBMODULE_MODE:
+    if file.mode in (_SUBMODULE_MODE, _SYMLINK_MODE):
         return None, True, False
     blob = repo[file.id]
     if blob.size > max_bytes:
@@ -106,6 +134,20 @@ def _blob_text(repo: pygit2.Repository, file: Any, max_bytes: int) -> tuple[str 
         return data.decode("utf-8"), False, False
     except UnicodeDecodeError:
         return None, True, False
+
+
+def _decoded(raw: bytes, encoding: str | None = None) -> tuple[str, bool]:
+    """(text, was it bad) of a commit header field, message or path.
+
+    The declared encoding first (UTF-8 when none); then UTF-8, as git prints the
+    bytes as they are when it cannot convert them; else U+FFFD for the bad bytes.
+    """
+    for name in (encoding or "utf-8", "utf-8"):
+        try:
+            return raw.decode(name), False
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return raw.decode("utf-8", "replace"), True
 
 
 def _iso_utc(signature: pygit2.Signature) -> str:
@@ -124,49 +166,70 @@ def iter_repository_rows(
     name = repo_name or repository_name(repo, path)
     spdx = license or detect_license(repo)
     rows: list[dict[str, Any]] = []
+    boundary = _shallow_boundary(repo)
     walker = repo.walk(repo.head.target, SortMode.TOPOLOGICAL | SortMode.TIME)
     for commit in walker:
-        if len(commit.parents) > 1:
-            continue  # merge commits: their change is already in the merged commits
-        parent = commit.parents[0] if commit.parents else None
-        diff = repo.diff(parent, commit) if parent is not None else commit.tree.diff_to_tree(swap=True)
-        diff.find_similar()  # renames, as `git -M` (50% similarity)
-        message = commit.message.rstrip("\n")
-        author = commit.author
-        common = {
-            "commit": str(commit.id),
-            "parent": str(parent.id) if parent is not None else None,
-            "subject": message.split("\n", 1)[0],
-            "message": message,
-            "license": spdx,
-            "repos": name,
-            "author_date": _iso_utc(author),
-            "author_email_hash": hashlib.sha1(author.email.lower().encode()).hexdigest(),
-            "author_name": author.name,
-        }
-        for patch in diff:
-            delta = patch.delta
-            old_text, old_bin, old_big = _blob_text(repo, delta.old_file, max_file_bytes)
-            new_text, new_bin, new_big = _blob_text(repo, delta.new_file, max_file_bytes)
-            binary = old_bin or new_bin or delta.is_binary
-            _, added, deleted = patch.line_stats
-            rows.append(
-                {
-                    **common,
-                    "old_file": delta.old_file.path,
-                    "new_file": delta.new_file.path,
-                    "old_contents": old_text,
-                    "new_contents": new_text,
-                    "lang": language_of(delta.new_file.path),
-                    "change_type": _STATUS.get(delta.status_char(), "M"),
-                    "lines_added": None if binary else added,
-                    "lines_deleted": None if binary else deleted,
-                    "is_binary": binary,
-                    "too_large": old_big or new_big,
-                }
-            )
-            if len(rows) >= batch_rows:
-                yield pa.Table.from_pylist(rows, schema=COMMIT_SCHEMA)
-                rows = []
+        if len(commit.parents) > 1 or commit.id in boundary:
+            continue  # merges: their change is already in the merged commits; boundary: parents missing
+        try:
+            rows.extend(_commit_rows(repo, commit, name, spdx, max_file_bytes))
+        except (pygit2.GitError, KeyError) as exc:  # e.g. a blob missing from a damaged object store
+            raise DiffmixError(f"{path}: commit {commit.id} unreadable ({first_line(exc)})") from None
+        if len(rows) >= batch_rows:
+            yield pa.Table.from_pylist(rows, schema=COMMIT_SCHEMA)
+            rows = []
     if rows:
         yield pa.Table.from_pylist(rows, schema=COMMIT_SCHEMA)
+
+
+def _shallow_boundary(repo: pygit2.Repository) -> set[pygit2.Oid]:
+    """The commits whose parents a shallow clone cut off (`.git/shallow`)."""
+    listed = Path(repo.path) / "shallow"
+    if not repo.is_shallow or not listed.is_file():
+        return set()
+    return {pygit2.Oid(hex=line.strip()) for line in listed.read_text().splitlines() if line.strip()}
+
+
+def _commit_rows(repo: pygit2.Repository, commit: pygit2.Commit, name: str, spdx: str, max_file_bytes: int) -> Iterable[dict[str, Any]]:
+    """One row per changed file of a non-merge commit."""
+    parent = commit.parents[0] if commit.parents else None
+    flags = DiffOption.INCLUDE_TYPECHANGE  # file <-> symlink: one delta, not a deletion plus an addition
+    diff = repo.diff(parent, commit, flags=flags) if parent is not None else commit.tree.diff_to_tree(flags=flags, swap=True)
+    diff.find_similar(flags=DiffFind.FIND_RENAMES)  # `git -M` (50% similarity); explicit flags ignore diff.renames
+    message, bad_message = _decoded(commit.raw_message, commit.message_encoding)
+    message = message.rstrip("\n")
+    author = commit.author
+    author_name, _ = _decoded(author.raw_name, commit.message_encoding)  # metadata: U+FFFD is enough
+    common = {
+        "commit": str(commit.id),
+        "parent": str(parent.id) if parent is not None else None,
+        "subject": message.split("\n", 1)[0],
+        "message": message,
+        "license": spdx,
+        "repos": name,
+        "author_date": _iso_utc(author),
+        "author_email_hash": hashlib.sha1(author.raw_email.lower()).hexdigest(),
+        "author_name": author_name,
+    }
+    for patch in diff:
+        delta = patch.delta
+        old_path, bad_old_path = _decoded(delta.old_file.raw_path)
+        new_path, bad_new_path = _decoded(delta.new_file.raw_path)
+        old_text, old_bin, old_big = _blob_text(repo, delta.old_file, max_file_bytes)
+        new_text, new_bin, new_big = _blob_text(repo, delta.new_file, max_file_bytes)
+        binary = old_bin or new_bin or delta.is_binary
+        _, added, deleted = patch.line_stats
+        yield {
+            **common,
+            "old_file": old_path,
+            "new_file": new_path,
+            "old_contents": old_text,
+            "new_contents": new_text,
+            "lang": language_of(new_path),
+            "change_type": _STATUS.get(delta.status_char(), "M"),
+            "lines_added": None if binary else added,
+            "lines_deleted": None if binary else deleted,
+            "is_binary": binary,
+            "too_large": old_big or new_big,
+            "bad_encoding": bad_message or bad_old_path or bad_new_path,
+        }

@@ -283,10 +283,14 @@ class HuggingFaceSource(StreamSource):
             raise DiffmixError(f"{self.uri}: expected hf:NAME[:SPLIT]")
         if self._is_local():
             return
-        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get(
-            "HF_DATASETS_OFFLINE", "0"
-        ).lower() in ("1", "true", "yes"):
-            raise DiffmixError(f"{self.uri}: the Hugging Face Hub is offline here (HF_HUB_OFFLINE=1) and {self.name!r} is not a local dataset")
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in (
+            "1",
+            "true",
+            "yes",
+        ):
+            raise DiffmixError(
+                f"{self.uri}: the Hugging Face Hub is offline here (HF_HUB_OFFLINE=1) and {self.name!r} is not a local dataset"
+            )
         try:  # fail at once instead of hanging on a network that drops packets
             socket.create_connection(_HUB_HOST, timeout=5).close()
         except OSError as exc:
@@ -364,11 +368,12 @@ def normalize_commits(table: pa.Table, where: str) -> pa.Table:
     Derived: subject/message from each other, old_file/new_file from each other,
     lang from the new path, change_type (R when paths differ, else M),
     is_binary (a NUL in the first 8,000 characters, or non-UTF-8 bytes), too_large
-    (false; the build applies its size cap). Filled with null: parent, author_*,
-    lines_added/deleted. A `repos` list keeps its first repository.
+    (false; the build applies its size cap), bad_encoding (a text field that was not
+    UTF-8). Filled with null: parent, author_*, lines_added/deleted. A `repos` list
+    keeps its first repository.
     """
     check_columns(table.column_names, where)
-    table = _decode_binary_columns(table)
+    table = _decode_text_columns(table)
     for field in COMMIT_SCHEMA:  # absent columns start as nulls and are derived like nulls
         if field.name not in table.column_names:
             table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
@@ -390,6 +395,7 @@ def normalize_commits(table: pa.Table, where: str) -> pa.Table:
         "is_binary": col("old_contents").str.slice(0, 8000).str.contains(nul, literal=True).fill_null(False)
         | col("new_contents").str.slice(0, 8000).str.contains(nul, literal=True).fill_null(False),
         "too_large": pl.lit(False),
+        "bad_encoding": pl.lit(False),
         # CommitPack joins every fork with commas; the first is the origin.
         "repos": pl.lit(Path(where).name.split(".")[0]),
     }
@@ -402,24 +408,36 @@ def normalize_commits(table: pa.Table, where: str) -> pa.Table:
         raise DiffmixError(f"{where}: a column has the wrong type ({first_line(exc)})") from None
 
 
-def _decode_binary_columns(table: pa.Table) -> pa.Table:
-    """Binary text columns -> strings; bytes that are not UTF-8 become null and mark the row binary."""
-    bad = None
-    for name in _CONTENT_COLUMNS:
-        if name not in table.column_names:
+def _decode_text_columns(table: pa.Table) -> pa.Table:
+    """Binary or invalid-UTF-8 text columns -> strings, marking the rows whose bytes were not UTF-8.
+
+    File contents that are not UTF-8 become null and mark the row `is_binary` (git's view
+    of such a file). Any other text field (message, path, author, ...) is decoded with
+    U+FFFD in place of the bad bytes and marks the row `bad_encoding`.
+    """
+    flags: dict[str, list[bool] | None] = {"is_binary": None, "bad_encoding": None}
+    for name in table.column_names:
+        field = COMMIT_SCHEMA.field(name) if name in COMMIT_SCHEMA.names else None
+        if field is None or not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
             continue
         column = table.column(name)
-        if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type) or not _valid_utf8(column):
-            texts, invalid = _decode_each(column)
-            table = table.set_column(table.column_names.index(name), name, texts)
-            bad = invalid if bad is None else [a or b for a, b in zip(bad, invalid)]
-    if bad is not None and any(bad):
-        flag = pa.array(bad, pa.bool_())
-        if "is_binary" in table.column_names:
-            flag = pc.or_(table.column("is_binary").combine_chunks().fill_null(False), flag)
-            table = table.set_column(table.column_names.index("is_binary"), "is_binary", flag)
+        if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)) and _valid_utf8(column):
+            continue
+        contents = name in _CONTENT_COLUMNS
+        texts, invalid = _decode_each(column, replace=not contents)
+        table = table.set_column(table.column_names.index(name), name, texts)
+        flag = "is_binary" if contents else "bad_encoding"
+        seen = flags[flag]
+        flags[flag] = invalid if seen is None else [a or b for a, b in zip(seen, invalid)]
+    for flag, bad in flags.items():
+        if bad is None or not any(bad):
+            continue
+        mark = pa.array(bad, pa.bool_())
+        if flag in table.column_names:
+            mark = pc.or_(table.column(flag).combine_chunks().fill_null(False), mark)
+            table = table.set_column(table.column_names.index(flag), flag, mark)
         else:
-            table = table.append_column("is_binary", flag)
+            table = table.append_column(flag, mark)
     return table
 
 
@@ -432,8 +450,9 @@ def _valid_utf8(column: pa.ChunkedArray) -> bool:
     return True
 
 
-def _decode_each(column: pa.ChunkedArray) -> tuple[pa.Array, list[bool]]:
-    """Rare path (bytes or invalid UTF-8 in the input): decode row by row."""
+def _decode_each(column: pa.ChunkedArray, replace: bool) -> tuple[pa.Array, list[bool]]:
+    """Rare path (bytes or invalid UTF-8 in the input): decode row by row; each row's
+    text (null when not UTF-8, or with U+FFFD for bad bytes if `replace`) and whether it was bad."""
     values, invalid = [], []
     for value in column.cast(pa.large_binary()).to_pylist():
         if value is None:
@@ -444,7 +463,7 @@ def _decode_each(column: pa.ChunkedArray) -> tuple[pa.Array, list[bool]]:
             values.append(value.decode("utf-8"))
             invalid.append(False)
         except UnicodeDecodeError:
-            values.append(None)
+            values.append(value.decode("utf-8", "replace") if replace else None)
             invalid.append(True)
     return pa.array(values, pa.large_string()), invalid
 

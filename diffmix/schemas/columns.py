@@ -42,6 +42,9 @@ COMMIT_SCHEMA = pa.schema(
         pa.field("lines_deleted", pa.int32()),
         pa.field("is_binary", pa.bool_()),
         pa.field("too_large", pa.bool_()),
+        # A message, path or other text field that was not valid text in its encoding
+        # (decoded with U+FFFD in its place): the row is rejected as `bad_encoding`.
+        pa.field("bad_encoding", pa.bool_()),
     ]
 )
 

@@ -34,6 +34,7 @@ def _row(**changes: object) -> dict[str, object]:
     row: dict[str, object] = {
         "commit": "c" * 40, "old_file": "a.py", "new_file": "a.py", "old_contents": "x = 1\n",
         "new_contents": "x = 2\n", "message": "Change x", "change_type": "M", "is_binary": False, "too_large": False,
+        "bad_encoding": False,
     }  # fmt: skip
     row.update(changes)
     return row
@@ -45,6 +46,8 @@ def _row(**changes: object) -> dict[str, object]:
         ({}, None),
         ({"commit": None}, "missing_field"),
         ({"is_binary": True, "old_contents": None}, "binary"),
+        ({"bad_encoding": True, "message": "Caf\ufffd"}, "bad_encoding"),
+        ({"bad_encoding": True, "too_large": True}, "bad_encoding"),
         ({"too_large": True}, "too_large"),
         ({"new_contents": "x" * 2000}, "too_large"),
         ({"old_contents": None}, "null_contents"),
@@ -61,7 +64,7 @@ def _row(**changes: object) -> dict[str, object]:
     ],
 )
 def test_structural_reason(changes: dict[str, object], reason: str | None) -> None:
-    schema = {k: (pl.Boolean if k in ("is_binary", "too_large") else pl.String) for k in _row()}
+    schema = {k: (pl.Boolean if k in ("is_binary", "too_large", "bad_encoding") else pl.String) for k in _row()}
     frame = pl.DataFrame([_row(**changes)], schema=schema)
     assert frame.select(structural_reason(max_file_bytes=1000).alias("r"))["r"][0] == reason
 

@@ -84,6 +84,85 @@ def test_git_non_utf8_and_too_large(git_repo: Path) -> None:
     assert rows["big.txt"]["too_large"] and rows["big.txt"]["new_contents"] is None
 
 
+def test_git_typechange_is_one_binary_row(git_repo: Path) -> None:
+    commit_files(git_repo, {"a.py": "def f():\n    return 1\n", "b.py": "def g():\n    return 2\n"}, "Add a and b")
+    (git_repo / "a.py").unlink()
+    (git_repo / "a.py").symlink_to("b.py")
+    git(git_repo, "add", "a.py")
+    c2 = commit_files(git_repo, {}, "Replace a by a link to b")
+    changed = [r for r in _rows(git_repo) if r["commit"] == c2]
+    assert [(r["new_file"], r["change_type"], r["is_binary"]) for r in changed] == [("a.py", "M", True)]
+
+
+def test_git_rows_ignore_the_users_rename_settings(git_repo: Path) -> None:
+    body = "".join(f"x_{i} = 1\n" for i in range(30))
+    commit_files(git_repo, {"src.py": body}, "Add src")
+    c2 = commit_files(git_repo, {"copy.py": body.replace("x_7 = 1", "x_7 = 7"), "src.py": body + "y = 2\n"}, "Copy src")
+    git(git_repo, "mv", "src.py", "moved.py")
+    c3 = commit_files(git_repo, {}, "Move src")
+    for setting in ("copies", "false"):
+        git(git_repo, "config", "diff.renames", setting)
+        rows = {(r["commit"], r["new_file"]): r for r in _rows(git_repo)}
+        assert rows[(c2, "copy.py")]["change_type"] == "A" and rows[(c2, "copy.py")]["old_contents"] == ""
+        assert rows[(c3, "moved.py")]["change_type"] == "R" and (c3, "src.py") not in rows
+
+
+def _commit_raw(repo: Path, files: dict[str, str], message: bytes, encoding: str) -> str:
+    """A commit object with exactly these message bytes and `encoding` header (git's own
+    commands would re-encode a message that is not UTF-8), made the new HEAD."""
+    for name, content in files.items():
+        (repo / name).write_text(content)
+        git(repo, "add", name)
+    tree = git(repo, "write-tree").strip()
+    parent = git(repo, "rev-parse", "HEAD").strip()
+    header = f"tree {tree}\nparent {parent}\nauthor T <t@e.org> 0 +0000\ncommitter T <t@e.org> 0 +0000\nencoding {encoding}\n\n"
+    raw = repo.parent / "commit.raw"
+    raw.write_bytes(header.encode() + message + b"\n")
+    commit = git(repo, "hash-object", "-t", "commit", "-w", str(raw)).strip()
+    git(repo, "update-ref", "HEAD", commit)
+    return commit
+
+
+def test_git_undecodable_message_and_path_mark_bad_encoding(git_repo: Path) -> None:
+    commit_files(git_repo, {"ok.py": "x = 1\n"}, "Add ok")
+    latin_name = "caf\xe9.py".encode("latin-1").decode("utf-8", "surrogateescape")  # the bytes git stores
+    (git_repo / latin_name).write_text("y = 1\n")
+    git(git_repo, "add", "-A")
+    git(git_repo, "commit", "-q", "-m", "Add a latin-1 named file")
+    bad = _commit_raw(git_repo, {"ok.py": "x = 2\n"}, "Caf\xe9 changes x".encode("latin-1"), "UTF-8")
+    unknown = _commit_raw(git_repo, {"ok.py": "x = 3\n"}, b"Change x to three", "x-bogus")
+    shift_jis = _commit_raw(git_repo, {"ok.py": "x = 4\n"}, "x を 4 に変更".encode("shift_jis"), "Shift_JIS")
+    rows = {r["commit"]: r for r in normalize_commits(pa.concat_tables(iter_repository_rows(git_repo)), "repo").to_pylist()}
+    assert (rows[bad]["message"], rows[bad]["bad_encoding"]) == ("Caf\ufffd changes x", True)
+    assert (rows[unknown]["message"], rows[unknown]["bad_encoding"]) == ("Change x to three", False)  # git shows such bytes as they are
+    assert (rows[shift_jis]["message"], rows[shift_jis]["bad_encoding"]) == ("x を 4 に変更", False)
+    (path_row,) = [r for r in rows.values() if r["subject"] == "Add a latin-1 named file"]
+    assert (path_row["new_file"], path_row["bad_encoding"]) == ("caf\ufffd.py", True)
+    assert [r["bad_encoding"] for r in rows.values() if r["subject"] == "Add ok"] == [False]
+
+
+def test_git_shallow_clone_skips_its_boundary(git_repo: Path, tmp_path: Path) -> None:
+    commit_files(git_repo, {f"m{i}.py": f"x = {i}\n" for i in range(3)}, "Add three modules")
+    c2 = commit_files(git_repo, {"m1.py": "x = 10\n"}, "Change m1")
+    c3 = commit_files(git_repo, {"m2.py": "x = 20\n"}, "Change m2")
+    shallow = tmp_path / "shallow"
+    git(tmp_path, "clone", "-q", "--depth", "2", f"file://{git_repo}", str(shallow))
+    rows = _rows(shallow)
+    # c2 is the boundary: its parent is cut off, so it would read as three added files.
+    assert [(r["commit"], r["parent"], r["new_file"], r["change_type"]) for r in rows] == [(c3, c2, "m2.py", "M")]
+
+
+def test_git_partial_clone_and_subdirectory_fail_in_one_line(git_repo: Path, tmp_path: Path) -> None:
+    commit_files(git_repo, {"a.py": "x = 1\n", "pkg/b.py": "y = 1\n"}, "Add")
+    partial = tmp_path / "partial"
+    git(git_repo, "config", "uploadpack.allowFilter", "true")
+    git(tmp_path, "clone", "-q", "--filter=blob:none", "--no-checkout", f"file://{git_repo}", str(partial))
+    with pytest.raises(DiffmixError, match="a partial clone"):
+        GitSource(str(partial)).validate()
+    with pytest.raises(DiffmixError, match=r"not a git repository \(a directory inside .*repo: give that one\)"):
+        GitSource(str(git_repo / "pkg")).validate()
+
+
 @pytest.mark.parametrize(
     ("text", "spdx"),
     [
@@ -128,6 +207,24 @@ def test_normalize_marks_invalid_utf8_as_binary() -> None:
     rows = normalize_commits(table, "x").to_pylist()
     assert [r["is_binary"] for r in rows] == [False, True]
     assert rows[1]["old_contents"] is None
+
+
+@pytest.mark.parametrize("as_binary", [True, False])
+def test_normalize_marks_invalid_utf8_metadata_as_bad_encoding(as_binary: bool) -> None:
+    """A message or path that is not UTF-8 (binary columns, or string columns holding bad bytes)."""
+
+    def text(values: list[bytes]) -> pa.Array:
+        array = pa.array(values, pa.binary())
+        return array if as_binary else pa.Array.from_buffers(pa.string(), len(array), array.buffers())  # unchecked bytes
+
+    table = pa.table(
+        {"commit": ["c", "d", "e"], "new_file": text([b"a.py", b"caf\xe9.py", b"b.py"]), "old_contents": ["1\n"] * 3,
+         "new_contents": ["2\n"] * 3, "message": text([b"Fix a", b"Fix b", b"Fix \xe9"])}
+    )  # fmt: skip
+    rows = normalize_commits(table, "x").to_pylist()
+    assert [r["bad_encoding"] for r in rows] == [False, True, True]
+    assert [r["is_binary"] for r in rows] == [False, False, False]
+    assert (rows[1]["new_file"], rows[1]["old_file"], rows[2]["message"]) == ("caf\ufffd.py", "caf\ufffd.py", "Fix \ufffd")
 
 
 def test_missing_required_columns_are_named(tmp_path: Path) -> None:
