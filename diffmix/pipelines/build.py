@@ -460,6 +460,8 @@ def _initial_state(plan: BuildPlan, parts: list[Partition]) -> pl.DataFrame:
         pl.when(pl.col("reason").is_not_null()).then(pl.lit("filter")).alias("stage"),
         pl.lit(None, dtype=pl.String).alias("detail"),
     )
+    # Always: one document per id (repo, commit, path), when inputs disagree about a file's change.
+    state = _exact_dedup(state, "doc_id", "duplicate_id")
     dedup = plan.config.filters.dedup
     for enabled, key, reason in ((dedup.exact_before_diff, "f_exact_bd", "duplicate_exact"), (dedup.exact_diff, "f_exact_d", "duplicate_diff")):
         if enabled:

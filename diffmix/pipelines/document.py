@@ -68,7 +68,7 @@ def structural_reason(max_file_bytes: int) -> pl.Expr:
     old, new = col("old_contents"), col("new_contents")
     tag = LITERAL_TAG_PATTERN
     checks: list[tuple[str, pl.Expr]] = [
-        ("missing_field", col("commit").is_null() | col("new_file").is_null() | (col("new_file") == "")),
+        ("missing_field", col("commit").is_null() | (col("commit") == "") | col("new_file").is_null() | (col("new_file") == "")),
         ("binary", col("is_binary").fill_null(False)),
         ("bad_encoding", col("bad_encoding").fill_null(False)),
         (
@@ -81,7 +81,8 @@ def structural_reason(max_file_bytes: int) -> pl.Expr:
         ("deleted_file", col("change_type") == "D"),
         ("pure_rename", (col("change_type") == "R") & (old == new)),
         ("no_change", old == new),
-        ("bad_path", col("new_file").str.contains("\n", literal=True) | col("old_file").str.contains("\n", literal=True)),
+        # A line break or NUL in a path would break the document's `<NME>` line.
+        ("bad_path", col("new_file").str.contains(r"[\n\r\x00]") | col("old_file").str.contains(r"[\n\r\x00]")),
         ("empty_message", col("message").is_null() | (col("message") == "")),
         ("literal_tag", old.str.contains(tag) | new.str.contains(tag) | col("message").str.contains(tag)),
     ]

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from diffmix.errors import DiffmixError, first_line
 from diffmix.pipelines.io import sha256_file
 from diffmix.schemas.columns import (
+    CHANGE_TYPES,
     COMMIT_SCHEMA,
     MESSAGE_COLUMNS,
     PATH_COLUMNS,
@@ -61,6 +62,56 @@ def check_columns(names: list[str] | set[str], where: str) -> None:
         missing.append(" or ".join(MESSAGE_COLUMNS))
     if missing:
         raise DiffmixError(f"{where}: missing required column(s): {', '.join(missing)}")
+    twice = sorted({n for n in names if n in COMMIT_SCHEMA.names and list(names).count(n) > 1})
+    if twice:
+        raise DiffmixError(f"{where}: column(s) {', '.join(twice)} appear more than once")
+
+
+def check_column_types(schema: pa.Schema, where: str) -> None:
+    """Fail naming a commit column whose type cannot become its COMMIT_SCHEMA type."""
+    for field in schema:
+        if field.name in COMMIT_SCHEMA.names and not _convertible(field.type, COMMIT_SCHEMA.field(field.name).type, field.name):
+            raise DiffmixError(f"{where}: column {field.name} has type {field.type}, expected {COMMIT_SCHEMA.field(field.name).type}")
+
+
+def _convertible(actual: pa.DataType, wanted: pa.DataType, name: str) -> bool:
+    if pa.types.is_dictionary(actual):
+        return _convertible(actual.value_type, wanted, name)
+    if name == "repos" and (pa.types.is_list(actual) or pa.types.is_large_list(actual)):
+        return _convertible(actual.value_type, wanted, name)  # CommitPack's forks: the first is kept
+    return not pa.types.is_nested(actual)
+
+
+def _first_items(lists: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Each list's first item (null for an empty or null list)."""
+    empty = pa.scalar([None], lists.type)
+    chunks = [pc.list_element(pc.if_else(pc.fill_null(pc.greater(pc.list_value_length(c), 0), False), c, empty), 0) for c in lists.chunks]
+    return pa.chunked_array(chunks, lists.type.value_type)
+
+
+def _conform_types(table: pa.Table) -> pa.Table:
+    """Column encodings Arrow writers produce -> plain columns `normalize_commits` can cast:
+    dictionaries decoded, all-null columns typed, a `repos` list cut to its first entry,
+    dates and timestamps written as ISO 8601 UTC (`2024-01-31T12:00:00Z`, as git rows have)."""
+    for i, name in enumerate(table.column_names):
+        if name not in COMMIT_SCHEMA.names:
+            continue
+        column, wanted = table.column(i), COMMIT_SCHEMA.field(name).type
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        if pa.types.is_null(column.type):
+            column = pa.chunked_array([pa.nulls(len(column), wanted)])
+        if name == "repos" and (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+            column = _first_items(column)
+        if pa.types.is_date(column.type):
+            column = column.cast(pa.timestamp("us"))
+        if pa.types.is_timestamp(column.type):  # a naive one is taken as UTC
+            column = pc.strftime(column.cast(pa.timestamp("s", "UTC"), safe=False), format="%Y-%m-%dT%H:%M:%SZ")
+        text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, pa.types.is_binary, pa.types.is_large_binary)
+        if pa.types.is_string(wanted) and not any(is_text(column.type) for is_text in text):
+            column = column.cast(wanted)  # a number or a flag where text belongs (a numeric commit id)
+        table = table.set_column(i, name, column)
+    return table
 
 
 class Source(ABC):
@@ -120,6 +171,7 @@ class ParquetSource(Source):
         pyarrow: a corrupt page fails here, in one line, before any work."""
         file = self._open()
         check_columns(file.schema_arrow.names, str(self.path))
+        check_column_types(file.schema_arrow, str(self.path))
         leaves = tuple(i for i in range(file.metadata.num_columns) if file.schema.column(i).path.split(".")[0] in COMMIT_SCHEMA.names)
         stat = self.path.stat()
         problem = _undecodable_pages(str(self.path), stat.st_size, stat.st_mtime_ns, leaves)
@@ -188,7 +240,8 @@ class JsonlSource(StreamSource):
     """CommitPack-style JSON lines, optionally gzip- or zstd-compressed."""
 
     kind = "jsonl"
-    block_size = 16 << 20
+    block_size = 32 << 20  # pyarrow's reader takes a line of up to two blocks
+    longest_line = 2 * block_size
 
     def __init__(self, uri: str) -> None:
         super().__init__(uri)
@@ -198,17 +251,19 @@ class JsonlSource(StreamSource):
         if not self.path.is_file():
             raise DiffmixError(f"{self.path}: no such file")
         try:
-            first = _first_line_of(self.path)
+            number, first = _first_record_of(self.path, self.longest_line)
         except (pa.ArrowException, OSError) as exc:
             raise DiffmixError(f"{self.path}: unreadable ({first_line(exc)})") from None
-        if not first.strip():
+        if first is None:
             raise DiffmixError(f"{self.path}: empty file (no JSON line)")
+        if len(first) >= self.longest_line:
+            raise DiffmixError(f"{self.path}: line {number} is longer than {self.longest_line >> 20} MiB, the longest the JSON reader takes")
         try:
             record = json.loads(first)
         except ValueError as exc:
-            raise DiffmixError(f"{self.path}: line 1 is not JSON ({exc})") from None
+            raise DiffmixError(f"{self.path}: line {number} is not JSON ({exc})") from None
         if not isinstance(record, dict):
-            raise DiffmixError(f"{self.path}: line 1 is not a JSON object")
+            raise DiffmixError(f"{self.path}: line {number} is not a JSON object")
         check_columns(list(record), str(self.path))
 
     def fingerprint(self) -> str:
@@ -226,7 +281,9 @@ class JsonlSource(StreamSource):
                 for batch in reader:
                     rows += batch.num_rows
                     yield normalize_commits(pa.Table.from_batches([batch]), str(self.path))
-        except pa.ArrowException as exc:
+        except (pa.ArrowException, OSError) as exc:  # OSError: e.g. a truncated .gz, seen only when streamed
+            if "straddl" in str(exc):
+                raise DiffmixError(f"{self.path}: a line after row {rows} is longer than {self.longest_line >> 20} MiB, the longest the JSON reader takes") from None
             raise DiffmixError(f"{self.path}: broken JSON line after row {rows} ({first_line(exc)})") from None
 
 
@@ -366,14 +423,17 @@ def normalize_commits(table: pa.Table, where: str) -> pa.Table:
     """Any CommitPack-like table -> exactly COMMIT_SCHEMA, deriving what is missing.
 
     Derived: subject/message from each other, old_file/new_file from each other,
-    lang from the new path, change_type (R when paths differ, else M),
+    lang from the new path, change_type where it is missing or not one of git's
+    A/M/D/R (A for an empty old side, D for an empty new side, R when paths differ,
+    else M),
     is_binary (a NUL in the first 8,000 characters, or non-UTF-8 bytes), too_large
     (false; the build applies its size cap), bad_encoding (a text field that was not
     UTF-8). Filled with null: parent, author_*, lines_added/deleted. A `repos` list
     keeps its first repository.
     """
     check_columns(table.column_names, where)
-    table = _decode_text_columns(table)
+    check_column_types(table.schema, where)
+    table = _decode_text_columns(_conform_types(table))
     for field in COMMIT_SCHEMA:  # absent columns start as nulls and are derived like nulls
         if field.name not in table.column_names:
             table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
@@ -386,12 +446,21 @@ def normalize_commits(table: pa.Table, where: str) -> pa.Table:
         pl.coalesce(col("subject"), subject_line).alias("subject"),
         pl.coalesce(col("old_file"), col("new_file")).alias("old_file"),
         pl.coalesce(col("new_file"), col("old_file")).alias("new_file"),
+        # git's letters in any case; anything else (a copy, a typo) is derived like a missing one.
+        col("change_type").str.to_uppercase().replace_strict({t: t for t in CHANGE_TYPES}, default=None, return_dtype=pl.String).alias("change_type"),
     )
     nul = "\x00"
     derived: dict[str, pl.Expr] = {
         "lang": language_expr(col("new_file")),
         "license": pl.lit("unknown"),
-        "change_type": pl.when(col("old_file") != col("new_file")).then(pl.lit("R")).otherwise(pl.lit("M")),
+        # CommitPack has no change type: an empty side is an added or deleted file.
+        "change_type": pl.when((col("old_contents") == "") & (col("new_contents") != ""))
+        .then(pl.lit("A"))
+        .when((col("new_contents") == "") & (col("old_contents") != ""))
+        .then(pl.lit("D"))
+        .when(col("old_file") != col("new_file"))
+        .then(pl.lit("R"))
+        .otherwise(pl.lit("M")),
         "is_binary": col("old_contents").str.slice(0, 8000).str.contains(nul, literal=True).fill_null(False)
         | col("new_contents").str.slice(0, 8000).str.contains(nul, literal=True).fill_null(False),
         "too_large": pl.lit(False),
@@ -468,13 +537,20 @@ def _decode_each(column: pa.ChunkedArray, replace: bool) -> tuple[pa.Array, list
     return pa.array(values, pa.large_string()), invalid
 
 
-def _first_line_of(path: Path, limit: int = 64 << 20) -> bytes:
-    """The first line of a (possibly compressed) text file."""
-    data = b""
+def _first_record_of(path: Path, limit: int) -> tuple[int, bytes | None]:
+    """(line number, bytes) of the first non-blank line of a (possibly compressed) text
+    file; (0, None) when there is none. A line is read to at most `limit` bytes."""
+    number, pieces, size = 0, [], 0
     with pa.input_stream(str(path), compression="detect") as stream:
-        while b"\n" not in data and len(data) < limit:
-            chunk = stream.read(1 << 20)
-            if not chunk:
-                break
-            data += chunk
-    return data.split(b"\n", 1)[0]
+        while chunk := stream.read(1 << 20):
+            while (end := chunk.find(b"\n")) >= 0:  # lines that end in this chunk
+                line, chunk = b"".join([*pieces, chunk[:end]]), chunk[end + 1 :]
+                pieces, size, number = [], 0, number + 1
+                if line.strip():
+                    return number, line
+            pieces.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                return number + 1, b"".join(pieces)
+    last = b"".join(pieces)
+    return (number + 1, last) if last.strip() else (0, None)

@@ -23,10 +23,11 @@ SCHEMA_VERSION = 1
 
 COMMIT_SCHEMA = pa.schema(
     [
-        pa.field("commit", pa.string(), nullable=False),
+        # Null only in bad rows (rejected as `missing_field`), never from git.
+        pa.field("commit", pa.string()),
         pa.field("parent", pa.string()),
-        pa.field("old_file", pa.string(), nullable=False),
-        pa.field("new_file", pa.string(), nullable=False),
+        pa.field("old_file", pa.string()),
+        pa.field("new_file", pa.string()),
         pa.field("old_contents", pa.large_string()),
         pa.field("new_contents", pa.large_string()),
         pa.field("subject", pa.string()),

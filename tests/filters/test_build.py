@@ -74,3 +74,15 @@ def test_real_data_slice(tmp_path: Path, dev_parquet: Path) -> None:
 
     loaded = datasets.Dataset.from_file(str(out / read_manifest(out).shards[0].path))
     assert loaded.num_rows == read_manifest(out).shards[0].rows and "f_minhash" in loaded.column_names
+
+
+def test_one_document_per_id_across_inputs(tmp_path: Path) -> None:
+    """Two inputs that disagree about the same (repo, commit, path): the first is kept, the other is `duplicate_id`."""
+    from tests.filters.conftest import AFTER, BEFORE, commit_row
+
+    first = write_commits(tmp_path / "a.parquet", [commit_row("k", BEFORE, AFTER)])
+    second = write_commits(tmp_path / "b.parquet", [commit_row("k", BEFORE, AFTER.replace("cache=True", "cache=False"))])
+    manifest = run_build([str(first), str(second)], tmp_path / "out", BuildConfig())
+    docs, dropped = data(tmp_path / "out"), rejects(tmp_path / "out")
+    assert manifest.counts.dropped == {"duplicate_id": 1} and docs["source"].to_list() == ["parquet:a"]
+    assert dropped["reason"].to_list() == ["duplicate_id"] and dropped["detail"].to_list() == docs["doc_id"].to_list()

@@ -56,6 +56,9 @@ def _row(**changes: object) -> dict[str, object]:
         ({"change_type": "R", "old_file": "b.py"}, None),  # a rename with changes keeps the new path
         ({"new_contents": "x = 1\n"}, "no_change"),
         ({"new_file": "a\nb.py"}, "bad_path"),
+        ({"new_file": "a\rb.py"}, "bad_path"),
+        ({"old_file": "a\x00b.py"}, "bad_path"),
+        ({"commit": ""}, "missing_field"),
         ({"message": ""}, "empty_message"),
         ({"old_contents": "x\n<MSG> injected\n"}, "literal_tag"),
         ({"new_contents": "<DFF> y\n"}, "literal_tag"),

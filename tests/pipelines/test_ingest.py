@@ -209,6 +209,64 @@ def test_normalize_marks_invalid_utf8_as_binary() -> None:
     assert rows[1]["old_contents"] is None
 
 
+def test_normalize_conforms_column_encodings() -> None:
+    """What Arrow writers produce for CommitPack columns: dictionaries (pandas categoricals),
+    all-null columns, a list of forks, dates and timestamps, numbers where text belongs."""
+    import datetime as dt
+
+    table = pa.table(
+        {
+            "commit": pa.array([1, 2, 3], pa.int64()),
+            "new_file": pa.array(["a.py", "b.py", "c.py"]).dictionary_encode(),
+            "old_contents": ["1\n", "1\n", "1\n"],
+            "new_contents": ["2\n", "2\n", "2\n"],
+            "message": pa.array(["Fix a", "Fix b", "Fix c"]).dictionary_encode(),
+            "license": pa.nulls(3),
+            "repos": pa.array([["o/r", "fork/r"], [], None], pa.list_(pa.string())),
+            "author_date": pa.array([dt.datetime(2021, 1, 1, 12, 0, 0, 500000), None, dt.datetime(2020, 5, 5)], pa.timestamp("ms")),
+        }
+    )
+    rows = normalize_commits(table, "src.parquet").to_pylist()
+    assert [r["commit"] for r in rows] == ["1", "2", "3"]
+    assert [r["new_file"] for r in rows] == ["a.py", "b.py", "c.py"] and [r["license"] for r in rows] == ["unknown"] * 3
+    assert [r["repos"] for r in rows] == ["o/r", "src", "src"]  # an empty or null list: like a missing value
+    assert [r["author_date"] for r in rows] == ["2021-01-01T12:00:00Z", None, "2020-05-05T00:00:00Z"]
+    dated = normalize_commits(table.set_column(7, "author_date", pa.array([dt.date(2021, 1, 2)] * 3)), "x").to_pylist()
+    assert {r["author_date"] for r in dated} == {"2021-01-02T00:00:00Z"}
+    with pytest.raises(DiffmixError, match="column message has type struct<a: int64>, expected string"):
+        normalize_commits(table.set_column(4, "message", pa.array([{"a": 1}] * 3)), "x")
+    with pytest.raises(DiffmixError, match="message appear more than once"):
+        normalize_commits(table.append_column("message", pa.array(["m"] * 3)), "x")
+
+
+@pytest.mark.parametrize(
+    ("given", "old", "new", "old_file", "expected"),
+    [
+        (None, "", "x\n", "a.py", "A"),  # CommitPack: an empty old side is an added file
+        (None, "x\n", "", "a.py", "D"),
+        (None, "x\n", "y\n", "b.py", "R"),
+        (None, "x\n", "y\n", "a.py", "M"),
+        (None, "", "", "a.py", "M"),
+        ("a", "", "x\n", "a.py", "A"),  # git's letters in any case
+        ("d", "x\n", "", "a.py", "D"),
+        ("X", "x\n", "y\n", "a.py", "M"),  # unknown: derived
+        ("C", "", "x\n", "a.py", "A"),
+        ("", "x\n", "y\n", "b.py", "R"),
+    ],
+)
+def test_normalize_change_type(given: str | None, old: str, new: str, old_file: str, expected: str) -> None:
+    row = {"commit": "c", "old_file": old_file, "new_file": "a.py", "old_contents": old, "new_contents": new, "message": "m", "change_type": given}
+    table = pa.Table.from_pylist([row], schema=pa.schema([(k, pa.string()) for k in row]))
+    assert normalize_commits(table, "x").to_pylist()[0]["change_type"] == expected
+
+
+def test_normalize_keeps_rows_without_commit_or_paths() -> None:
+    """Null ids are the row's problem (`missing_field` later), not the build's."""
+    table = pa.table({"commit": ["c", None], "new_file": [None, "b.py"], "old_file": [None, "b.py"], "old_contents": ["1\n"] * 2, "new_contents": ["2\n"] * 2, "message": ["m"] * 2})
+    rows = normalize_commits(table, "x").to_pylist()
+    assert [(r["commit"], r["new_file"]) for r in rows] == [("c", None), (None, "b.py")]
+
+
 @pytest.mark.parametrize("as_binary", [True, False])
 def test_normalize_marks_invalid_utf8_metadata_as_bad_encoding(as_binary: bool) -> None:
     """A message or path that is not UTF-8 (binary columns, or string columns holding bad bytes)."""
@@ -315,6 +373,30 @@ def test_jsonl_broken_line(tmp_path: Path) -> None:
     source.validate()  # the first line is fine
     with pytest.raises(DiffmixError, match="broken JSON line"):
         list(source.iter_tables(BuildConfig()))
+
+
+def test_jsonl_leading_blank_lines_long_lines_and_truncation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    record = json.dumps(COMMITPACK_ROWS[0])
+    blank_first = tmp_path / "blank.jsonl"
+    blank_first.write_text("\n  \n" + record + "\n")
+    JsonlSource(str(blank_first)).validate()
+    assert len(pa.concat_tables(JsonlSource(str(blank_first)).iter_tables(BuildConfig()))) == 1
+    # A line over the reader's limit (two blocks) is one clear error, first or later.
+    monkeypatch.setattr(JsonlSource, "block_size", 1 << 10)
+    monkeypatch.setattr(JsonlSource, "longest_line", 2 << 10)
+    long_row = json.dumps({**COMMITPACK_ROWS[0], "new_contents": "x" * 5000})
+    for name, lines in (("first", [long_row, record]), ("middle", [record] * 30 + [long_row])):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        with pytest.raises(DiffmixError, match="is longer than 0 MiB, the longest the JSON reader takes"):
+            JsonlSource(str(path)).validate()
+            list(JsonlSource(str(path)).iter_tables(BuildConfig()))
+    # A truncated .gz whose first line is whole fails while streaming, in one line.
+    truncated = tmp_path / "t.jsonl.gz"
+    truncated.write_bytes(gzip.compress(("\n".join([record] * 10000) + "\n").encode())[:-40])  # past the first 1 MiB read
+    JsonlSource(str(truncated)).validate()
+    with pytest.raises(DiffmixError, match="Truncated compressed stream|broken JSON line"):
+        list(JsonlSource(str(truncated)).iter_tables(BuildConfig()))
 
 
 def test_hf_local_dataset_directory(tmp_path: Path) -> None:
