@@ -68,6 +68,8 @@ def plan_comparison(recipe_paths: list[str], out: str | Path, seeds: int) -> tup
     if duplicates:
         raise DiffmixError(f"recipe names must differ within a comparison: {', '.join(duplicates)}")
     root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise DiffmixError(f"{out}: exists and is not a directory")
     runs = []
     for path, recipe in zip(recipe_paths, recipes):
         key = recipe_key(recipe)

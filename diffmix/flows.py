@@ -312,9 +312,9 @@ def compare_recipes(
 
     recipe_list, runs = compare.plan_comparison(recipes, out, seeds)
     by_name = {r.name: r for r in recipe_list}
+    base_config = load_train_config(train_config, steps=steps, **(train_overrides or {}))
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    base_config = load_train_config(train_config, steps=steps, **(train_overrides or {}))
     workers = max(1, min(len(runs), _parallel_runs()))
     threads = max(1, (os.cpu_count() or 1) // workers)
 
@@ -372,8 +372,10 @@ def run_compare_recipes(
 ) -> dict[str, Any]:
     """Run `compare_recipes` with its runs spread over a Dask cluster (one process per parallel run)."""
     from diffmix import compare
+    from diffmix.training import load_train_config
 
-    compare.plan_comparison(recipes, out, seeds)  # bad recipes fail before anything starts
+    compare.plan_comparison(recipes, out, seeds)  # bad recipes, seeds or --out fail before anything starts
+    load_train_config(train_config, steps=steps, **(train_overrides or {}))  # and bad training settings
     runs = len(recipes) * seeds
     runner = dask_runner(max(1, min(runs, _parallel_runs())), dask_address)
     with prefect_api():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffmix.pipelines.io import read_ipc_stream, read_json
-from diffmix.pipelines.shards import read_manifest, shard_paths
+from diffmix.pipelines.shards import open_dataset, shard_paths
 from diffmix.schemas.manifest import Manifest
 
 _MAX_SECTION_LINES = 12
@@ -15,12 +15,12 @@ def describe(directory: Path, documents: int = 1) -> str:
     """A training run's skills, a mixture's audit, or a corpus's counts, sizes and documents."""
     if (directory / "summary.json").is_file() and not (directory / "manifest.json").is_file():
         return describe_run(directory)
-    manifest = read_manifest(directory)
+    manifest = open_dataset(directory)  # every shard there, with its size and sha256: damage fails in one line
     if manifest.kind == "mixture":
         from diffmix.mixers.mixture import describe_mixture
 
         return describe_mixture(directory)
-    lines = [f"{directory}  ({manifest.kind}, config {manifest.config_hash[:12]})"]
+    lines = [f"{directory}  ({manifest.kind}, config {manifest.config_hash[:12]}; shards verified)"]
     lines += [f"  input  {i.kind:9} {i.uri}  {i.fingerprint[:24]}" for i in manifest.inputs]
     counts = manifest.counts
     lines.append(f"\nrows in {counts.rows_in:,}  kept {counts.kept:,}  dropped {counts.rows_in - counts.kept:,}")

@@ -148,6 +148,18 @@ def test_plan_comparison_rejects_duplicate_names(tmp_path: Path) -> None:
         compare.plan_comparison([str(a), str(b)], tmp_path / "out", 1)
 
 
+def test_compare_refuses_bad_out_and_steps_before_anything_is_written(tmp_path: Path) -> None:
+    from diffmix.flows import run_compare_recipes
+
+    recipe = _recipe(tmp_path / "a.yaml", "alpha", tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DiffmixError, match="exists and is not a directory"):
+        run_compare_recipes([str(recipe)], str(tmp_path / "file"))
+    with pytest.raises(DiffmixError, match="steps"):
+        run_compare_recipes([str(recipe)], str(tmp_path / "out"), steps=0)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_deployments_register_with_schedules(tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client

@@ -46,3 +46,23 @@ def test_inspect_run(built: dict[str, Path], capsys: pytest.CaptureFixture) -> N
 def test_inspect_not_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["inspect", str(tmp_path)]) == 2
     assert "no manifest.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["flip", "delete"])
+def test_inspect_damaged_dataset(built: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture, damage: str) -> None:
+    """Every shard is checked against the manifest (size and sha256) before anything is shown."""
+    import shutil
+
+    for kind in ("corpus", "mixture"):
+        copy = tmp_path / kind
+        shutil.copytree(built[kind], copy)
+        shard = sorted((copy / "data").glob("*.arrow"))[0]
+        if damage == "delete":
+            shard.unlink()
+        else:
+            data = bytearray(shard.read_bytes())
+            data[len(data) // 2] ^= 0x01
+            shard.write_bytes(bytes(data))
+        assert main(["inspect", str(copy)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("sha256 does not match" in err if damage == "flip" else "listed in the manifest but missing" in err)

@@ -74,7 +74,7 @@ WeightSpec = str | dict[str, float]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # "8" or true is no batch size
 
 
 def _number(value: Any) -> float | None:
@@ -107,6 +107,8 @@ def weight_spec(value: Any) -> WeightSpec:
         spec[str(name)] = weight
     if sum(spec.values()) <= 0:
         raise ValueError(f"all weights are zero (got {value!r})")
+    if not math.isfinite(sum(spec.values())):
+        raise ValueError(f"weights too large: their sum is not a finite number (got {value!r}); give proportions")
     return spec
 
 

@@ -803,7 +803,7 @@ def refilter(src_dir: str | Path, out_dir: str | Path, config: BuildConfig, over
     """
     src = Path(src_dir)
     source = read_manifest(src)
-    verify_files(src, source.shards + source.rejects, check_hashes=False)
+    verify_files(src, source.shards + source.rejects, check_hashes=True)  # damage would reach the new corpus
     if source.kind != "corpus" or "input_row" not in source.columns:
         raise DiffmixError(f"{src}: not a commit corpus with stored filter scores (synthetic corpora and mixtures cannot be refiltered)")
     out = Path(out_dir)

@@ -124,8 +124,8 @@ def verify_files(directory: str | os.PathLike[str], entries: list[FileEntry], ch
             raise DiffmixError(f"{path}: sha256 does not match the manifest")
 
 
-def open_dataset(directory: str | os.PathLike[str], check_hashes: bool = False) -> Manifest:
-    """Read and verify a dataset directory's manifest and shards."""
+def open_dataset(directory: str | os.PathLike[str], check_hashes: bool = True) -> Manifest:
+    """Read and verify a dataset directory's manifest and shards (sizes, and sha256 unless told not to)."""
     manifest = read_manifest(directory)
     verify_files(directory, manifest.shards, check_hashes=check_hashes)
     return manifest

@@ -230,6 +230,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 # --- the run ------------------------------------------------------------------------
 
 
+def _claim_run(run: Path, digest: str) -> None:
+    """Create the run directory, or fail in one line before anything in it is overwritten:
+    `run` is a file, or it holds a checkpoint of another config (config.json says whose)."""
+    if run.exists() and not run.is_dir():
+        raise DiffmixError(f"{run}: exists and is not a directory")
+    recorded = run / "config.json"
+    if (run / CHECKPOINT).is_file() and recorded.is_file():
+        previous = read_json(recorded).get("digest", "")
+        if previous != digest:
+            raise DiffmixError(f"{run / CHECKPOINT}: written by a different config (digest {previous[:12]}, now {digest[:12]}); use another --out")
+    run.mkdir(parents=True, exist_ok=True)
+
+
 def train(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], config: TrainConfig) -> dict[str, Any]:
     """Train on the mixture at `data_dir`, write the run to `out_dir`; return the summary.
 
@@ -246,7 +259,7 @@ def train(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], con
     if done is not None:
         return done
     if rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
+        _claim_run(run, digest)
         write_json(run / "config.json", {"digest": digest, "config": config.model_dump(mode="json")})
     if world > 1:
         dist.barrier()

@@ -112,6 +112,20 @@ def test_refilter_refuses_settings_the_scores_depend_on(tmp_path: Path, change: 
     assert not (tmp_path / "out").exists()
 
 
+def test_refilter_refuses_a_damaged_source(tmp_path: Path) -> None:
+    """A shard that no longer matches its manifest would carry the damage into the new corpus."""
+    parquet = write_commits(tmp_path / "in.parquet", mixed_rows()[:4])
+    source = tmp_path / "source"
+    run_build([str(parquet)], source, BuildConfig())
+    shard = source / read_manifest(source).rejects[0].path
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0x01
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DiffmixError, match="sha256 does not match the manifest"):
+        refilter(source, tmp_path / "out", BuildConfig())
+    assert not (tmp_path / "out").exists()
+
+
 def test_refilter_needs_a_commit_corpus(tmp_path: Path) -> None:
     with pytest.raises(DiffmixError, match="no manifest.json"):
         refilter(tmp_path, tmp_path / "out", BuildConfig())

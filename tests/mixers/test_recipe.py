@@ -52,6 +52,10 @@ STAGES = {"type": "stages", "stages": [{"start": 0, "weights": "uniform"}, {"sta
         ({"schedule__weights": {"temperature": -1}}, "temperature", "-1"),
         ({"schedule__weights": {"temperature": 1, "code": 1}}, "temperature", "'code': 1"),
         ({"schedule__weights": {"code": float("nan")}}, "schedule.weights", "nan"),
+        ({"schedule__weights": {"code": 1e308, "arith": 1e308}}, "sum is not a finite number", "1e+308"),
+        ({"global_batch_size": True}, "global_batch_size", "True"),  # strict types: no coercion
+        ({"global_batch_size": "8"}, "global_batch_size", "'8'"),
+        ({"seed": "3"}, "seed", "'3'"),
         ({"schedule": {**STAGES, "stages": [{"start": 0, "weights": "uniform"}, {"start": 0, "weights": "uniform"}]}},
          "schedule.stages[1].start", "0 after 0"),
         ({"schedule": {**STAGES, "stages": [{"start": 0.0, "weights": "uniform"}, {"start": 0.6, "weights": "uniform"},

@@ -88,8 +88,16 @@ def test_a_resumed_run_continues_exactly(copy_mixture: Path, tmp_path: Path) -> 
 def test_resuming_under_another_config_is_refused(copy_mixture: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(copy_mixture, run, tiny_config(steps=20, stop_after=10))
+    recorded = (run / "config.json").read_bytes()
     with pytest.raises(DiffmixError, match="different config"):
         train(copy_mixture, run, tiny_config(steps=20, lr=1e-2))
+    assert (run / "config.json").read_bytes() == recorded  # refused before anything was written
+
+
+def test_out_that_is_a_file_is_refused(copy_mixture: Path, tmp_path: Path) -> None:
+    (tmp_path / "run").write_text("not a run")
+    with pytest.raises(DiffmixError, match="exists and is not a directory"):
+        train(copy_mixture, tmp_path / "run", tiny_config(steps=5))
 
 
 @pytest.mark.parametrize(
