@@ -283,7 +283,7 @@ def run_measure_mixture(data: str, out: str, config_path: str | None = None, ove
     from diffmix.training import load_train_config
 
     load_train_config(config_path, **(overrides or {}))
-    open_dataset(data)
+    open_dataset(data, check_hashes=False)  # before the server starts; the trainer checks the hashes
     with prefect_api():
         return measure_mixture(data, out, config_path, overrides)
 

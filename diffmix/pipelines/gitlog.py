@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ def open_repository(path: str | Path) -> pygit2.Repository:
     try:
         repo = pygit2.Repository(str(path), flags=RepositoryOpenFlag.NO_SEARCH)
     except pygit2.GitError:
-        # Not a subdirectory either: its history is the enclosing repository's, all of it.
+        # A directory inside a work tree would ingest the whole enclosing repository: name that one instead.
         enclosing = pygit2.discover_repository(str(path))
         top = (pygit2.Repository(enclosing).workdir or enclosing) if enclosing else None
         raise DiffmixError(
@@ -172,12 +172,13 @@ def iter_repository_rows(
         if len(commit.parents) > 1 or commit.id in boundary:
             continue  # merges: their change is already in the merged commits; boundary: parents missing
         try:
-            rows.extend(_commit_rows(repo, commit, name, spdx, max_file_bytes))
+            for row in _commit_rows(repo, commit, name, spdx, max_file_bytes):
+                rows.append(row)
+                if len(rows) >= batch_rows:  # batches of batch_rows, whatever a commit's size
+                    yield pa.Table.from_pylist(rows, schema=COMMIT_SCHEMA)
+                    rows = []
         except (pygit2.GitError, KeyError) as exc:  # e.g. a blob missing from a damaged object store
             raise DiffmixError(f"{path}: commit {commit.id} unreadable ({first_line(exc)})") from None
-        if len(rows) >= batch_rows:
-            yield pa.Table.from_pylist(rows, schema=COMMIT_SCHEMA)
-            rows = []
     if rows:
         yield pa.Table.from_pylist(rows, schema=COMMIT_SCHEMA)
 
@@ -190,7 +191,7 @@ def _shallow_boundary(repo: pygit2.Repository) -> set[pygit2.Oid]:
     return {pygit2.Oid(hex=line.strip()) for line in listed.read_text().splitlines() if line.strip()}
 
 
-def _commit_rows(repo: pygit2.Repository, commit: pygit2.Commit, name: str, spdx: str, max_file_bytes: int) -> Iterable[dict[str, Any]]:
+def _commit_rows(repo: pygit2.Repository, commit: pygit2.Commit, name: str, spdx: str, max_file_bytes: int) -> Iterator[dict[str, Any]]:
     """One row per changed file of a non-merge commit."""
     parent = commit.parents[0] if commit.parents else None
     flags = DiffOption.INCLUDE_TYPECHANGE  # file <-> symlink: one delta, not a deletion plus an addition
@@ -208,7 +209,7 @@ def _commit_rows(repo: pygit2.Repository, commit: pygit2.Commit, name: str, spdx
         "license": spdx,
         "repos": name,
         "author_date": _iso_utc(author),
-        "author_email_hash": hashlib.sha1(author.raw_email.lower()).hexdigest(),
+        "author_email_hash": hashlib.sha1(_decoded(author.raw_email, commit.message_encoding)[0].lower().encode()).hexdigest(),
         "author_name": author_name,
     }
     for patch in diff:

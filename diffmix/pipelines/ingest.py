@@ -340,14 +340,9 @@ class HuggingFaceSource(StreamSource):
             raise DiffmixError(f"{self.uri}: expected hf:NAME[:SPLIT]")
         if self._is_local():
             return
-        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in (
-            "1",
-            "true",
-            "yes",
-        ):
-            raise DiffmixError(
-                f"{self.uri}: the Hugging Face Hub is offline here (HF_HUB_OFFLINE=1) and {self.name!r} is not a local dataset"
-            )
+        offline = ("1", "true", "yes")
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in offline or os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in offline:
+            raise DiffmixError(f"{self.uri}: the Hugging Face Hub is offline here (HF_HUB_OFFLINE=1) and {self.name!r} is not a local dataset")
         try:  # fail at once instead of hanging on a network that drops packets
             socket.create_connection(_HUB_HOST, timeout=5).close()
         except OSError as exc:

@@ -40,6 +40,7 @@ def test_git_history_rows(git_repo: Path) -> None:
     git(git_repo, "mv", "a.py", "b.py")
     c4 = commit_files(git_repo, {"b.py": "x = 2\ny = 3\n", "win.bat": None}, "Rename with change, delete")
     rows = _rows(git_repo)
+    assert [t.num_rows for t in iter_repository_rows(git_repo, batch_rows=3)] == [3, 3, 2]  # bounded batches, across commits
     by_commit: dict[str, list[dict]] = {}
     for row in rows:
         by_commit.setdefault(row["commit"], []).append(row)
