@@ -242,6 +242,7 @@ class JsonlSource(StreamSource):
     kind = "jsonl"
     block_size = 32 << 20  # pyarrow's reader takes a line of up to two blocks
     longest_line = 2 * block_size
+    records_checked = 1000  # lines whose keys `validate` reads
 
     def __init__(self, uri: str) -> None:
         super().__init__(uri)
@@ -250,21 +251,31 @@ class JsonlSource(StreamSource):
     def validate(self) -> None:
         if not self.path.is_file():
             raise DiffmixError(f"{self.path}: no such file")
+        keys: set[str] = set()
         try:
-            number, first = _first_record_of(self.path, self.longest_line)
+            # The first record must be a JSON object; the columns are the keys of the first
+            # records (a writer may leave out a null field, even a required one, on some lines).
+            for seen, (number, line) in enumerate(_records_of(self.path, self.longest_line)):
+                if len(line) >= self.longest_line:
+                    raise DiffmixError(f"{self.path}: line {number} is longer than {self.longest_line >> 20} MiB, the longest the JSON reader takes")
+                try:
+                    record = json.loads(line.decode("utf-8", "replace"))  # bad bytes in a value: that row's problem (bad_encoding)
+                except ValueError as exc:
+                    if seen == 0:
+                        raise DiffmixError(f"{self.path}: line {number} is not JSON ({exc})") from None
+                    break  # the reader names a broken later line
+                if not isinstance(record, dict):
+                    if seen == 0:
+                        raise DiffmixError(f"{self.path}: line {number} is not a JSON object")
+                    break
+                keys.update(record)
+                if seen + 1 >= self.records_checked:
+                    break
         except (pa.ArrowException, OSError) as exc:
             raise DiffmixError(f"{self.path}: unreadable ({first_line(exc)})") from None
-        if first is None:
+        if not keys:
             raise DiffmixError(f"{self.path}: empty file (no JSON line)")
-        if len(first) >= self.longest_line:
-            raise DiffmixError(f"{self.path}: line {number} is longer than {self.longest_line >> 20} MiB, the longest the JSON reader takes")
-        try:
-            record = json.loads(first)
-        except ValueError as exc:
-            raise DiffmixError(f"{self.path}: line {number} is not JSON ({exc})") from None
-        if not isinstance(record, dict):
-            raise DiffmixError(f"{self.path}: line {number} is not a JSON object")
-        check_columns(list(record), str(self.path))
+        check_columns(sorted(keys), str(self.path))
 
     def fingerprint(self) -> str:
         return f"sha256:{sha256_file(self.path)}"
@@ -532,9 +543,9 @@ def _decode_each(column: pa.ChunkedArray, replace: bool) -> tuple[pa.Array, list
     return pa.array(values, pa.large_string()), invalid
 
 
-def _first_record_of(path: Path, limit: int) -> tuple[int, bytes | None]:
-    """(line number, bytes) of the first non-blank line of a (possibly compressed) text
-    file; (0, None) when there is none. A line is read to at most `limit` bytes."""
+def _records_of(path: Path, limit: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of each non-blank line of a (possibly compressed) text file;
+    a line longer than `limit` is given cut at `limit` bytes, and ends the iteration."""
     number, pieces, size = 0, [], 0
     with pa.input_stream(str(path), compression="detect") as stream:
         while chunk := stream.read(1 << 20):
@@ -542,10 +553,12 @@ def _first_record_of(path: Path, limit: int) -> tuple[int, bytes | None]:
                 line, chunk = b"".join([*pieces, chunk[:end]]), chunk[end + 1 :]
                 pieces, size, number = [], 0, number + 1
                 if line.strip():
-                    return number, line
+                    yield number, line
             pieces.append(chunk)
             size += len(chunk)
             if size >= limit:
-                return number + 1, b"".join(pieces)
+                yield number + 1, b"".join(pieces)
+                return
     last = b"".join(pieces)
-    return (number + 1, last) if last.strip() else (0, None)
+    if last.strip():
+        yield number + 1, last

@@ -400,6 +400,31 @@ def test_jsonl_leading_blank_lines_long_lines_and_truncation(tmp_path: Path, mon
         list(JsonlSource(str(truncated)).iter_tables(BuildConfig()))
 
 
+def test_jsonl_columns_are_the_keys_of_the_first_records(tmp_path: Path) -> None:
+    """A writer that leaves out null fields: line 1 lacks `old_contents`, line 2 has it."""
+    path = tmp_path / "sparse.jsonl"
+    sparse = {k: v for k, v in COMMITPACK_ROWS[0].items() if k != "old_contents"}
+    path.write_text(json.dumps(sparse) + "\n" + json.dumps(COMMITPACK_ROWS[1]) + "\n")
+    source = JsonlSource(str(path))
+    source.validate()
+    rows = pa.concat_tables(source.iter_tables(BuildConfig())).to_pylist()
+    assert [r["old_contents"] for r in rows] == [None, "x\n"]  # the first row: null_contents later
+    lacking = tmp_path / "lacking.jsonl"
+    lacking.write_text((json.dumps(sparse) + "\n") * 3)
+    with pytest.raises(DiffmixError, match="missing required column\\(s\\): old_contents"):
+        JsonlSource(str(lacking)).validate()
+
+
+def test_jsonl_bad_bytes_on_line_one_are_that_rows_problem(tmp_path: Path) -> None:
+    path = tmp_path / "latin.jsonl"
+    first = json.dumps({**COMMITPACK_ROWS[0], "message": "Fix caf@"}).encode().replace(b"caf@", b"caf\xe9")
+    path.write_bytes(first + b"\n" + json.dumps(COMMITPACK_ROWS[1]).encode() + b"\n")
+    source = JsonlSource(str(path))
+    source.validate()
+    rows = pa.concat_tables(source.iter_tables(BuildConfig())).to_pylist()
+    assert [(r["message"], r["bad_encoding"]) for r in rows] == [("Fix caf\ufffd", True), ("Move x", False)]
+
+
 def test_hf_local_dataset_directory(tmp_path: Path) -> None:
     folder = tmp_path / "hfdata"
     folder.mkdir()
