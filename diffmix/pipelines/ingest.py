@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -110,6 +111,10 @@ def _conform_types(table: pa.Table) -> pa.Table:
         text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, pa.types.is_binary, pa.types.is_large_binary)
         if pa.types.is_string(wanted) and not any(is_text(column.type) for is_text in text):
             column = column.cast(wanted)  # a number or a flag where text belongs (a numeric commit id)
+        if pa.types.is_integer(wanted) and pa.types.is_integer(column.type) and column.type.bit_width > wanted.bit_width:
+            info = np.iinfo(wanted.to_pandas_dtype())  # a count too large for its column: unknown, not a failed build
+            fits = pc.and_(pc.greater_equal(column, info.min), pc.less_equal(column, info.max))
+            column = pc.if_else(fits, column, pa.scalar(None, column.type)).cast(wanted)
         table = table.set_column(i, name, column)
     return table
 

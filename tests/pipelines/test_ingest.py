@@ -234,6 +234,8 @@ def test_normalize_conforms_column_encodings() -> None:
     assert [r["author_date"] for r in rows] == ["2021-01-01T12:00:00Z", None, "2020-05-05T00:00:00Z"]
     dated = normalize_commits(table.set_column(7, "author_date", pa.array([dt.date(2021, 1, 2)] * 3)), "x").to_pylist()
     assert {r["author_date"] for r in dated} == {"2021-01-02T00:00:00Z"}
+    counts = normalize_commits(table.append_column("lines_added", pa.array([2**40, 5, None], pa.int64())), "x").to_pylist()
+    assert [r["lines_added"] for r in counts] == [None, 5, None]  # too large for int32: unknown, not a failed build
     with pytest.raises(DiffmixError, match="column message has type struct<a: int64>, expected string"):
         normalize_commits(table.set_column(4, "message", pa.array([{"a": 1}] * 3)), "x")
     with pytest.raises(DiffmixError, match="message appear more than once"):
