@@ -25,7 +25,7 @@ import polars as pl
 
 from diffmix.errors import DiffmixError
 from diffmix.mixers.recipe import Recipe, load_recipe
-from diffmix.pipelines.io import atomic_open, read_json, sha256_file, sha256_json
+from diffmix.pipelines.io import atomic_open, check_output_dir, read_json, sha256_file, sha256_json
 from diffmix.pipelines.shards import MANIFEST
 
 AXES = ("steps", "tokens", "examples", "unique_examples")
@@ -68,8 +68,7 @@ def plan_comparison(recipe_paths: list[str], out: str | Path, seeds: int) -> tup
     if duplicates:
         raise DiffmixError(f"recipe names must differ within a comparison: {', '.join(duplicates)}")
     root = Path(out)
-    if root.exists() and not root.is_dir():
-        raise DiffmixError(f"{out}: exists and is not a directory")
+    check_output_dir(root)
     runs = []
     for path, recipe in zip(recipe_paths, recipes):
         key = recipe_key(recipe)

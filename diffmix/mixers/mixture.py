@@ -49,6 +49,7 @@ from diffmix.mixers.recipe import (
 )
 from diffmix.pipelines.io import (
     atomic_open,
+    check_output_dir,
     read_ipc_stream,
     remove_stale_temporaries,
     sha256_file,
@@ -286,9 +287,8 @@ def _prepare_out(out: Path, config_hash: str) -> Manifest | None:
             f"{out}: already holds a different dataset (config_hash {existing.config_hash[:12]}); "
             "choose another --out or remove it"
         )
+    check_output_dir(out)
     if out.exists():
-        if not out.is_dir():
-            raise DiffmixError(f"{out}: exists and is not a directory")
         leftovers = {p.name for p in out.iterdir() if not p.name.startswith(".")}
         if leftovers - {DATA_DIR, TOKENIZER_FILE}:
             raise DiffmixError(f"{out}: not empty and not a diffmix dataset ({', '.join(sorted(leftovers))})")

@@ -56,6 +56,7 @@ from diffmix.pipelines.ingest import (
     resolve_source,
 )
 from diffmix.pipelines.io import (
+    check_output_dir,
     read_ipc_stream,
     read_json,
     remove_stale_temporaries,
@@ -164,8 +165,7 @@ def check_inputs(uris: list[str], out: str | Path, config: BuildConfig) -> list[
     if len({isinstance(s, SyntheticSource) for s in sources}) > 1:
         raise DiffmixError("synthetic inputs cannot be mixed with commit inputs in one build: build them apart, then mix them with a recipe")
     get_format(config.format)  # fail early on an unknown format name
-    if Path(out).exists() and not Path(out).is_dir():
-        raise DiffmixError(f"{out}: --out exists and is not a directory")
+    check_output_dir(out)
     return sources
 
 

@@ -142,7 +142,7 @@ def _decoded(raw: bytes, encoding: str | None = None) -> tuple[str, bool]:
     The declared encoding first (UTF-8 when none); then UTF-8, as git prints the
     bytes as they are when it cannot convert them; else U+FFFD for the bad bytes.
     """
-    for name in (encoding or "utf-8", "utf-8"):
+    for name in dict.fromkeys((encoding or "utf-8", "utf-8")):
         try:
             return raw.decode(name), False
         except (LookupError, UnicodeDecodeError):

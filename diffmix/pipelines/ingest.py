@@ -51,6 +51,7 @@ from diffmix.schemas.manifest import InputEntry
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".ndjson", ".json.gz")
 _HUB_HOST = ("huggingface.co", 443)
 _CONTENT_COLUMNS = ("old_contents", "new_contents")
+_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, pa.types.is_binary, pa.types.is_large_binary)
 
 
 def check_columns(names: list[str] | set[str], where: str) -> None:
@@ -108,8 +109,7 @@ def _conform_types(table: pa.Table) -> pa.Table:
             column = column.cast(pa.timestamp("us"))
         if pa.types.is_timestamp(column.type):  # a naive one is taken as UTC
             column = pc.strftime(column.cast(pa.timestamp("s", "UTC"), safe=False), format="%Y-%m-%dT%H:%M:%SZ")
-        text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, pa.types.is_binary, pa.types.is_large_binary)
-        if pa.types.is_string(wanted) and not any(is_text(column.type) for is_text in text):
+        if pa.types.is_string(wanted) and not any(is_text(column.type) for is_text in _TEXT_TYPES):
             column = column.cast(wanted)  # a number or a flag where text belongs (a numeric commit id)
         if pa.types.is_integer(wanted) and pa.types.is_integer(column.type) and column.type.bit_width > wanted.bit_width:
             info = np.iinfo(wanted.to_pandas_dtype())  # a count too large for its column: unknown, not a failed build
@@ -554,13 +554,14 @@ def _records_of(path: Path, limit: int) -> Iterator[tuple[int, bytes]]:
     number, pieces, size = 0, [], 0
     with pa.input_stream(str(path), compression="detect") as stream:
         while chunk := stream.read(1 << 20):
-            while (end := chunk.find(b"\n")) >= 0:  # lines that end in this chunk
-                line, chunk = b"".join([*pieces, chunk[:end]]), chunk[end + 1 :]
+            start = 0
+            while (end := chunk.find(b"\n", start)) >= 0:  # lines that end in this chunk
+                line, start = b"".join([*pieces, chunk[start:end]]), end + 1
                 pieces, size, number = [], 0, number + 1
                 if line.strip():
                     yield number, line
-            pieces.append(chunk)
-            size += len(chunk)
+            pieces.append(chunk[start:])
+            size += len(chunk) - start
             if size >= limit:
                 yield number + 1, b"".join(pieces)
                 return

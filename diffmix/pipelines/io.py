@@ -18,6 +18,8 @@ from typing import Any, BinaryIO
 
 import pyarrow as pa
 
+from diffmix.errors import DiffmixError
+
 _HASH_CHUNK = 1 << 22
 
 
@@ -58,6 +60,12 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_output_dir(path: str | os.PathLike[str]) -> None:
+    """Fail in one line when an output path exists and is not a directory."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise DiffmixError(f"{path}: exists and is not a directory")
 
 
 def write_json(path: str | os.PathLike[str], value: Any) -> None:

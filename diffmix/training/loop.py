@@ -41,7 +41,7 @@ from tokenizers import Tokenizer
 from torch.nn.parallel import DistributedDataParallel
 
 from diffmix.errors import DiffmixError
-from diffmix.pipelines.io import atomic_open, read_json, write_json
+from diffmix.pipelines.io import atomic_open, check_output_dir, read_json, write_json
 from diffmix.pipelines.shards import read_manifest
 from diffmix.pipelines.tokenize import (
     TOKENIZER_FILE,
@@ -233,14 +233,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def _claim_run(run: Path, digest: str) -> None:
     """Create the run directory, or fail in one line before anything in it is overwritten:
     `run` is a file, or it holds a checkpoint of another config (config.json says whose)."""
-    if run.exists() and not run.is_dir():
-        raise DiffmixError(f"{run}: exists and is not a directory")
+    check_output_dir(run)
     recorded = run / "config.json"
     if (run / CHECKPOINT).is_file() and recorded.is_file():
-        previous = read_json(recorded).get("digest", "")
-        if previous != digest:
-            raise DiffmixError(f"{run / CHECKPOINT}: written by a different config (digest {previous[:12]}, now {digest[:12]}); use another --out")
+        _check_same_config(run / CHECKPOINT, read_json(recorded).get("digest", ""), digest)
     run.mkdir(parents=True, exist_ok=True)
+
+
+def _check_same_config(checkpoint: Path, recorded: str, digest: str) -> None:
+    if recorded != digest:
+        raise DiffmixError(f"{checkpoint}: written by a different config (digest {recorded[:12]}, now {digest[:12]}); use another --out")
 
 
 def train(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], config: TrainConfig) -> dict[str, Any]:
@@ -284,8 +286,7 @@ def train(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], con
     checkpoint_path = run / CHECKPOINT
     if checkpoint_path.is_file():
         ckpt = load_checkpoint(checkpoint_path)
-        if ckpt["digest"] != digest:
-            raise DiffmixError(f"{checkpoint_path}: written by a different config (digest {ckpt['digest'][:12]}, now {digest[:12]}); use another --out")
+        _check_same_config(checkpoint_path, ckpt["digest"], digest)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
