@@ -26,8 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
 from diffmix.errors import DiffmixError
@@ -113,6 +115,36 @@ def uniform(doc_id: pl.Expr, seed: int) -> pl.Expr:
     """
     u = doc_id.str.slice(0, 13).str.to_integer(base=16, strict=False).cast(pl.Float64) / float(16**13)
     return (u + seed * 0.6180339887498949) % 1.0
+
+
+@dataclass(frozen=True)
+class Utf8Bytes:
+    """A string column's UTF-8 bytes as its Arrow buffers hold them: text i is
+    `data[offsets[i]:offsets[i + 1]]` (empty for a null, `valid[i]` False)."""
+
+    offsets: list[int]
+    data: np.ndarray  # uint8
+    valid: np.ndarray  # bool
+
+    def views(self) -> list[memoryview | None]:
+        """Each text's bytes without a copy (None for a null): hash functions take them as they are."""
+        data = memoryview(self.data)
+        return [data[a:b] if ok else None for a, b, ok in zip(self.offsets[:-1], self.offsets[1:], self.valid.tolist())]
+
+
+def utf8_bytes(texts: pl.Series) -> Utf8Bytes:
+    """`texts`' bytes without a Python string per text (to_list, then encode, copies every text twice)."""
+    array = texts.to_arrow()
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    valid = array.is_valid().to_numpy(zero_copy_only=False)
+    if array.null_count:  # a null's offsets may span bytes: make it an empty string
+        array = pc.fill_null(array, "")
+    array = array.cast(pa.large_string())
+    n = len(array)
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64, count=n + 1, offset=array.offset * 8)
+    data = np.frombuffer(array.buffers()[2], dtype=np.uint8) if array.buffers()[2] is not None else np.zeros(0, np.uint8)
+    return Utf8Bytes(offsets.tolist(), data, valid)
 
 
 # Scoring-frame columns (when present): one id per distinct old / new file text of the partition.

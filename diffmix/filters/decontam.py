@@ -17,17 +17,16 @@ from typing import ClassVar
 import polars as pl
 import pyarrow as pa
 
-from diffmix.filters.base import Check, Filter, frame_text_ids, on_distinct
+from diffmix.filters.base import Check, Filter, frame_text_ids, on_distinct, utf8_bytes
 
 
 def git_blob_ids(texts: pl.Series) -> pl.Series:
     """git's object id of each text as a blob (sha1 of `blob <size>\\0` + bytes); null stays null."""
     out = []
-    for text in texts.to_list():
-        if text is None:
+    for data in utf8_bytes(texts).views():
+        if data is None:
             out.append(None)
             continue
-        data = text.encode()
         digest = hashlib.sha1(b"blob %d\0" % len(data), usedforsecurity=False)
         digest.update(data)  # no header + data copy
         out.append(digest.hexdigest())

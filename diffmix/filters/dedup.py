@@ -38,6 +38,8 @@ import numpy as np
 import polars as pl
 import xxhash
 
+from diffmix.filters.base import utf8_bytes
+
 _FMIX1 = np.uint64(0xFF51AFD7ED558CCD)
 _FMIX2 = np.uint64(0xC4CEB9FE1A85EC53)
 _BAND_PRIME = np.uint64(0x9E3779B97F4A7C15)
@@ -53,10 +55,12 @@ _HUNK_NUMBERS = r"(?m)^@@ -[0-9]+(?:,[0-9]+)? \+[0-9]+(?:,[0-9]+)? @@"
 def exact_keys(before: pl.Series, diff: pl.Series) -> tuple[pl.Series, pl.Series]:
     """xxh3-64 of `before + NUL + diff` and of `diff` (UInt64; stable across runs and machines)."""
     keys_bd, keys_d = [], []
-    for b, d in zip(before.to_list(), diff.to_list(), strict=True):
-        db = d.encode()
-        keys_d.append(xxhash.xxh3_64_intdigest(db))
-        keys_bd.append(xxhash.xxh3_64_intdigest(b.encode() + b"\0" + db))
+    for b, d in zip(utf8_bytes(before).views(), utf8_bytes(diff).views(), strict=True):
+        keys_d.append(xxhash.xxh3_64_intdigest(d))
+        streamed = xxhash.xxh3_64(b)  # before + NUL + diff, without joining them
+        streamed.update(b"\0")
+        streamed.update(d)
+        keys_bd.append(streamed.intdigest())
     return pl.Series("f_exact_bd", keys_bd, dtype=pl.UInt64), pl.Series("f_exact_d", keys_d, dtype=pl.UInt64)
 
 

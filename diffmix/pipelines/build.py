@@ -306,6 +306,11 @@ def _decisions_path(plan: BuildPlan, key: str) -> Path:
     return plan.work / "decisions" / f"{key}.arrow"
 
 
+def _staged_documents(documents: pl.DataFrame) -> pa.Table:
+    """A partition's documents as the one record batch `write_data_shard` slices."""
+    return documents.to_arrow().cast(CORPUS_SCHEMA).combine_chunks()
+
+
 def process_partition(plan: BuildPlan, part: Partition) -> PartitionStats:
     """One slice of commit rows -> structural rejects, and staged documents with every score and verdict.
 
@@ -342,7 +347,7 @@ def process_partition(plan: BuildPlan, part: Partition) -> PartitionStats:
     documents, verdicts = engine.decide_rows(documents, plan.config, sources if window.whole_file else None)
     clock.lap("rules_lazy")
     rejected = pl.concat([_structural_rejects(f.filter(pl.col("reason").is_not_null())) for f in (frame, alive, ready)])
-    write_ipc_stream(docs_path, documents.to_arrow().cast(CORPUS_SCHEMA))
+    write_ipc_stream(docs_path, _staged_documents(documents))
     write_ipc_stream(_verdicts_path(plan, part.key), verdicts.to_frame("reason").to_arrow())
     write_ipc_stream(rejects_path, _as_rejects(rejected.to_arrow()))
     clock.lap("write")
@@ -627,14 +632,24 @@ def prepare_tokenizer(plan: BuildPlan, specs: list[ShardSpec]) -> None:
 
 def write_data_shard(plan: BuildPlan, spec: ShardSpec) -> FileEntry:
     """Gather the shard's rows from the staged partitions (tokenise them if configured), write it atomically."""
-    tables = []
-    for key, rows in spec.pieces:
-        docs_path, _, _ = _partition_files(plan, key)
-        tables.append(read_ipc_stream(docs_path).take(pa.array(rows, pa.int64())))
-    table = pa.concat_tables(tables).combine_chunks() if tables else CORPUS_SCHEMA.empty_table()
+    tables = [_rows_of(read_ipc_stream(_partition_files(plan, key)[0]), rows) for key, rows in spec.pieces]
+    # Left in pieces: the writer copies only the record batches that straddle two pieces.
+    table = pa.concat_tables(tables) if tables else CORPUS_SCHEMA.empty_table()
     if plan.config.tokenize is not None:
-        table = tokenize_documents(table, load_tokenizer(plan.work))
+        table = tokenize_documents(table.combine_chunks(), load_tokenizer(plan.work))
     return write_shard(plan.out, f"{DATA_DIR}/{shard_name(spec.index, spec.count)}", table)
+
+
+def _rows_of(table: pa.Table, rows: list[int]) -> pa.Table:
+    """`table.take(rows)` for increasing row indices, without a copy when they are a run (the usual case).
+
+    A slice is written padded by what its parent buffer holds, so the staged documents
+    are one record batch per partition (`_staged_documents`): the shard bytes then
+    depend on the rows alone, not on how Polars happened to chunk them.
+    """
+    if rows and rows[-1] - rows[0] == len(rows) - 1:
+        return table.slice(rows[0], len(rows))
+    return table.take(pa.array(rows, pa.int64()))
 
 
 def _finish_tokens(plan: BuildPlan, shards: list[FileEntry]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -894,7 +909,7 @@ def refilter_partition(plan: BuildPlan, part: Partition) -> None:
     assert isinstance(table, pl.DataFrame)
     table = _with_split(table, plan.config)
     table, verdicts = engine.decide_rows(table, plan.config)
-    write_ipc_stream(docs_path, table.to_arrow().cast(CORPUS_SCHEMA))
+    write_ipc_stream(docs_path, _staged_documents(table))
     write_ipc_stream(_verdicts_path(plan, part.key), verdicts.to_frame("reason").to_arrow())
     write_json(stats_path, {"key": part.key, "documents": table.height})
 

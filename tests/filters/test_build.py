@@ -86,3 +86,36 @@ def test_one_document_per_id_across_inputs(tmp_path: Path) -> None:
     docs, dropped = data(tmp_path / "out"), rejects(tmp_path / "out")
     assert manifest.counts.dropped == {"duplicate_id": 1} and docs["source"].to_list() == ["parquet:a"]
     assert dropped["reason"].to_list() == ["duplicate_id"] and dropped["detail"].to_list() == docs["doc_id"].to_list()
+
+
+def test_shard_bytes_do_not_depend_on_how_documents_were_chunked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shards slice the staged documents (no copy for a run of rows), and the IPC writer pads a
+    slice by what its parent buffer holds: the staged file is one batch, however Polars chunked it."""
+    import polars as pl
+
+    from diffmix.pipelines import shards
+    from diffmix.pipelines.build import _rows_of, _staged_documents
+    from diffmix.pipelines.io import read_ipc_stream, write_ipc_stream
+    from diffmix.pipelines.shards import write_shard
+
+    monkeypatch.setattr(shards, "BATCH_ROWS", 2)  # batches inside a piece are then slices of it
+    out = tmp_path / "out"
+    run_build([str(write_commits(tmp_path / "in.parquet", mixed_rows()))], out, BuildConfig(filters={"rules": []}))
+    docs = data(out)
+    assert docs.height >= 6
+    chunkings = {
+        "one": docs,
+        "three": pl.concat([docs[:2], docs[2:5], docs[5:]], rechunk=False),
+        "per-row": pl.concat([docs[i : i + 1] for i in range(docs.height)], rechunk=False),
+    }
+    picks = {"run": list(range(1, docs.height - 1)), "gaps": [0, 2, 3, docs.height - 1]}
+    for pick, rows in picks.items():
+        hashes = set()
+        for name, frame in chunkings.items():
+            staged = _staged_documents(frame)
+            assert staged.column("text").num_chunks == 1
+            write_ipc_stream(tmp_path / f"{name}.arrow", staged)
+            piece = _rows_of(read_ipc_stream(tmp_path / f"{name}.arrow"), rows)
+            assert piece.equals(staged.take(rows))
+            hashes.add(write_shard(tmp_path, f"shard-{pick}-{name}.arrow", pa.concat_tables([piece, piece])).sha256)
+        assert len(hashes) == 1, pick

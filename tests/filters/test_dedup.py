@@ -13,6 +13,7 @@ from diffmix.filters.dedup import (
     band_keys,
     bucket_pairs,
     components,
+    exact_keys,
     optimal_bands,
 )
 from diffmix.schemas.config import BuildConfig
@@ -48,6 +49,19 @@ def edit(text: str, line: int, seed: int) -> str:
 def shingle_set(text: str, n: int = 5) -> set[bytes]:
     data = text.encode()
     return {data[i : i + n] for i in range(max(1, len(data) - n + 1))}
+
+
+def test_exact_keys_hash_before_nul_diff() -> None:
+    """The keys are xxh3-64 of `before + NUL + diff` and of `diff` (streamed, never joined)."""
+    import polars as pl
+    import xxhash
+
+    before = pl.Series(["a\n", "", "caf\u00e9\n", "a\n"])
+    diff = pl.Series(["@@ -1 +1 @@\n-a\n+b\n", "@@ -0,0 +1 @@\n+x\n", "", "@@ -1 +1 @@\n-a\n+b\n"])
+    bd, d = exact_keys(before, diff)
+    assert bd.to_list() == [xxhash.xxh3_64_intdigest(b.encode() + b"\0" + x.encode()) for b, x in zip(before, diff)]
+    assert d.to_list() == [xxhash.xxh3_64_intdigest(x.encode()) for x in diff]
+    assert bd[0] == bd[3] and bd[0] != bd[1]
 
 
 def test_minhash_estimates_jaccard_like_datasketch() -> None:

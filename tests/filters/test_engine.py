@@ -104,6 +104,33 @@ def test_scores_on_distinct_texts_survive_gaps_in_the_ids() -> None:
     assert lengths[0]["n"].to_list() == [2, 4, None, 2] and lengths[1]["n"].to_list() == [3, 1, 2, 4]
 
 
+def _chunked(values: list[str | None]) -> object:
+    import polars as pl
+
+    return pl.concat([pl.Series("t", values[:2], dtype=pl.String), pl.Series("t", values[2:], dtype=pl.String)], rechunk=False)
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        pytest.param(lambda pl: pl.Series("t", ["abc", "", None, "é\u20ac\U0001f600", "x\ny\n"]), id="nulls-empty-non-ascii"),
+        pytest.param(lambda pl: pl.Series("t", [None, None], dtype=pl.String), id="all-null"),
+        pytest.param(lambda pl: pl.Series("t", [], dtype=pl.String), id="empty"),
+        pytest.param(lambda pl: pl.Series("t", ["skip", "ab", None, "c\u00e9"]).slice(1), id="sliced"),
+        pytest.param(lambda pl: _chunked(["a", None, "bcd", "é"]), id="two-chunks"),
+    ],
+)
+def test_utf8_bytes_are_each_texts_encoding(texts: object) -> None:
+    """Zero-copy views of a column's texts: the same bytes as `str.encode`, None for a null."""
+    import polars as pl
+
+    from diffmix.filters.base import utf8_bytes
+
+    series = texts(pl)  # type: ignore[operator]
+    views = utf8_bytes(series).views()
+    assert [None if v is None else bytes(v) for v in views] == [None if t is None else t.encode() for t in series.to_list()]
+
+
 @pytest.mark.parametrize("rules", [[], None])
 def test_decide_rows_on_no_rows(rules: list | None) -> None:
     """A partition can be empty (a shallow clone's only commit is skipped); with or without rules."""
