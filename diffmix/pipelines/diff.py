@@ -28,14 +28,19 @@ class FileDiff:
     hunks: int
     added: int
     deleted: int
+    # git's blob ids of the two texts: libgit2 hashes both sides of every diff anyway.
+    old_id: str = ""
+    new_id: str = ""
 
 
 def diff_texts(old: str, new: str, context_lines: int = CONTEXT_LINES) -> FileDiff:
     """Diff two file texts; `old == ""` gives a `@@ -0,0 +1,N @@` hunk (a new file)."""
     patch = pygit2.Patch.create_from(old, new, context_lines=context_lines, flag=_FLAGS)
     data: bytes = patch.data
+    delta = patch.delta
+    ids = str(delta.old_file.id), str(delta.new_file.id)
     if not data:
-        return FileDiff("", 0, 0, 0)
+        return FileDiff("", 0, 0, 0, *ids)
     start = data.find(b"\n@@ -")
     if start < 0:
         if b"\nBinary files " in data:
@@ -43,4 +48,4 @@ def diff_texts(old: str, new: str, context_lines: int = CONTEXT_LINES) -> FileDi
         raise ValueError(f"unexpected xdiff output: {data[:200]!r}")
     _, added, deleted = patch.line_stats
     body = data[start + 1 :].decode("utf-8")
-    return FileDiff(body, body.count("\n@@ -") + 1, added, deleted)
+    return FileDiff(body, body.count("\n@@ -") + 1, added, deleted, *ids)

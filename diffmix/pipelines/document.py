@@ -190,7 +190,7 @@ def render_rows(frame: pl.DataFrame, fmt: Format, window: WindowSpec | None = No
             continue
         values = (
             doc.text, doc.target_start, doc.sections.get("bef_start"), doc.sections.get("msg_start"), doc.sections.get("dff_start"),
-            len(diff.text), diff.hunks, diff.added, diff.deleted, diff.text,
+            len(diff.text), diff.hunks, diff.added, diff.deleted, diff.text, diff.old_id, diff.new_id,
         )  # fmt: skip
         for column, value in zip(columns.values(), values):
             column.append(value)
@@ -212,5 +212,8 @@ RENDERED_COLUMNS = pl.Schema(
         "lines_added": pl.Int32,
         "lines_deleted": pl.Int32,
         "diff": pl.String,  # for scoring only; not a document column
+        # git's blob ids of the diffed (redacted) texts, from the diff engine; for scoring only.
+        "old_blob": pl.String,
+        "new_blob": pl.String,
     }
 )

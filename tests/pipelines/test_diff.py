@@ -74,3 +74,16 @@ def test_section_heading_kept() -> None:
 def test_binary_is_refused() -> None:
     with pytest.raises(BinaryDiffError):
         diff_texts("a\x00b\n", "a\x00c\n")
+
+
+@pytest.mark.parametrize(("old", "new"), [("a\n", "b\n"), ("", "new file\n"), ("same\n", "same\n"), ("caf\u00e9\n", "gone\n")])
+def test_blob_ids_are_gits(old: str, new: str) -> None:
+    """The diff carries git's blob ids of both texts (what `git hash-object` prints)."""
+    import hashlib
+
+    def blob_id(text: str) -> str:
+        data = text.encode()
+        return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+    diff = diff_texts(old, new)
+    assert (diff.old_id, diff.new_id) == (blob_id(old), blob_id(new))
