@@ -215,6 +215,8 @@ def run_build_corpus(
 
     Inputs are checked before any server or cluster starts, so bad input fails at once.
     """
+    if workers < 1 and not dask_address:  # a LocalCluster without workers would wait forever
+        raise DiffmixError(f"--workers must be at least 1, got {workers}")
     config = load_build_config(config_path, **(config_overrides or {}))
     corpus.check_inputs(inputs, out, config)
     runner = corpus_runner(inputs, workers, dask_address)

@@ -121,6 +121,12 @@ def test_resume_after_sigkill_gives_identical_bytes(tmp_path: Path) -> None:
     assert not (killed / "manifest.json").exists()
     run_build_corpus([str(parquet)], str(killed), str(config), workers=1)
     assert tree_digest(killed) == tree_digest(reference)
+    # Killed after the manifest, before the cleanup: the rerun skips the work and removes the leftovers.
+    (killed / ".work" / "stats").mkdir(parents=True)
+    (killed / ".work" / "stats" / "p-00000.json").write_text("{}")
+    (killed / "data" / ".part-00000-of-00001.arrow.tmp-4242").write_bytes(b"half")
+    run_build_corpus([str(parquet)], str(killed), str(config), workers=1)
+    assert tree_digest(killed) == tree_digest(reference) and not (killed / ".work").exists()
 
 
 @pytest.mark.parametrize(
@@ -134,6 +140,8 @@ def test_resume_after_sigkill_gives_identical_bytes(tmp_path: Path) -> None:
         (["--input", "{not_repo}"], "not a git repository"),
         (["--input", "{repo}", "--out-is-file"], "exists and is not a directory"),
         (["--input", "{repo}", "--format", "nope_v1"], "unknown format 'nope_v1'"),
+        (["--input", "{repo}", "--workers", "0"], "--workers must be at least 1, got 0"),  # a cluster without workers hung
+        (["--input", "{repo}", "--workers", "-1"], "--workers must be at least 1, got -1"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, history: Path, capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
@@ -149,7 +157,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, history: Path,
         out.write_text("a file")
     values = {"bad_parquet": tmp_path / "bad.parquet", "damaged_parquet": tmp_path / "damaged.parquet", "no_columns": tmp_path / "nocols.parquet",
               "broken_jsonl": tmp_path / "broken.jsonl", "not_repo": tmp_path / "plain", "repo": history}  # fmt: skip
-    argv = ["build", *[a.format(**values) for a in args], "--out", str(out), "--workers", "1"]
+    argv = ["build", "--workers", "1", *[a.format(**values) for a in args], "--out", str(out)]  # a --workers in args wins
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err

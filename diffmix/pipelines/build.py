@@ -189,6 +189,9 @@ def _claim_output(plan: BuildPlan, overwrite: bool) -> Manifest | None:
         manifest = read_manifest(out)
         if manifest.config_hash == plan.config_hash and manifest.inputs == plan.inputs:
             verify_files(out, manifest.shards + manifest.rejects, check_hashes=False)
+            # A build killed after its manifest and before its cleanup left these behind.
+            shutil.rmtree(plan.work, ignore_errors=True)
+            remove_stale_temporaries(out)
             return manifest
         if not overwrite:
             raise DiffmixError(f"{out}: holds a different build (config or inputs differ); pass --overwrite or choose another --out")
