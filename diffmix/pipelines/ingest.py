@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -300,7 +301,34 @@ class JsonlSource(StreamSource):
         except (pa.ArrowException, OSError) as exc:  # OSError: e.g. a truncated .gz, seen only when streamed
             if "straddl" in str(exc):
                 raise DiffmixError(f"{self.path}: a line after row {rows} is longer than {self.longest_line >> 20} MiB, the longest the JSON reader takes") from None
-            raise DiffmixError(f"{self.path}: broken JSON line after row {rows} ({first_line(exc)})") from None
+            if not _JSON_TYPE_ERROR.search(str(exc)):
+                raise DiffmixError(f"{self.path}: broken JSON line after row {rows} ({first_line(exc)})") from None
+        else:
+            return
+        # A value of another JSON type (a number for `commit`, a list for `repos`): the Arrow
+        # reader cannot take it row by row, so the rest of the file is read here, each value
+        # conformed as a Parquet column of that type would be (or null, for the row's reasons).
+        yield from self._tables_per_record(skip=rows, batch_rows=min(1000, config.partition_rows))
+
+    def _tables_per_record(self, skip: int, batch_rows: int) -> Iterator[pa.Table]:
+        records: list[dict[str, Any]] = []
+        for seen, (number, line) in enumerate(_records_of(self.path, self.longest_line)):
+            if seen < skip:
+                continue
+            if len(line) >= self.longest_line:
+                raise DiffmixError(f"{self.path}: line {number} is longer than {self.longest_line >> 20} MiB, the longest the JSON reader takes")
+            try:  # surrogateescape: bytes that are not UTF-8 come back as they were (that row's problem)
+                record = json.loads(line.decode("utf-8", "surrogateescape"))
+            except ValueError as exc:
+                raise DiffmixError(f"{self.path}: broken JSON line {number} ({exc})") from None
+            if not isinstance(record, dict):
+                raise DiffmixError(f"{self.path}: line {number} is not a JSON object")
+            records.append(record)
+            if len(records) == batch_rows:
+                yield normalize_commits(_json_records_table(records), str(self.path))
+                records = []
+        if records:
+            yield normalize_commits(_json_records_table(records), str(self.path))
 
 
 class GitSource(StreamSource):
@@ -546,6 +574,43 @@ def _decode_each(column: pa.ChunkedArray, replace: bool) -> tuple[pa.Array, list
             values.append(value.decode("utf-8", "replace") if replace else None)
             invalid.append(True)
     return pa.array(values, pa.large_string()), invalid
+
+
+# pyarrow's JSON reader on a value whose JSON type is not its column's.
+_JSON_TYPE_ERROR = re.compile(r"changed from \w+ to \w+|Failed to convert JSON to")
+
+
+def _json_records_table(records: list[dict[str, Any]]) -> pa.Table:
+    """Parsed JSON records -> COMMIT_SCHEMA columns (text as bytes: `_decode_text_columns`
+    checks them); a value is conformed as `_conform_types` conforms a column of its type."""
+    columns = {}
+    for field in COMMIT_SCHEMA:
+        values = [_json_value(field.name, record.get(field.name), field.type) for record in records]
+        text = pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
+        columns[field.name] = pa.array(values, pa.large_binary() if text else field.type)
+    return pa.table(columns)
+
+
+def _json_value(name: str, value: Any, wanted: pa.DataType) -> Any:
+    """One JSON value for its column: text as UTF-8 bytes (a number or a flag as its text, a
+    `repos` list as its first entry), an integer in its column's range, a flag; else null."""
+    if name == "repos" and isinstance(value, list):
+        value = value[0] if value else None
+    if pa.types.is_integer(wanted):
+        info = np.iinfo(wanted.to_pandas_dtype())
+        return value if isinstance(value, int) and not isinstance(value, bool) and info.min <= value <= info.max else None
+    if pa.types.is_boolean(wanted):
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    elif isinstance(value, (int, float)):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # an escaped lone surrogate: not text either
+        return value.encode("utf-8", "surrogatepass")
 
 
 def _records_of(path: Path, limit: int) -> Iterator[tuple[int, bytes]]:

@@ -427,6 +427,53 @@ def test_jsonl_bad_bytes_on_line_one_are_that_rows_problem(tmp_path: Path) -> No
     assert [(r["message"], r["bad_encoding"]) for r in rows] == [("Fix caf\ufffd", True), ("Move x", False)]
 
 
+def test_jsonl_values_of_another_json_type_are_each_rows_problem(tmp_path: Path) -> None:
+    """pyarrow's reader stops at a value whose JSON type is not its column's; the rest of the
+    file is read record by record, conformed as a Parquet column of that type would be."""
+    good = COMMITPACK_ROWS[1]
+    odd = [
+        {**good, "commit": 1234567},  # a numeric id: its text
+        {**good, "repos": ["acme/app", "fork/app"]},  # a list: its first entry
+        {**good, "commit": {"sha": "c"}},  # an object: null, rejected as missing_field
+        {**good, "lines_added": "many"},  # a count that is not one: null (recomputed from the diff)
+        {**good, "old_file": True},  # a flag where a path belongs: its text
+        {**good, "old_contents": None},
+    ]
+    path = tmp_path / "odd.jsonl"
+    lines = [json.dumps(good).encode(), *(json.dumps(r).encode() for r in odd)]
+    lines.append(json.dumps({**good, "message": "Fix caf@"}).encode().replace(b"caf@", b"caf\xe9"))  # bad bytes: bad_encoding
+    lines.append(json.dumps({**good, "new_contents": "x@"}).encode().replace(b"x@", b"x\xff"))  # not UTF-8 contents: binary
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    source = JsonlSource(str(path))
+    source.validate()
+    rows = pa.concat_tables(source.iter_tables(BuildConfig(partition_rows=3))).to_pylist()
+    assert len(rows) == len(lines)
+    assert rows[0] == normalize_commits(pa.Table.from_pylist([good]), str(path)).to_pylist()[0]  # as the Arrow reader gives it
+    assert [r["commit"] for r in rows[1:4]] == ["1234567", good["commit"], None]
+    assert rows[2]["repos"] == "acme/app" and rows[4]["lines_added"] is None and rows[5]["old_file"] == "true"
+    assert rows[6]["old_contents"] is None
+    assert (rows[7]["message"], rows[7]["bad_encoding"]) == ("Fix caf\ufffd", True)
+    assert (rows[8]["is_binary"], rows[8]["new_contents"]) == (True, None)
+    # The same rows from a file whose first line is already odd.
+    first_odd = tmp_path / "first_odd.jsonl"
+    first_odd.write_bytes(b"\n".join(lines[1:]) + b"\n")
+    assert pa.concat_tables(JsonlSource(str(first_odd)).iter_tables(BuildConfig())).to_pylist() == rows[1:]
+
+
+def test_jsonl_odd_value_after_blocks_already_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks the Arrow reader already gave are not read again: every record once, in order."""
+    monkeypatch.setattr(JsonlSource, "block_size", 1 << 10)
+    monkeypatch.setattr(JsonlSource, "longest_line", 2 << 10)
+    records = [{**COMMITPACK_ROWS[1], "commit": f"c{i:03d}"} for i in range(60)]
+    records[45]["commit"] = 45  # well past the first blocks
+    path = tmp_path / "late.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    source = JsonlSource(str(path))
+    tables = list(source.iter_tables(BuildConfig(partition_rows=7)))
+    assert len(tables) > 2  # some blocks came from the Arrow reader, the rest record by record
+    assert [r["commit"] for r in pa.concat_tables(tables).to_pylist()] == [f"c{i:03d}" if i != 45 else "45" for i in range(60)]
+
+
 def test_hf_local_dataset_directory(tmp_path: Path) -> None:
     folder = tmp_path / "hfdata"
     folder.mkdir()
