@@ -500,7 +500,7 @@ def _finished_summary(run: Path, digest: str) -> dict[str, Any] | None:
 
 
 def _finish(run: Path, config: TrainConfig, digest: str, data: MixtureTokens, model: GPT, state: _Progress, probes: list[ProbeSet], manifest: dict, world: int) -> dict[str, Any]:
-    """Write metrics.parquet, summary.json, the PNG curves and timing.json (rank 0)."""
+    """Write metrics.parquet, the PNG curves, timing.json and, last, summary.json (rank 0)."""
     frame = metrics_frame(state.rows, state.evals, config.skills.ema_beta)
     buffer = io.BytesIO()
     frame.write_parquet(buffer, compression="zstd", statistics=False)
@@ -531,7 +531,6 @@ def _finish(run: Path, config: TrainConfig, digest: str, data: MixtureTokens, mo
             "probe_sets": {p.source: {"documents": len(p), "skipped_too_long": p.skipped_too_long} for p in probes},
         }
     )
-    write_json(run / SUMMARY, _json_safe(summary))
     plots.plot_run(frame, summary, config.skills.tau, run)
     evals = len(state.evals)
     write_json(
@@ -546,6 +545,8 @@ def _finish(run: Path, config: TrainConfig, digest: str, data: MixtureTokens, mo
             "tokens_per_second": state.tokens / state.train_seconds if state.train_seconds else None,
         },
     )
+    # Last: a summary marks the run finished (a rerun returns it), so everything else is written first.
+    write_json(run / SUMMARY, _json_safe(summary))
     if state.train_seconds and state.eval_seconds / state.train_seconds > config.max_eval_fraction:
         warnings.warn(
             f"evaluation took {state.eval_seconds / state.train_seconds:.0%} of training time "

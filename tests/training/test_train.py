@@ -85,6 +85,23 @@ def test_a_resumed_run_continues_exactly(copy_mixture: Path, tmp_path: Path) -> 
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_a_run_killed_while_finishing_is_finished_by_its_rerun(copy_mixture: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """summary.json marks a run finished, so it is written last: a kill while the curves are
+    drawn leaves no summary, and the rerun writes every file an uninterrupted run has."""
+    from diffmix.training import plots
+
+    config = tiny_config(steps=10)
+    straight = train(copy_mixture, tmp_path / "straight", config)
+    run = tmp_path / "run"
+    with monkeypatch.context() as patched:
+        patched.setattr(plots, "plot_run", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))  # the kill
+        with pytest.raises(KeyboardInterrupt):
+            train(copy_mixture, run, config)
+    assert not (run / "summary.json").exists()
+    assert train(copy_mixture, run, config) == straight
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in (tmp_path / "straight").iterdir())
+
+
 def test_resuming_under_another_config_is_refused(copy_mixture: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(copy_mixture, run, tiny_config(steps=20, stop_after=10))
