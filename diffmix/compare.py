@@ -56,8 +56,9 @@ def recipe_key(recipe: Recipe) -> str:
     return sha256_json({"recipe": body, "manifests": manifests})
 
 
-def plan_comparison(recipe_paths: list[str], out: str | Path, seeds: int) -> tuple[list[Recipe], list[RunSpec]]:
-    """Load every recipe (failing in one line on the first bad one) and lay out the runs."""
+def plan_comparison(recipe_paths: list[str], out: str | Path, seeds: int, baseline: str | None = None) -> tuple[list[Recipe], list[RunSpec]]:
+    """Load every recipe (failing in one line on the first bad one, or on a `baseline` that
+    is none of them) and lay out the runs."""
     if not recipe_paths:
         raise DiffmixError("compare needs at least one recipe")
     if seeds < 1:
@@ -67,6 +68,8 @@ def plan_comparison(recipe_paths: list[str], out: str | Path, seeds: int) -> tup
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise DiffmixError(f"recipe names must differ within a comparison: {', '.join(duplicates)}")
+    if baseline is not None and baseline not in names:
+        raise DiffmixError(f"--baseline {baseline!r} is not one of the recipes ({', '.join(names)})")
     root = Path(out)
     check_output_dir(root)
     runs = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from rich.progress import (  # noqa: E402
 
 from diffmix.errors import DiffmixError, first_line  # noqa: E402
 from diffmix.pipelines import build as corpus  # noqa: E402
+from diffmix.pipelines.io import remove_stale_temporaries  # noqa: E402
 from diffmix.schemas.config import load_build_config  # noqa: E402
 
 RETRIES = 2
@@ -312,11 +314,13 @@ def compare_recipes(
     from diffmix import compare
     from diffmix.training import load_train_config
 
-    recipe_list, runs = compare.plan_comparison(recipes, out, seeds)
+    recipe_list, runs = compare.plan_comparison(recipes, out, seeds, baseline)
     by_name = {r.name: r for r in recipe_list}
     base_config = load_train_config(train_config, steps=steps, **(train_overrides or {}))
     root = Path(out)
+    fresh = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(root)  # a killed comparison's half-written files (nothing runs yet)
     workers = max(1, min(len(runs), _parallel_runs()))
     threads = max(1, (os.cpu_count() or 1) // workers)
 
@@ -325,11 +329,19 @@ def compare_recipes(
     # dependency would pin each run to the worker that happens to hold its mixture).
     mixture_futures = {d: build_mixture_task.submit(p, d) for d, p in {r.mixture_dir: r.recipe_path for r in runs}.items()}
     mixture_errors: dict[str, str] = {}
+    bad_input: DiffmixError | None = None
     for directory, future in mixture_futures.items():
         try:
             future.result()
         except Exception as exc:  # its runs are reported as failed, the others go on
             mixture_errors[directory] = f"mixture failed: {first_line(exc)}"
+            if isinstance(exc, DiffmixError) and bad_input is None:
+                bad_input = exc
+    if bad_input is not None and len(mixture_errors) == len(mixture_futures):
+        # No recipe can be mixed (bad input): one line, and no report of zero runs.
+        if fresh:
+            shutil.rmtree(root, ignore_errors=True)
+        raise bad_input
     futures = {}
     for run in runs:
         if run.mixture_dir not in mixture_errors:
@@ -376,7 +388,7 @@ def run_compare_recipes(
     from diffmix import compare
     from diffmix.training import load_train_config
 
-    compare.plan_comparison(recipes, out, seeds)  # bad recipes, seeds or --out fail before anything starts
+    compare.plan_comparison(recipes, out, seeds, baseline)  # bad recipes, seeds, baseline or --out fail before anything starts
     load_train_config(train_config, steps=steps, **(train_overrides or {}))  # and bad training settings
     runs = len(recipes) * seeds
     runner = dask_runner(max(1, min(runs, _parallel_runs())), dask_address)

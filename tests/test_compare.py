@@ -134,6 +134,10 @@ def test_compare_flow_end_to_end(tmp_path: Path) -> None:
     for name in [line.split("(")[1].rstrip(")") for line in markdown.splitlines() if line.startswith("![")]:
         assert (out / name).is_file()
     assert "gamma-s0" in markdown  # failed runs are listed
+    # No recipe that can be mixed: bad input, one line, no report of zero runs left behind.
+    with pytest.raises(DiffmixError, match="sha256 does not match"):
+        run_compare_recipes([recipes[2]], str(tmp_path / "only-broken"), steps=30, train_overrides=overrides)
+    assert not (tmp_path / "only-broken").exists()
 
     before = (out / "runs" / "alpha-s0" / "summary.json").stat().st_mtime_ns
     run_compare_recipes(recipes[:1], str(out), seeds=1, steps=30, train_overrides=overrides)
@@ -157,6 +161,8 @@ def test_compare_refuses_bad_out_and_steps_before_anything_is_written(tmp_path: 
         run_compare_recipes([str(recipe)], str(tmp_path / "file"))
     with pytest.raises(DiffmixError, match="steps"):
         run_compare_recipes([str(recipe)], str(tmp_path / "out"), steps=0)
+    with pytest.raises(DiffmixError, match="--baseline 'nosuch' is not one of the recipes \\(alpha\\)"):
+        run_compare_recipes([str(recipe)], str(tmp_path / "out"), baseline="nosuch")  # not after every run trained
     assert not (tmp_path / "out").exists()
 
 

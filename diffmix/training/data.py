@@ -227,11 +227,14 @@ def make_loader(batches: MixtureBatches, start: int, stop: int, num_workers: int
 
     Workers are spawned, not forked: under a Prefect flow or a Dask worker the
     process has event-loop and logging threads that a forked child inherits in
-    an undefined state (it then dies at exit).
+    an undefined state (it then dies at exit). The loader draws its workers' base
+    seed from a generator of its own: from torch's global one, that draw would shift
+    the dropout masks of a resumed run against an uninterrupted one.
     """
     return DataLoader(
         batches,
         batch_size=None,
+        generator=torch.Generator().manual_seed(0),
         sampler=range(start, stop),
         num_workers=num_workers,
         pin_memory=pin_memory,

@@ -15,7 +15,8 @@ every rank reads its slice of the same global batches (see `data`).
 A run directory with a checkpoint of the same config digest resumes from it
 and continues exactly (same batches, same RNG, same losses on CPU); one with a
 finished summary of the same digest is returned as is. Everything written is
-deterministic for a given input and config except `timing.json`.
+deterministic for a given input and config except `timing.json` and `checkpoint.pt`
+(which carries the same timings, to resume them).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 import warnings
 from contextlib import nullcontext
@@ -41,7 +43,7 @@ from tokenizers import Tokenizer
 from torch.nn.parallel import DistributedDataParallel
 
 from diffmix.errors import DiffmixError
-from diffmix.pipelines.io import atomic_open, check_output_dir, read_json, write_json
+from diffmix.pipelines.io import atomic_open, check_output_dir, read_json, remove_stale_temporaries, write_json
 from diffmix.pipelines.shards import read_manifest
 from diffmix.pipelines.tokenize import (
     TOKENIZER_FILE,
@@ -238,6 +240,7 @@ def _claim_run(run: Path, digest: str) -> None:
     if (run / CHECKPOINT).is_file() and recorded.is_file():
         _check_same_config(run / CHECKPOINT, read_json(recorded).get("digest", ""), digest)
     run.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run)  # a killed run's half-written files
 
 
 def _check_same_config(checkpoint: Path, recorded: str, digest: str) -> None:
@@ -260,16 +263,21 @@ def train(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], con
     done = _finished_summary(run, digest)
     if done is not None:
         return done
-    if rank == 0:
-        _claim_run(run, digest)
-        write_json(run / "config.json", {"digest": digest, "config": config.model_dump(mode="json")})
-    if world > 1:
-        dist.barrier()
-
-    data, tokenizer, sources, manifest = load_tokens(data_dir, config, run, rank, world)
+    new_run = not run.exists()
+    try:
+        if rank == 0:
+            _claim_run(run, digest)
+            write_json(run / "config.json", {"digest": digest, "config": config.model_dump(mode="json")})
+        if world > 1:
+            dist.barrier()
+        data, tokenizer, sources, manifest = load_tokens(data_dir, config, run, rank, world)
+        probes = load_probe_sets(sources, tokenizer, config) if rank == 0 else []
+    except DiffmixError:
+        if new_run and rank == 0:  # bad data (not a mixture, a damaged shard): leave nothing behind
+            shutil.rmtree(run, ignore_errors=True)
+        raise
     eos = eos_id(tokenizer)
     pad = eos  # padding is masked everywhere; EOS is as good an id as any
-    probes = load_probe_sets(sources, tokenizer, config) if rank == 0 else []
 
     cuda = device.type == "cuda"
     if cuda:

@@ -64,8 +64,9 @@ def test_a_tiny_model_learns_the_copy_task(copy_mixture: Path, tmp_path: Path) -
     assert (run / "metrics.parquet").stat().st_mtime_ns == mtime
 
 
-def test_a_resumed_run_continues_exactly(copy_mixture: Path, tmp_path: Path) -> None:
-    config = tiny_config(steps=40, checkpoint_interval=10)
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_a_resumed_run_continues_exactly(copy_mixture: Path, tmp_path: Path, dropout: float) -> None:
+    config = tiny_config(steps=40, checkpoint_interval=10, **{"model.dropout": dropout})
     straight = train(copy_mixture, tmp_path / "straight", config)
 
     resumed_run = tmp_path / "resumed"
@@ -109,6 +110,27 @@ def test_resuming_under_another_config_is_refused(copy_mixture: Path, tmp_path: 
     with pytest.raises(DiffmixError, match="different config"):
         train(copy_mixture, run, tiny_config(steps=20, lr=1e-2))
     assert (run / "config.json").read_bytes() == recorded  # refused before anything was written
+
+
+def test_bad_data_leaves_no_run_directory(copy_mixture: Path, tmp_path: Path) -> None:
+    """A shard edited after the mix: one clear error, and no run directory left behind."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(copy_mixture, damaged)
+    shard = next((damaged / "data").glob("*.arrow"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DiffmixError, match="sha256 does not match"):
+        train(damaged, tmp_path / "run", tiny_config(steps=5))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_killed_writers_temporaries_are_removed(copy_mixture: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(copy_mixture, run, tiny_config(steps=10, stop_after=5))
+    (run / ".checkpoint.pt.tmp-4242").write_bytes(b"half a checkpoint")  # a SIGKILL mid-save
+    train(copy_mixture, run, tiny_config(steps=10))
+    assert not list(run.glob(".*.tmp-*"))
 
 
 def test_out_that_is_a_file_is_refused(copy_mixture: Path, tmp_path: Path) -> None:
