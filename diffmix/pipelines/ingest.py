@@ -52,6 +52,8 @@ from diffmix.schemas.manifest import InputEntry
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".ndjson", ".json.gz")
 _HUB_HOST = ("huggingface.co", 443)
 _CONTENT_COLUMNS = ("old_contents", "new_contents")
+# The commit columns that hold text (their bytes are checked for UTF-8 on the way in).
+_TEXT_FIELDS = frozenset(f.name for f in COMMIT_SCHEMA if pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
 _TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, pa.types.is_binary, pa.types.is_large_binary)
 
 
@@ -263,7 +265,7 @@ class JsonlSource(StreamSource):
             # records (a writer may leave out a null field, even a required one, on some lines).
             for seen, (number, line) in enumerate(_records_of(self.path, self.longest_line)):
                 if len(line) >= self.longest_line:
-                    raise DiffmixError(f"{self.path}: line {number} is longer than {self.longest_line >> 20} MiB, the longest the JSON reader takes")
+                    raise self._too_long(f"line {number}")
                 try:
                     record = json.loads(line.decode("utf-8", "replace"))  # bad bytes in a value: that row's problem (bad_encoding)
                 except ValueError as exc:
@@ -283,6 +285,9 @@ class JsonlSource(StreamSource):
             raise DiffmixError(f"{self.path}: empty file (no JSON line)")
         check_columns(sorted(keys), str(self.path))
 
+    def _too_long(self, which: str) -> DiffmixError:
+        return DiffmixError(f"{self.path}: {which} is longer than {self.longest_line >> 20} MiB, the longest the JSON reader takes")
+
     def fingerprint(self) -> str:
         return f"sha256:{sha256_file(self.path)}"
 
@@ -300,7 +305,7 @@ class JsonlSource(StreamSource):
                     yield normalize_commits(pa.Table.from_batches([batch]), str(self.path))
         except (pa.ArrowException, OSError) as exc:  # OSError: e.g. a truncated .gz, seen only when streamed
             if "straddl" in str(exc):
-                raise DiffmixError(f"{self.path}: a line after row {rows} is longer than {self.longest_line >> 20} MiB, the longest the JSON reader takes") from None
+                raise self._too_long(f"a line after row {rows}") from None
             if not _JSON_TYPE_ERROR.search(str(exc)):
                 raise DiffmixError(f"{self.path}: broken JSON line after row {rows} ({first_line(exc)})") from None
         else:
@@ -316,7 +321,7 @@ class JsonlSource(StreamSource):
             if seen < skip:
                 continue
             if len(line) >= self.longest_line:
-                raise DiffmixError(f"{self.path}: line {number} is longer than {self.longest_line >> 20} MiB, the longest the JSON reader takes")
+                raise self._too_long(f"line {number}")
             try:  # surrogateescape: bytes that are not UTF-8 come back as they were (that row's problem)
                 record = json.loads(line.decode("utf-8", "surrogateescape"))
             except ValueError as exc:
@@ -525,8 +530,7 @@ def _decode_text_columns(table: pa.Table) -> pa.Table:
     """
     flags: dict[str, list[bool] | None] = {"is_binary": None, "bad_encoding": None}
     for name in table.column_names:
-        field = COMMIT_SCHEMA.field(name) if name in COMMIT_SCHEMA.names else None
-        if field is None or not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+        if name not in _TEXT_FIELDS:
             continue
         column = table.column(name)
         if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)) and _valid_utf8(column):
@@ -586,8 +590,7 @@ def _json_records_table(records: list[dict[str, Any]]) -> pa.Table:
     columns = {}
     for field in COMMIT_SCHEMA:
         values = [_json_value(field.name, record.get(field.name), field.type) for record in records]
-        text = pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
-        columns[field.name] = pa.array(values, pa.large_binary() if text else field.type)
+        columns[field.name] = pa.array(values, pa.large_binary() if field.name in _TEXT_FIELDS else field.type)
     return pa.table(columns)
 
 
