@@ -50,7 +50,8 @@ def plot_loss(frame: pl.DataFrame, summary: dict[str, Any], path: Path) -> None:
         ax.axvline(boundary["step"], color="tab:purple", ls=":", lw=1, label="epoch start" if j == 0 else None)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats / token)")
-    ax.set_yscale("log")
+    if (train["loss"] > 0).any():  # a run without target tokens has only zero losses: no log axis
+        ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
     _save(fig, path)
