@@ -138,6 +138,12 @@ class TrainConfig(_Strict):
     # CUDA only: bf16 autocast (TF32 matmuls are always on there).
     bf16: bool = True
     compile: bool = False
+    # Deterministic kernels (torch.use_deterministic_algorithms): on CUDA two runs of the
+    # same config, and a resumed run, give the same metrics bit for bit (without, the
+    # atomics in some backward kernels make every run differ). On an H100: no measurable
+    # cost at 0.4M parameters; at 10.8M, 179k-197k tokens/s against 214k-289k without
+    # (runs on two machines). CPU runs are deterministic either way.
+    deterministic: bool = True
     # DataLoader worker processes (0: batches are built in the training process).
     num_workers: int = Field(0, ge=0)
     # Torch intra-op threads per process; 0: the cores divided by the DDP world size.
@@ -157,6 +163,7 @@ class TrainConfig(_Strict):
 _EXECUTION_FIELDS = {
     "device",
     "compile",
+    "deterministic",
     "num_workers",
     "threads",
     "checkpoint_interval",

@@ -13,7 +13,8 @@ clipping, bf16 autocast + TF32 on CUDA, optional `torch.compile`, DDP under
 every rank reads its slice of the same global batches (see `data`).
 
 A run directory with a checkpoint of the same config digest resumes from it
-and continues exactly (same batches, same RNG, same losses on CPU); one with a
+and continues exactly (same batches, same RNG, same losses on CPU, and on CUDA with
+`deterministic: true`); one with a
 finished summary of the same digest is returned as is. Everything written is
 deterministic for a given input and config except `timing.json` and `checkpoint.pt`
 (which carries the same timings, to resume them).
@@ -29,7 +30,8 @@ import random
 import shutil
 import time
 import warnings
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +122,19 @@ def _init_distributed(device_name: str) -> tuple[int, int, int]:
             torch.cuda.set_device(local)
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     return rank, local, world
+
+
+@contextmanager
+def _deterministic_kernels(on: bool) -> Iterator[None]:
+    """Deterministic kernels for the run (a process-wide torch setting, put back afterwards)."""
+    before = torch.are_deterministic_algorithms_enabled()
+    if on:  # cuBLAS is deterministic only with a fixed workspace, read when its handle is made
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 def _set_threads(config: TrainConfig, world: int) -> None:
@@ -254,7 +269,11 @@ def train(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], con
     Under `torchrun` every rank calls this; rank 0 writes the run directory.
     With `config.stop_after` the run checkpoints and returns early (`"complete": False`).
     """
-    data_dir, run = Path(data_dir), Path(out_dir)
+    with _deterministic_kernels(config.deterministic):
+        return _train(Path(data_dir), Path(out_dir), config)
+
+
+def _train(data_dir: Path, run: Path, config: TrainConfig) -> dict[str, Any]:
     rank, local_rank, world = _init_distributed(config.device)
     device = resolve_device(config.device, local_rank)
     _set_threads(config, world)

@@ -64,10 +64,12 @@ def test_a_tiny_model_learns_the_copy_task(copy_mixture: Path, tmp_path: Path) -
     assert (run / "metrics.parquet").stat().st_mtime_ns == mtime
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.1])
-def test_a_resumed_run_continues_exactly(copy_mixture: Path, tmp_path: Path, dropout: float) -> None:
-    config = tiny_config(steps=40, checkpoint_interval=10, **{"model.dropout": dropout})
+@pytest.mark.parametrize(("dropout", "deterministic"), [(0.0, False), (0.1, False), (0.1, True)])
+def test_a_resumed_run_continues_exactly(copy_mixture: Path, tmp_path: Path, dropout: float, deterministic: bool) -> None:
+    config = tiny_config(steps=40, checkpoint_interval=10, deterministic=deterministic, **{"model.dropout": dropout})
     straight = train(copy_mixture, tmp_path / "straight", config)
+    # deterministic kernels (every op the run uses has one) are the run's setting, not the process's
+    assert torch.are_deterministic_algorithms_enabled() is False
 
     resumed_run = tmp_path / "resumed"
     partial = train(copy_mixture, resumed_run, config.model_copy(update={"stop_after": 20}))
