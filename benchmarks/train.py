@@ -1,6 +1,7 @@
 """Training stage against its baselines, measured in one run on the same mixture.
 
     python benchmarks/train.py [--steps 300] [--repeat 3] [--threads 1] [--out DIR]
+                               [--device cpu|cuda] [--compile] [--workers N] [--skip-loader]
 
 Prints (Markdown tables):
 * the loader: global batches (x, y, loss mask) per second and tokens/s of
@@ -22,6 +23,7 @@ Timings are best-of-`repeat`, runs of the two sides interleaved: the machine is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -102,11 +104,11 @@ def mixture(source: Path, out: Path, samples: int) -> Path:
     return out
 
 
-def config(steps: int, threads: int, **overrides: object) -> TrainConfig:
+def config(steps: int, threads: int, device: str = "cpu", **overrides: object) -> TrainConfig:
     base = {
         "steps": steps,
         "batch_size": BATCH,
-        "device": "cpu",
+        "device": device,
         "threads": threads,
         "progress": False,
         "eval_interval": steps,
@@ -178,24 +180,33 @@ def datasets_loader(mix: Path, batches: int) -> tuple[float, float, int]:
 
 
 def bare_loop(mix: Path, cfg: TrainConfig) -> tuple[float, int]:
-    """nanoGPT's loop with nothing else: the same model, init, optimiser, clipping, masked loss and batches."""
+    """nanoGPT's loop with nothing else: the same model, init, optimiser, clipping, masked loss and batches
+    (on CUDA: pinned batches copied per step, bf16 autocast and TF32, as the trainer runs by default)."""
     tokenizer = load_tokenizer(mix)
     batches = MixtureBatches(load_tokens(mix), cfg.batch_size, cfg.model.block_size, pad_id=eos_id(tokenizer))
-    prepared = [batches[k] for k in range(cfg.steps)]  # built in advance: the loop measures compute only
+    cuda = cfg.device == "cuda"
+    # built in advance: the loop measures compute (and, on CUDA, the copies to the device) only
+    prepared = [{k: v.pin_memory() if cuda else v for k, v in batches[k].items() if k in ("x", "y", "weight")} for k in range(cfg.steps)]
     tokens = sum(batches.info(k).tokens for k in range(cfg.steps))  # non-pad input tokens, as train() counts
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = GPT(cfg.model, tokenizer.get_vocab_size())
+    device = torch.device(cfg.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    model = GPT(cfg.model, tokenizer.get_vocab_size()).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True
     )
+    forward = torch.compile(model) if cfg.compile else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.bf16 else contextlib.nullcontext()
     t0 = time.perf_counter()
     for batch in prepared:
-        logits = model(batch["x"])
-        targets = torch.where(batch["weight"] > 0, batch["y"], -100)  # nanoGPT's ignore_index masking
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        x, y, weight = (batch[k].to(device, non_blocking=True) for k in ("x", "y", "weight"))
+        with autocast:
+            logits = forward(x)
+        targets = torch.where(weight > 0, y, -100)  # nanoGPT's ignore_index masking
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
@@ -221,10 +232,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-steps", type=int, default=500, help="steps of the eval-fraction runs (default probes)")
     parser.add_argument("--out", type=Path, help="keep the scratch data here (default: a temporary directory)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the trainer and the bare loop run")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model on both sides")
+    parser.add_argument("--workers", type=int, default=0, help="the trainer's DataLoader worker processes (num_workers)")
+    parser.add_argument("--skip-loader", action="store_true", help="skip the loader comparison (it needs `datasets`)")
     args = parser.parse_args()
     scratch = args.out or Path(tempfile.mkdtemp(prefix="bench-train-"))
     scratch.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {machine()}, torch {torch.__version__}, {args.threads} thread(s); shared and noisy\n")
+    gpu = f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""
+    print(f"machine: {machine()}, torch {torch.__version__}, {args.threads} thread(s){gpu}; device {args.device}, compile {args.compile}, loader workers {args.workers}\n")
 
     loader_rows, trainer_rows, eval_rows = [], [], []
     for name, uri in WORKLOADS.items():
@@ -232,17 +248,18 @@ def main() -> None:
         mix = mixture(source, scratch / f"{name}-mix", samples=20000)
         n_batches = 20000 // BATCH
 
-        ours, theirs = [], []
-        for _ in range(args.repeat):
-            ours.append(ours_loader(mix, n_batches))
-            theirs.append(datasets_loader(mix, n_batches))
-        o = min(ours, key=lambda r: r[1])
-        t = min(theirs, key=lambda r: r[1])
-        loader_rows.append(
-            [name, n_batches, f"{o[0]:.2f}", f"{o[2] / o[1]:,.0f}", f"{t[0]:.2f}", f"{t[2] / t[1]:,.0f}", f"{(o[2] / o[1]) / (t[2] / t[1]):.1f}x"]
-        )
+        if not args.skip_loader:
+            ours, theirs = [], []
+            for _ in range(args.repeat):
+                ours.append(ours_loader(mix, n_batches))
+                theirs.append(datasets_loader(mix, n_batches))
+            o = min(ours, key=lambda r: r[1])
+            t = min(theirs, key=lambda r: r[1])
+            loader_rows.append(
+                [name, n_batches, f"{o[0]:.2f}", f"{o[2] / o[1]:,.0f}", f"{t[0]:.2f}", f"{t[2] / t[1]:,.0f}", f"{(o[2] / o[1]) / (t[2] / t[1]):.1f}x"]
+            )
 
-        cfg = config(args.steps, args.threads)
+        cfg = config(args.steps, args.threads, args.device, compile=args.compile, num_workers=args.workers)
         runs, bares = [], []
         for r in range(args.repeat):
             runs.append(trainer(mix, cfg, scratch / f"{name}-run{r}"))
@@ -255,11 +272,12 @@ def main() -> None:
             [name, args.steps, f"{bare_tps:,.0f}", f"{best_run['tokens_per_second']:,.0f}", f"{overhead:+.1%}", f"{fixed:.1f}"]
         )
 
-        ev = trainer(mix, config(args.eval_steps, args.threads, eval_interval=100, checkpoint_interval=args.eval_steps, **{"probes.samples": 200}), scratch / f"{name}-eval")
+        ev = trainer(mix, config(args.eval_steps, args.threads, args.device, compile=args.compile, eval_interval=100, checkpoint_interval=args.eval_steps, **{"probes.samples": 200}), scratch / f"{name}-eval")
         eval_rows.append([name, args.eval_steps, ev["evals"], f"{ev['train_seconds']:.1f}", f"{ev['eval_seconds']:.1f}", f"{ev['eval_fraction']:.1%}"])
 
-    print("### Loader: global batches of 64 (x, y, loss mask), in training order\n")
-    print(table(["workload", "batches", "ours: open s", "ours tokens/s", "datasets: open s", "datasets tokens/s", "ratio (target >= 2x)"], loader_rows))
+    if loader_rows:
+        print("### Loader: global batches of 64 (x, y, loss mask), in training order\n")
+        print(table(["workload", "batches", "ours: open s", "ours tokens/s", "datasets: open s", "datasets tokens/s", "ratio (target >= 2x)"], loader_rows))
     print("\n### Trainer vs a bare torch loop (same model, init, batches; eval and checkpoints excluded)\n")
     print(table(["workload", "steps", "bare tokens/s", "train() tokens/s", "overhead (target <= 10%)", "fixed start-up s"], trainer_rows))
     print("\n### Evaluation cost with the default probes (200 held-out documents, every 100 steps)\n")
