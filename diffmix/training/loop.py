@@ -127,14 +127,14 @@ def _init_distributed(device_name: str) -> tuple[int, int, int]:
 @contextmanager
 def _deterministic_kernels(on: bool) -> Iterator[None]:
     """Deterministic kernels for the run (a process-wide torch setting, put back afterwards)."""
-    before = torch.are_deterministic_algorithms_enabled()
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     if on:  # cuBLAS is deterministic only with a fixed workspace, read when its handle is made
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(on)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(before)
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def _set_threads(config: TrainConfig, world: int) -> None:
