@@ -88,6 +88,19 @@ def test_a_resumed_run_continues_exactly(copy_mixture: Path, tmp_path: Path, dro
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_two_runs_and_a_resumed_run_write_the_same_metrics(copy_mixture: Path, tmp_path: Path) -> None:
+    """bf16 autocast, TF32 and fused AdamW on the GPU, with the default deterministic kernels."""
+    config = tiny_config(steps=40, checkpoint_interval=10, device="cuda")
+    first = train(copy_mixture, tmp_path / "first", config)
+    second = train(copy_mixture, tmp_path / "second", config)
+    assert train(copy_mixture, tmp_path / "resumed", config.model_copy(update={"stop_after": 20}))["complete"] is False
+    resumed = train(copy_mixture, tmp_path / "resumed", config)
+    assert first == second == resumed and first["complete"]
+    metrics = {run: (tmp_path / run / "metrics.parquet").read_bytes() for run in ("first", "second", "resumed")}
+    assert metrics["first"] == metrics["second"] == metrics["resumed"]
+
+
 def test_a_run_killed_while_finishing_is_finished_by_its_rerun(copy_mixture: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """summary.json marks a run finished, so it is written last: a kill while the curves are
     drawn leaves no summary, and the rerun writes every file an uninterrupted run has."""
@@ -180,7 +193,8 @@ def test_ddp_with_two_gloo_processes_matches_one_process(copy_mixture: Path, tmp
         str(tmp_path / "ddp"),
         *[arg for key, value in overrides.items() for arg in ("--set", f"{key}={json.dumps(value)}")],
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # the repository first, then whatever PYTHONPATH already holds (packages installed there)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
 
