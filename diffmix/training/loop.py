@@ -44,7 +44,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from tokenizers import Tokenizer
 from torch.nn.parallel import DistributedDataParallel
 
-from diffmix.errors import DiffmixError
+from diffmix.errors import DiffmixError, first_line
 from diffmix.pipelines.io import atomic_open, check_output_dir, read_json, remove_stale_temporaries, write_json
 from diffmix.pipelines.shards import read_manifest
 from diffmix.pipelines.tokenize import (
@@ -133,6 +133,10 @@ def _deterministic_kernels(on: bool) -> Iterator[None]:
     torch.use_deterministic_algorithms(on)
     try:
         yield
+    except RuntimeError as exc:  # an op this torch has no deterministic kernel for (on this device)
+        if on and "does not have a deterministic implementation" in str(exc):
+            raise DiffmixError(f"{first_line(exc)} (set deterministic: false to train with it)") from None
+        raise
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 

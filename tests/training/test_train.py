@@ -101,6 +101,21 @@ def test_on_cuda_two_runs_and_a_resumed_run_write_the_same_metrics(copy_mixture:
     assert metrics["first"] == metrics["second"] == metrics["resumed"]
 
 
+def test_an_op_without_a_deterministic_kernel_is_one_clear_error(copy_mixture: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch raises a RuntimeError for such an op (some CUDA ops, some torch versions); a run says which, and the way out."""
+    from diffmix.training import model as model_module
+
+    def forward(self: object, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("index_add_cuda_ does not have a deterministic implementation, but you set 'torch.use_deterministic_algorithms(True)'.\nmore")
+
+    monkeypatch.setattr(model_module.GPT, "forward", forward)
+    with pytest.raises(DiffmixError, match=r"^index_add_cuda_ does not have a deterministic implementation.*\(set deterministic: false to train with it\)$"):
+        train(copy_mixture, tmp_path / "run", tiny_config(steps=4))
+    with pytest.raises(RuntimeError, match="does not have a deterministic"):  # not ours to explain without the setting
+        train(copy_mixture, tmp_path / "run2", tiny_config(steps=4, deterministic=False))
+    assert torch.are_deterministic_algorithms_enabled() is False
+
+
 def test_a_run_killed_while_finishing_is_finished_by_its_rerun(copy_mixture: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """summary.json marks a run finished, so it is written last: a kill while the curves are
     drawn leaves no summary, and the rerun writes every file an uninterrupted run has."""
