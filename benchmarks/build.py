@@ -1,13 +1,14 @@
 """Corpus build of the whole dev Parquet against the I/O floor, measured in one run.
 
-    python benchmarks/build.py [--workers 1 2] [--skip-diff] [--skip-one-group] [--config FILE]
+    python benchmarks/build.py [--workers 1 2] [--repeat N] [--skip-diff] [--skip-one-group] [--config FILE]
 
 Prints (Markdown tables):
 * the floor: pyarrow reading the Parquet and writing the same rows as one Arrow IPC stream;
 * `diffmix build` with 1 and 2 Dask workers: wall time of the full input and of a
   tiny input (50 rows: the fixed start-up of the CLI, the Dask cluster and the
   flow), data work = T(full) - T(tiny), its ratio to the floor, peak RSS of any
-  process, and the 2-worker speed-up;
+  process, and the 2-worker speed-up; with `--repeat N` every build runs N times and
+  the table gives the best of N (as the floor is the best of 5) and the median;
 * the same build of the same rows rewritten as one row group (what pyarrow's and
   pandas' writers give below 1M rows: every partition is a slice of that group),
   on the most workers, against its own floor;
@@ -23,6 +24,7 @@ import argparse
 import difflib
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -35,15 +37,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine, require_dev_data, run_measured, table, timed  # noqa: E402
 
 
-def floor(parquet: Path, scratch: Path) -> float:
-    def read_write() -> None:
+def floor(parquet: Path, scratch: Path) -> tuple[float, float]:
+    """Best and median of 5 (single reads swing by 30 % and more here)."""
+    seconds = []
+    for _ in range(5):
+        start = time.perf_counter()
         data = pq.read_table(parquet)
         with pa.OSFile(str(scratch / "floor.arrow"), "wb") as sink, pa.ipc.new_stream(sink, data.schema) as writer:
             writer.write_table(data)
-
-    seconds, _ = timed(read_write, repeat=5)  # best of 5: single reads swing by 30 % here
+        seconds.append(time.perf_counter() - start)
+        del data
     (scratch / "floor.arrow").unlink()
-    return seconds
+    return min(seconds), statistics.median(seconds)
 
 
 def diff_engines(parquet: Path) -> list[list[object]]:
@@ -72,6 +77,7 @@ def diff_engines(parquet: Path) -> list[list[object]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=1, help="runs of every build: the table shows the best and the median")
     parser.add_argument("--skip-diff", action="store_true")
     parser.add_argument("--skip-one-group", action="store_true", help="skip the build of the same rows rewritten as one row group")
     parser.add_argument("--config", help="a build config (default: the built-in one, every filter on); e.g. benchmarks/configs/filters-off.yaml")
@@ -95,7 +101,7 @@ def main() -> None:
         floors = {label: floor(path, scratch) for label, path in inputs.items()}
         rows = pq.ParquetFile(parquet).metadata.num_rows
         row_groups = {label: pq.ParquetFile(path).metadata.num_row_groups for label, path in inputs.items()}
-        print(table(["floor: pyarrow read Parquet + write IPC stream", "rows", "row groups", "seconds"], [[label, rows, row_groups[label], t] for label, t in floors.items()]))
+        print(table(["floor: pyarrow read Parquet + write IPC stream", "rows", "row groups", "best of 5 s", "median s"], [[label, rows, row_groups[label], *t] for label, t in floors.items()]))
 
         start = time.perf_counter()
         with prefect_api() as url:
@@ -104,24 +110,29 @@ def main() -> None:
             results = {}
             for label, path in inputs.items():
                 for workers in args.workers if path == parquet else [max(args.workers)]:
-                    runs = {}
-                    for name, source in (("tiny", tiny), ("full", path)):
-                        out = scratch / f"out-{name}-{workers}"
-                        cmd = [sys.executable, "-m", "diffmix", "build", "--input", str(source), "--out", str(out), "--workers", str(workers)]
-                        cmd += ["--config", args.config] if args.config else []
-                        runs[name] = run_measured(cmd, env)
-                        shutil.rmtree(out)
+                    runs: dict[str, list[tuple[float, float]]] = {"tiny": [], "full": []}
+                    for _ in range(args.repeat):
+                        for name, source in (("tiny", tiny), ("full", path)):
+                            out = scratch / f"out-{name}-{workers}"
+                            cmd = [sys.executable, "-m", "diffmix", "build", "--input", str(source), "--out", str(out), "--workers", str(workers)]
+                            cmd += ["--config", args.config] if args.config else []
+                            runs[name].append(run_measured(cmd, env))
+                            shutil.rmtree(out)
                     results[label, workers] = runs
         bench_rows = []
+        work: dict[tuple[str, int], float] = {}
         for (label, workers), runs in results.items():
-            (t_tiny, rss_tiny), (t_full, rss_full) = runs["tiny"], runs["full"]
-            work = t_full - t_tiny
-            bench_rows.append([label, workers, t_full, t_tiny, work, work / floors[label], max(rss_tiny, rss_full)])
-        print()
-        print(table(["input", "workers", "T(full) s", "T(tiny) s = start-up", "data work s", "x floor", "peak RSS MB (any process)"], bench_rows))
-        if ("dev Parquet", 1) in results and ("dev Parquet", 2) in results:
-            w1, w2 = (results["dev Parquet", w]["full"][0] - results["dev Parquet", w]["tiny"][0] for w in (1, 2))
-            print(f"\n2 workers vs 1 on the data work: {w1 / w2:.2f}x")
+            t_tiny, t_full = (min(t for t, _ in runs[name]) for name in ("tiny", "full"))
+            work[label, workers] = t_full - t_tiny
+            median = statistics.median(t for t, _ in runs["full"]) - statistics.median(t for t, _ in runs["tiny"])
+            best_floor, median_floor = floors[label]
+            rss = max(r for name in runs for _, r in runs[name])
+            bench_rows.append([label, workers, t_full, t_tiny, work[label, workers], work[label, workers] / best_floor, median, median / median_floor, rss])
+        print(f"\nbest of {args.repeat} run(s) of each build against the best floor; median against median")
+        headers = ["input", "workers", "T(full) s", "T(tiny) s = start-up", "data work s", "x floor", "median data work s", "median x median floor", "peak RSS MB (any process)"]
+        print(table(headers, bench_rows))
+        if ("dev Parquet", 1) in work and ("dev Parquet", 2) in work:
+            print(f"\n2 workers vs 1 on the data work: {work['dev Parquet', 1] / work['dev Parquet', 2]:.2f}x")
         if not args.skip_diff:
             print()
             print(table(["diff engine", "pairs", "seconds", "ms / pair", "x slower than xdiff"], diff_engines(parquet)))

@@ -208,6 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"diffmix {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BaseException as exc:
+        if type(exc).__name__ == "TerminationSignal":  # Prefect's SIGTERM inside a flow (prefect is not imported here)
+            print(f"diffmix {args.command}: terminated", file=sys.stderr)
+            return 128 + int(getattr(exc, "signal", 15))
+        raise
 
 
 if __name__ == "__main__":

@@ -56,9 +56,17 @@ def recipe_key(recipe: Recipe) -> str:
     return sha256_json({"recipe": body, "manifests": manifests})
 
 
-def plan_comparison(recipe_paths: list[str], out: str | Path, seeds: int, baseline: str | None = None) -> tuple[list[Recipe], list[RunSpec]]:
+def plan_comparison(
+    recipe_paths: list[str], out: str | Path, seeds: int, baseline: str | None = None, train_digest: str = ""
+) -> tuple[list[Recipe], list[RunSpec]]:
     """Load every recipe (failing in one line on the first bad one, or on a `baseline` that
-    is none of them) and lay out the runs."""
+    is none of them) and lay out the runs.
+
+    A run's directory is named by its recipe's key and the training config's digest
+    (`train_digest`), as a mixture's is by its recipe's key: a rerun after an edit to a
+    recipe, a source or the training config trains anew beside the old runs instead of
+    reusing or colliding with them; an unchanged rerun reuses its finished runs.
+    """
     if not recipe_paths:
         raise DiffmixError("compare needs at least one recipe")
     if seeds < 1:
@@ -77,7 +85,8 @@ def plan_comparison(recipe_paths: list[str], out: str | Path, seeds: int, baseli
         key = recipe_key(recipe)
         mixture = root / "mixtures" / f"{recipe.name}-{key[:12]}"
         for seed in range(seeds):
-            runs.append(RunSpec(recipe.name, str(path), key, seed, str(mixture), str(root / "runs" / f"{recipe.name}-s{seed}")))
+            run_key = sha256_json({"recipe": key, "train": train_digest})[:12]
+            runs.append(RunSpec(recipe.name, str(path), key, seed, str(mixture), str(root / "runs" / f"{recipe.name}-{run_key}-s{seed}")))
     return recipes, runs
 
 

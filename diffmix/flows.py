@@ -27,6 +27,7 @@ apply_defaults()  # before Prefect is imported
 
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.exceptions import ExternalSignal  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect_dask import DaskTaskRunner  # noqa: E402
@@ -75,9 +76,7 @@ def prefect_api() -> Iterator[str | None]:
     if PREFECT_API_URL.value():
         yield PREFECT_API_URL.value()
         return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
+    server = _local_server()
     server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")))
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url  # inherited by Dask worker processes
@@ -91,6 +90,53 @@ def prefect_api() -> Iterator[str | None]:
         else:
             os.environ["PREFECT_API_URL"] = previous
         server.stop()
+
+
+def _local_server() -> Any:
+    """Prefect's temporary server (`SubprocessASGIServer`), started in its own process group and,
+    on Linux, ended with its parent.
+
+    In the terminal's group, a Ctrl-C reached the server too: it died before the flow
+    could record its end, and the engine's retries printed a wall of connection errors.
+    Now only diffmix gets it, and stops the server on the way out. The parent-death
+    signal covers a SIGKILLed diffmix, which cannot stop its server itself.
+    """
+    import subprocess
+    import types
+
+    import prefect.server.api.server as server_module
+
+    prctl = _parent_death_signal()
+
+    def detach() -> None:  # in the child, between fork and exec: no allocation, no locks
+        os.setpgid(0, 0)
+        if prctl is not None:
+            prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+
+    class LocalServer(server_module.SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+            popen = functools.partial(subprocess.Popen, preexec_fn=detach)
+            server_module.subprocess = types.SimpleNamespace(Popen=popen)  # type: ignore[assignment]
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                server_module.subprocess = subprocess
+
+    return LocalServer()
+
+
+def _parent_death_signal() -> Callable[[int, int], int] | None:
+    """libc's prctl, looked up before any fork (None off Linux)."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
 
 
 def _flush_run_logs() -> None:
@@ -132,8 +178,8 @@ def _panics_as_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception:
             raise
         except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
-                raise
+            if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit | ExternalSignal):
+                raise  # Ctrl-C, exits and Prefect's SIGTERM (TerminationSignal) end the run as they are
             raise RuntimeError(f"{type(exc).__name__}: {first_line(exc)}") from None
 
     return call
@@ -314,9 +360,9 @@ def compare_recipes(
     from diffmix import compare
     from diffmix.training import load_train_config
 
-    recipe_list, runs = compare.plan_comparison(recipes, out, seeds, baseline)
-    by_name = {r.name: r for r in recipe_list}
     base_config = load_train_config(train_config, steps=steps, **(train_overrides or {}))
+    recipe_list, runs = compare.plan_comparison(recipes, out, seeds, baseline, base_config.digest())
+    by_name = {r.name: r for r in recipe_list}
     root = Path(out)
     fresh = not root.exists()
     root.mkdir(parents=True, exist_ok=True)

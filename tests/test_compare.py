@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html.parser
+import json
 import math
 from pathlib import Path
 
@@ -139,9 +140,15 @@ def test_compare_flow_end_to_end(tmp_path: Path) -> None:
         run_compare_recipes([recipes[2]], str(tmp_path / "only-broken"), steps=30, train_overrides=overrides)
     assert not (tmp_path / "only-broken").exists()
 
-    before = (out / "runs" / "alpha-s0" / "summary.json").stat().st_mtime_ns
+    (alpha,) = (out / "runs").glob("alpha-*-s0")
+    before = (alpha / "summary.json").stat().st_mtime_ns
     run_compare_recipes(recipes[:1], str(out), seeds=1, steps=30, train_overrides=overrides)
-    assert (out / "runs" / "alpha-s0" / "summary.json").stat().st_mtime_ns == before  # finished runs are not redone
+    assert (alpha / "summary.json").stat().st_mtime_ns == before  # finished runs are not redone
+    # Another training config: trained anew beside the old run, which is neither reused nor refused.
+    run_compare_recipes(recipes[:1], str(out), seeds=1, steps=20, train_overrides=overrides)
+    (new_run,) = set((out / "runs").glob("alpha-*-s0")) - {alpha}
+    assert pl.read_parquet(out / "comparison.parquet")["run_dir"].to_list() == [str(new_run)]
+    assert json.loads((new_run / "summary.json").read_text())["steps"] == 20
 
 
 def test_plan_comparison_rejects_duplicate_names(tmp_path: Path) -> None:

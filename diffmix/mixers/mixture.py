@@ -520,6 +520,17 @@ def take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
     return gathered.take(pa.array(inverse))
 
 
+def check_index_source(mixture: Path, source: SourceInfo) -> None:
+    """An index-only mixture's source is still the one it was built from: there, the same
+    manifest, and shards that match it (sizes and sha256, as a mixture's own shards are checked)."""
+    where = f"{mixture}: source {source.name} ({source.path})"
+    if not (source.path / MANIFEST).is_file():
+        raise DiffmixError(f"{where} is gone (no {MANIFEST}) since the mixture was built")
+    if sha256_file(source.path / MANIFEST) != source.manifest_sha256:
+        raise DiffmixError(f"{where} changed since the mixture was built")
+    open_dataset(source.path)
+
+
 class MixtureReader:
     """Random access to a mixture by position: what a trainer reads, and resumes from in O(1).
 
@@ -541,10 +552,7 @@ class MixtureReader:
         self._source_tables: dict[int, pa.Table] = {}
         if self.index_only:
             for source in self.sources:
-                if sha256_file(source.path / MANIFEST) != source.manifest_sha256:
-                    raise DiffmixError(
-                        f"{self.directory}: source {source.name} ({source.path}) changed since the mixture was built"
-                    )
+                check_index_source(self.directory, source)
             self.columns += DOCUMENT_COLUMNS
 
     def __len__(self) -> int:

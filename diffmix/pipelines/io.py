@@ -63,9 +63,10 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
 
 
 def check_output_dir(path: str | os.PathLike[str]) -> None:
-    """Fail in one line when an output path exists and is not a directory."""
-    if Path(path).exists() and not Path(path).is_dir():
-        raise DiffmixError(f"{path}: exists and is not a directory")
+    """Fail in one line when an output path, or a folder above it, exists and is not a directory."""
+    for where in (Path(path), *Path(path).parents):
+        if where.exists() and not where.is_dir():
+            raise DiffmixError(f"{where}: exists and is not a directory" + ("" if where == Path(path) else f" (in --out {path})"))
 
 
 def write_json(path: str | os.PathLike[str], value: Any) -> None:

@@ -12,10 +12,12 @@ clipping, bf16 autocast + TF32 on CUDA, optional `torch.compile`, DDP under
 `torchrun` (gloo on CPU, NCCL on CUDA). Rank 0 evaluates, logs and writes;
 every rank reads its slice of the same global batches (see `data`).
 
-A run directory with a checkpoint of the same config digest resumes from it
+A run directory with a checkpoint of the same run digest (the config's digest and
+the mixture's manifest bytes) resumes from it
 and continues exactly (same batches, same RNG, same losses on CPU, and on CUDA with
 `deterministic: true`); one with a
-finished summary of the same digest is returned as is. Everything written is
+finished summary of the same digest is returned as is; one of another config or
+another mixture is refused. Everything written is
 deterministic for a given input and config except `timing.json` and `checkpoint.pt`
 (which carries the same timings, to resume them).
 """
@@ -45,8 +47,8 @@ from tokenizers import Tokenizer
 from torch.nn.parallel import DistributedDataParallel
 
 from diffmix.errors import DiffmixError, first_line
-from diffmix.pipelines.io import atomic_open, check_output_dir, read_json, remove_stale_temporaries, write_json
-from diffmix.pipelines.shards import read_manifest
+from diffmix.pipelines.io import atomic_open, check_output_dir, read_json, remove_stale_temporaries, sha256_file, sha256_json, write_json
+from diffmix.pipelines.shards import MANIFEST, read_manifest
 from diffmix.pipelines.tokenize import (
     TOKENIZER_FILE,
     load_tokenizer,
@@ -255,6 +257,8 @@ def _claim_run(run: Path, digest: str) -> None:
     """Create the run directory, or fail in one line before anything in it is overwritten:
     `run` is a file, or it holds a checkpoint of another config (config.json says whose)."""
     check_output_dir(run)
+    if (run / MANIFEST).is_file():
+        raise DiffmixError(f"{run}: holds a dataset ({MANIFEST}), not a run; use another --out")
     recorded = run / "config.json"
     if (run / CHECKPOINT).is_file() and recorded.is_file():
         _check_same_config(run / CHECKPOINT, read_json(recorded).get("digest", ""), digest)
@@ -264,7 +268,16 @@ def _claim_run(run: Path, digest: str) -> None:
 
 def _check_same_config(checkpoint: Path, recorded: str, digest: str) -> None:
     if recorded != digest:
-        raise DiffmixError(f"{checkpoint}: written by a different config (digest {recorded[:12]}, now {digest[:12]}); use another --out")
+        raise DiffmixError(f"{checkpoint}: written by a different config or mixture (digest {recorded[:12]}, now {digest[:12]}); use another --out")
+
+
+def run_digest(config: TrainConfig, data_dir: Path) -> str:
+    """What a run's numbers depend on: the config (less how it executes) and the mixture it reads.
+
+    The mixture is its manifest's bytes: they pin its shards' sha256s, and an index-only
+    mixture's sources, so a rebuilt or different mixture is another run.
+    """
+    return sha256_json({"config": config.digest(), "mixture": sha256_file(data_dir / MANIFEST)})
 
 
 def train(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], config: TrainConfig) -> dict[str, Any]:
@@ -282,7 +295,7 @@ def _train(data_dir: Path, run: Path, config: TrainConfig) -> dict[str, Any]:
     device = resolve_device(config.device, local_rank)
     _set_threads(config, world)
     config = resolve_config(config, read_manifest(data_dir))
-    digest = config.digest()
+    digest = run_digest(config, data_dir)
     done = _finished_summary(run, digest)
     if done is not None:
         return done
@@ -290,7 +303,7 @@ def _train(data_dir: Path, run: Path, config: TrainConfig) -> dict[str, Any]:
     try:
         if rank == 0:
             _claim_run(run, digest)
-            write_json(run / "config.json", {"digest": digest, "config": config.model_dump(mode="json")})
+            write_json(run / "config.json", {"digest": digest, "config_digest": config.digest(), "config": config.model_dump(mode="json")})
         if world > 1:
             dist.barrier()
         data, tokenizer, sources, manifest = load_tokens(data_dir, config, run, rank, world)
@@ -541,7 +554,8 @@ def _finish(run: Path, config: TrainConfig, digest: str, data: MixtureTokens, mo
     summary.update(
         {
             "complete": True,
-            "config_digest": digest,
+            "run_digest": digest,
+            "config_digest": config.digest(),
             "mixture_config_hash": manifest.get("config_hash"),
             "steps": state.step,
             "stopped_on": config.stop_when if state.acquired else None,

@@ -342,6 +342,21 @@ def test_index_only_mixture_notices_a_changed_source(source_dirs, tmp_path: Path
         MixtureReader(tmp_path / "out")
 
 
+def test_index_only_mixture_notices_a_tampered_or_missing_source(source_dirs, tmp_path: Path) -> None:
+    """Same manifest, other shard bytes (the length kept): refused as a full mixture's own shards are."""
+    sources = {name: shutil.copytree(path, tmp_path / name) for name, path in source_dirs.items()}
+    build_mixture(write(tmp_path / "r.yaml", recipe(sources, STAGES)), tmp_path / "out", index_only=True)
+    shard = next((sources["copy"] / "data").glob("*.arrow"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DiffmixError, match="sha256 does not match the manifest"):
+        MixtureReader(tmp_path / "out")
+    shutil.rmtree(sources["copy"])
+    with pytest.raises(DiffmixError, match="source copy .* is gone"):
+        MixtureReader(tmp_path / "out")
+
+
 def test_mixing_real_commit_documents(dev_parquet: Path, source_dirs, dataset_writer, tmp_path: Path) -> None:
     """Documents made from the real dev commits (first 400 rows) mix and read back byte for byte."""
     commits = pl.read_parquet(dev_parquet, n_rows=400).filter(pl.col("old_contents").is_not_null())

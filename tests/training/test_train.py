@@ -17,7 +17,7 @@ import torch
 from diffmix.errors import DiffmixError
 from diffmix.training import train
 from diffmix.training.loop import CHECKPOINT, load_checkpoint
-from tests.training.mixtures import tiny_config
+from tests.training.mixtures import mix, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -142,6 +142,18 @@ def test_resuming_under_another_config_is_refused(copy_mixture: Path, tmp_path: 
     assert (run / "config.json").read_bytes() == recorded  # refused before anything was written
 
 
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_run_directory_of_another_mixture_is_refused(copy_mixture: Path, tmp_path: Path, finished: bool) -> None:
+    """Same config, another mixture: neither the old summary returned nor the old checkpoint resumed."""
+    other = mix(tmp_path / "other-mix", {"copy": copy_mixture.parent / "copy-src"}, samples=500)
+    run = tmp_path / "run"
+    train(copy_mixture, run, tiny_config(steps=10, stop_after=None if finished else 5))
+    recorded = (run / "config.json").read_bytes()
+    with pytest.raises(DiffmixError, match="different config or mixture"):
+        train(other, run, tiny_config(steps=10))
+    assert (run / "config.json").read_bytes() == recorded
+
+
 def test_bad_data_leaves_no_run_directory(copy_mixture: Path, tmp_path: Path) -> None:
     """A shard edited after the mix: one clear error, and no run directory left behind."""
     damaged = tmp_path / "damaged"
@@ -163,10 +175,20 @@ def test_a_killed_writers_temporaries_are_removed(copy_mixture: Path, tmp_path: 
     assert not list(run.glob(".*.tmp-*"))
 
 
-def test_out_that_is_a_file_is_refused(copy_mixture: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("out", ["run", "run/sub"])
+def test_out_that_is_or_is_under_a_file_is_refused(copy_mixture: Path, tmp_path: Path, out: str) -> None:
     (tmp_path / "run").write_text("not a run")
-    with pytest.raises(DiffmixError, match="exists and is not a directory"):
-        train(copy_mixture, tmp_path / "run", tiny_config(steps=5))
+    with pytest.raises(DiffmixError, match="run: exists and is not a directory"):
+        train(copy_mixture, tmp_path / out, tiny_config(steps=5))
+
+
+def test_out_that_holds_a_dataset_is_refused(copy_mixture: Path, tmp_path: Path) -> None:
+    dataset = tmp_path / "mix"
+    shutil.copytree(copy_mixture, dataset)
+    before = sorted(p.name for p in dataset.iterdir())
+    with pytest.raises(DiffmixError, match="holds a dataset"):
+        train(copy_mixture, dataset, tiny_config(steps=5))
+    assert sorted(p.name for p in dataset.iterdir()) == before
 
 
 @pytest.mark.parametrize(
