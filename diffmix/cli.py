@@ -73,7 +73,10 @@ def _train(args: argparse.Namespace) -> int:
     from diffmix.flows import run_measure_mixture
 
     overrides = {"steps": args.steps, "device": args.device}
-    run_measure_mixture(args.data, args.out, args.config, overrides)
+    summary = run_measure_mixture(args.data, args.out, args.config, overrides)
+    if not summary.get("complete", True):  # stop_after: checkpointed part way
+        print(f"{args.out}: stopped at step {summary['step']} of {summary['steps']} (stop_after); the same command resumes it")
+        return 0
     from diffmix.inspect import describe_run
 
     print(describe_run(Path(args.out)))

@@ -238,6 +238,19 @@ def _pm(values: list[float], digits: int = 0) -> str:
     return f"{text} ± {sd:.{digits}f}" if digits else f"{text} ± {sd:,.0f}"
 
 
+def _as_run(rows: list[dict[str, Any]], field: str, default: Any) -> str:
+    """A training setting as the runs resolved it (steps and batch size come from each mixture's
+    plan unless given), e.g. `60`, or `60–120` when the recipes' mixtures differ."""
+    values = set()
+    for row in rows:
+        recorded = Path(row["run_dir"]) / "config.json"
+        if recorded.is_file():
+            values.add(read_json(recorded)["config"][field])
+    if not values:
+        return str(default)
+    return str(min(values)) if len(values) == 1 else f"{min(values)}–{max(values)}"
+
+
 def write_comparison(
     root: Path,
     rows: list[dict[str, Any]],
@@ -269,7 +282,8 @@ def write_comparison(
         "seeds per recipe": str(frame.group_by("recipe").len()["len"].max()),
         "threshold": f"tau = {train_config.skills.tau}, held for k = {train_config.skills.k} evals",
         "model": f"{train_config.model.n_layer} layers, d={train_config.model.d_model}, {train_config.model.n_head} heads, context {train_config.model.block_size}",
-        "training": f"{train_config.steps} steps max, batch {train_config.batch_size}, lr {train_config.lr} ({train_config.schedule}), eval every {train_config.eval_interval}",
+        "training": f"{_as_run(rows, 'steps', train_config.steps)} steps max, batch {_as_run(rows, 'batch_size', train_config.batch_size)}, "
+        f"lr {train_config.lr} ({train_config.schedule}), eval every {train_config.eval_interval}",
     }
     md_path, html_path = report.write_report(root, frame, tables, proportions, train_config.skills.tau, setup)
     return {

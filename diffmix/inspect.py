@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from diffmix.errors import DiffmixError
 from diffmix.pipelines.io import read_ipc_stream, read_json
 from diffmix.pipelines.shards import open_dataset, shard_paths
 from diffmix.schemas.manifest import Manifest
@@ -15,6 +16,8 @@ def describe(directory: Path, documents: int = 1) -> str:
     """A training run's skills, a mixture's audit, or a corpus's counts, sizes and documents."""
     if (directory / "summary.json").is_file() and not (directory / "manifest.json").is_file():
         return describe_run(directory)
+    if (directory / "config.json").is_file() and not (directory / "manifest.json").is_file():
+        raise DiffmixError(f"{directory}: a training run that has not finished (no summary.json yet); the same `diffmix train` command resumes it")
     manifest = open_dataset(directory)  # every shard there, with its size and sha256: damage fails in one line
     if manifest.kind == "mixture":
         from diffmix.mixers.mixture import describe_mixture

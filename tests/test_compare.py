@@ -240,3 +240,17 @@ def test_shipped_recipes_are_valid_and_read_buildable_sources() -> None:
     for path in recipes:
         recipe = load_recipe(path)
         assert {recipe.source_path(s) for s in recipe.sources} <= buildable, path.name
+
+
+def test_the_report_states_steps_and_batch_as_the_runs_resolved_them(tmp_path: Path) -> None:
+    """A mixture's plan sets steps and batch size unless given: the report quotes the runs, not the defaults."""
+    rows = []
+    for name, steps in (("a", 60), ("b", 120), ("failed", None)):
+        run_dir = tmp_path / name
+        if steps is not None:
+            run_dir.mkdir()
+            (run_dir / "config.json").write_text(json.dumps({"config": {"steps": steps, "batch_size": 16}}))
+        rows.append({"run_dir": str(run_dir)})
+    assert compare._as_run(rows, "batch_size", 64) == "16"
+    assert compare._as_run(rows, "steps", 2000) == "60–120"
+    assert compare._as_run(rows[2:], "steps", 2000) == "2000"  # no run got as far as its config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,21 @@ def test_inspect_damaged_dataset(built: dict[str, Path], tmp_path: Path, capsys:
         assert main(["inspect", str(copy)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and ("sha256 does not match" in err if damage == "flip" else "listed in the manifest but missing" in err)
+
+
+def test_an_unfinished_run_says_so_and_how_to_resume(built: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`diffmix train` with stop_after ends in one line (not a missing summary.json), and inspect names the run."""
+    import diffmix.flows
+    from diffmix.training import load_train_config
+
+    def measure_in_process(data: str, out: str, config_path: str | None, overrides: dict) -> dict:  # no Prefect server here
+        return train(data, out, load_train_config(config_path, **overrides))
+
+    monkeypatch.setattr(diffmix.flows, "run_measure_mixture", measure_in_process)
+    config = tmp_path / "train.yaml"
+    config.write_text(json.dumps({**tiny_config(steps=20).model_dump(mode="json"), "stop_after": 5}))  # JSON is YAML
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(built["mixture"]), "--out", str(run), "--config", str(config)]) == 0
+    assert "stopped at step 5 of 20 (stop_after); the same command resumes it" in capsys.readouterr().out
+    assert main(["inspect", str(run)]) == 2
+    assert "a training run that has not finished" in capsys.readouterr().err

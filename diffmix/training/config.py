@@ -199,4 +199,7 @@ def load_train_config(path: str | os.PathLike[str] | None = None, **overrides: A
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
+        field = ".".join(str(p) for p in exc.errors()[0]["loc"])
+        if any(key.replace("__", ".") == field and value is not None for key, value in overrides.items()):
+            where = "given option"  # e.g. --steps 0: not the config file's fault
         raise DiffmixError(f"{where}: {first_error(exc)}") from None

@@ -30,8 +30,8 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -205,7 +205,7 @@ def load_probe_sets(sources: list[SourceRef], tokenizer: Tokenizer, config: Trai
             if held.num_rows:
                 break
         else:
-            warnings.warn(f"{source.path}: no {'/'.join(config.probes.splits)} documents; source {source.name!r} is not probed", stacklevel=2)
+            print(f"warning: {source.path}: no {'/'.join(config.probes.splits)} documents; source {source.name!r} is not probed", file=sys.stderr)
             continue
         probes.append(build_probe_set(source.name, held, tokenizer, config.probes, config.model.block_size, config.seed))
     return probes
@@ -271,6 +271,17 @@ def _check_same_config(checkpoint: Path, recorded: str, digest: str) -> None:
         raise DiffmixError(f"{checkpoint}: written by a different config or mixture (digest {recorded[:12]}, now {digest[:12]}); use another --out")
 
 
+def _check_some_loss(data: MixtureTokens, config: TrainConfig) -> None:
+    """Fail at once when no step could have a loss token: padded rows cut at the context,
+    with the loss on targets that all start beyond it (a run of zero losses otherwise)."""
+    block = config.model.block_size
+    if config.batching == "pad" and config.loss_on == "target" and data.rows and not (data.target_start <= block).any():
+        raise DiffmixError(
+            f"model.block_size {block}: every document's target starts beyond the context (the shortest prompt is "
+            f"{int(data.target_start.min())} tokens), so no step would have a loss; raise block_size"
+        )
+
+
 def run_digest(config: TrainConfig, data_dir: Path) -> str:
     """What a run's numbers depend on: the config (less how it executes) and the mixture it reads.
 
@@ -307,6 +318,7 @@ def _train(data_dir: Path, run: Path, config: TrainConfig) -> dict[str, Any]:
         if world > 1:
             dist.barrier()
         data, tokenizer, sources, manifest = load_tokens(data_dir, config, run, rank, world)
+        _check_some_loss(data, config)
         probes = load_probe_sets(sources, tokenizer, config) if rank == 0 else []
     except DiffmixError:
         if new_run and rank == 0:  # bad data (not a mixture, a damaged shard): leave nothing behind
@@ -593,10 +605,10 @@ def _finish(run: Path, config: TrainConfig, digest: str, data: MixtureTokens, mo
     # Last: a summary marks the run finished (a rerun returns it), so everything else is written first.
     write_json(run / SUMMARY, _json_safe(summary))
     if state.train_seconds and state.eval_seconds / state.train_seconds > config.max_eval_fraction:
-        warnings.warn(
-            f"evaluation took {state.eval_seconds / state.train_seconds:.0%} of training time "
+        print(  # one line for the user, not a warning with its source line
+            f"warning: {run}: evaluation took {state.eval_seconds / state.train_seconds:.0%} of training time "
             f"(budget {config.max_eval_fraction:.0%}): lower probes.samples or raise eval_interval",
-            stacklevel=2,
+            file=sys.stderr,
         )
     return read_json(run / SUMMARY)
 

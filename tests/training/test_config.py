@@ -47,6 +47,13 @@ def test_bad_configs_fail_in_one_line(tmp_path: Path, text: str, overrides: dict
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_bad_override_is_blamed_on_the_option_not_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("lr: 0.001\n")
+    with pytest.raises(DiffmixError, match=r"^given option: steps: Input should be greater than 0 \(got 0\)$"):
+        load_train_config(path, steps=0)
+
+
 def test_missing_file() -> None:
     with pytest.raises(DiffmixError, match="config file not found"):
         load_train_config("/nonexistent/train.yaml")

@@ -244,9 +244,23 @@ def test_ddp_with_two_gloo_processes_matches_one_process(copy_mixture: Path, tmp
     assert ddp["config_digest"] == single["config_digest"]
 
 
+def test_a_context_that_no_target_reaches_is_one_clear_error(copy_mixture: Path, tmp_path: Path) -> None:
+    """Padded rows, loss on targets, every prompt longer than the context: no step could learn anything."""
+    with pytest.raises(DiffmixError, match="model.block_size 2: every document's target starts beyond the context"):
+        train(copy_mixture, tmp_path / "run", tiny_config(steps=5, **{"model.block_size": 2}))
+    assert not (tmp_path / "run").exists()
+    assert train(copy_mixture, tmp_path / "packed", tiny_config(steps=5, batching="pack", **{"model.block_size": 2}))["complete"]
+
+
 def test_a_source_whose_test_documents_exceed_the_context_still_trains(copy_mixture: Path, tmp_path: Path) -> None:
-    # A context shorter than every copy document: no probe fits, the run still finishes.
-    summary = train(copy_mixture, tmp_path / "run", tiny_config(steps=20, **{"model.block_size": 8}))
+    # A context shorter than every copy document: no probe fits, the run (packed rows: it has a loss) still finishes.
+    summary = train(copy_mixture, tmp_path / "run", tiny_config(steps=20, batching="pack", **{"model.block_size": 8}))
     (probe_set,) = summary["probe_sets"].values()
     assert probe_set["documents"] == 0 and probe_set["skipped_too_long"] > 0
     assert summary["complete"] and summary["steps"] == 20
+
+
+def test_an_evaluation_over_budget_is_one_warning_line(copy_mixture: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    train(copy_mixture, tmp_path / "run", tiny_config(steps=10, eval_interval=5, max_eval_fraction=1e-6))
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert "evaluation took" in line and "lower probes.samples or raise eval_interval" in line
