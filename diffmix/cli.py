@@ -14,6 +14,7 @@ Bad input ends in one line on stderr naming what is wrong and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,6 +37,8 @@ def _build(args: argparse.Namespace) -> int:
     if args.refilter:
         if not args.config:
             raise DiffmixError("--refilter needs --config with the new thresholds")
+        if args.format:
+            raise DiffmixError("--refilter re-decides the stored documents and cannot change their format: build anew with --input and --format")
         manifest = run_refilter_corpus(args.refilter, args.out, args.config, overwrite=args.overwrite)
         _print_build(args.out, manifest)
         return 0
@@ -141,6 +144,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from diffmix.inspect import describe
 
+    if args.documents < 0:
+        raise DiffmixError(f"--documents must be 0 or more, got {args.documents}")
     print(describe(Path(args.dir), documents=args.documents))
     return 0
 
@@ -211,6 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"diffmix {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `diffmix inspect DIR | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 0
     except BaseException as exc:
         if type(exc).__name__ == "TerminationSignal":  # Prefect's SIGTERM inside a flow (prefect is not imported here)
             print(f"diffmix {args.command}: terminated", file=sys.stderr)

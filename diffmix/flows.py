@@ -207,6 +207,19 @@ def _parallel_runs() -> int:
     return int(os.environ.get("DIFFMIX_PARALLEL_RUNS", os.cpu_count() or 1))
 
 
+def check_dask_address(address: str | None, timeout: str = "10s") -> None:
+    """Fail in one line, before anything is written, when no Dask scheduler answers at `address`."""
+    if not address:
+        return
+    from distributed import Client
+
+    try:
+        with Client(address, timeout=timeout):
+            pass
+    except (OSError, ValueError, TypeError) as exc:  # refused, timed out (OSError), malformed
+        raise DiffmixError(f"--dask-address {address}: no Dask scheduler answers there ({first_line(exc)})") from None
+
+
 def corpus_runner(inputs: list[str], workers: int = 2, dask_address: str | None = None) -> Any:
     """Dask for commit inputs; synthetic inputs are generated in-process (no cluster to start)."""
     if inputs and all(uri.startswith("synthetic:") for uri in inputs):
@@ -267,6 +280,7 @@ def run_build_corpus(
         raise DiffmixError(f"--workers must be at least 1, got {workers}")
     config = load_build_config(config_path, **(config_overrides or {}))
     corpus.check_inputs(inputs, out, config)
+    check_dask_address(dask_address)
     runner = corpus_runner(inputs, workers, dask_address)
     with prefect_api():
         return build_corpus.with_options(task_runner=runner)(
@@ -436,6 +450,7 @@ def run_compare_recipes(
 
     compare.plan_comparison(recipes, out, seeds, baseline)  # bad recipes, seeds, baseline or --out fail before anything starts
     load_train_config(train_config, steps=steps, **(train_overrides or {}))  # and bad training settings
+    check_dask_address(dask_address)
     runs = len(recipes) * seeds
     runner = dask_runner(max(1, min(runs, _parallel_runs())), dask_address)
     with prefect_api():

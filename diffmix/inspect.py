@@ -6,7 +6,7 @@ from pathlib import Path
 
 from diffmix.errors import DiffmixError
 from diffmix.pipelines.io import read_ipc_stream, read_json
-from diffmix.pipelines.shards import open_dataset, shard_paths
+from diffmix.pipelines.shards import open_dataset, shard_paths, verify_files
 from diffmix.schemas.manifest import Manifest
 
 _MAX_SECTION_LINES = 12
@@ -23,7 +23,8 @@ def describe(directory: Path, documents: int = 1) -> str:
         from diffmix.mixers.mixture import describe_mixture
 
         return describe_mixture(directory)
-    lines = [f"{directory}  ({manifest.kind}, config {manifest.config_hash[:12]}; shards verified)"]
+    verify_files(directory, manifest.rejects)  # a refilter reads them: damage there fails here too
+    lines = [f"{directory}  ({manifest.kind}, config {manifest.config_hash[:12]}; shards and rejects verified)"]
     lines += [f"  input  {i.kind:9} {i.uri}  {i.fingerprint[:24]}" for i in manifest.inputs]
     counts = manifest.counts
     lines.append(f"\nrows in {counts.rows_in:,}  kept {counts.kept:,}  dropped {counts.rows_in - counts.kept:,}")

@@ -139,6 +139,12 @@ def test_resume_after_sigkill_gives_identical_bytes(tmp_path: Path) -> None:
         (["--input", "{broken_jsonl}"], "broken JSON line"),
         (["--input", "{not_repo}"], "not a git repository"),
         (["--input", "{repo}", "--out-is-file"], "exists and is not a directory"),
+        (["--input", "{repo}", "--out-under-a-file"], "exists and is not a directory (in --out"),
+        (["--input", "synthetic:addition?n=20&test=2", "--input", "synthetic:addition?n=20&test=2"], "is given more than once"),
+        (["--input", "{repo}", "--format", "copy_v1"], "format copy_v1 writes copy records; commit inputs need an edit format"),
+        (["--input", "synthetic:addition?n=20&test=2", "--format", "whole_file_v1"], "format and window apply to commit inputs only"),
+        (["--input", "{repo}", "--dask-address", "no-port-here"], "--dask-address no-port-here: no Dask scheduler answers there"),
+        (["--refilter", "{repo}", "--config", "{repo}", "--format", "whole_file_v1"], "--refilter re-decides the stored documents"),
         (["--input", "{repo}", "--format", "nope_v1"], "unknown format 'nope_v1'"),
         (["--input", "{repo}", "--workers", "0"], "--workers must be at least 1, got 0"),  # a cluster without workers hung
         (["--input", "{repo}", "--workers", "-1"], "--workers must be at least 1, got -1"),
@@ -155,13 +161,30 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, history: Path,
     if "--out-is-file" in args:
         args = [a for a in args if a != "--out-is-file"]
         out.write_text("a file")
+    if "--out-under-a-file" in args:
+        args = [a for a in args if a != "--out-under-a-file"]
+        out.write_text("a file")
+        out = out / "sub"
     values = {"bad_parquet": tmp_path / "bad.parquet", "damaged_parquet": tmp_path / "damaged.parquet", "no_columns": tmp_path / "nocols.parquet",
               "broken_jsonl": tmp_path / "broken.jsonl", "not_repo": tmp_path / "plain", "repo": history}  # fmt: skip
     argv = ["build", "--workers", "1", *[a.format(**values) for a in args], "--out", str(out)]  # a --workers in args wins
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
-    assert out.is_file() or not out.exists()
+    assert out.is_file() or out.parent.is_file() or not out.exists()
+
+
+def test_a_failed_overwrite_leaves_the_previous_build(tmp_path: Path, history: Path, capsys: pytest.CaptureFixture) -> None:
+    """--overwrite replaces a build only once the new one is written: bad input found mid-build puts the old one back."""
+    out = tmp_path / "built"
+    run_build_corpus([str(history)], str(out), workers=1, config_overrides=SMALL)
+    before = tree_digest(out)
+    (tmp_path / "broken.jsonl").write_text('{"commit": "c", "new_file": "x", "old_contents": "a", "new_contents": "b", "message": "m"}\n{oops\n')
+    assert main(["build", "--input", str(tmp_path / "broken.jsonl"), "--out", str(out), "--overwrite", "--workers", "1"]) == 2
+    assert "broken JSON line" in capsys.readouterr().err
+    assert tree_digest(out) == before and sorted(p.name for p in out.iterdir()) == ["data", "manifest.json", "rejects"]
+    run_build_corpus([str(history)], str(out), workers=1, config_overrides={**SMALL, "partition_rows": 7}, overwrite=True)
+    assert tree_digest(out) != before and not (out / ".previous").exists() and not (out / ".work").exists()
 
 
 def test_real_data_slice_round_trips(tmp_path: Path, dev_parquet: Path) -> None:
@@ -257,3 +280,13 @@ def test_task_panics_become_errors() -> None:
         flows._panics_as_errors(lambda: int("plain"))()
     tasks = [v for v in vars(flows).values() if type(v).__name__ == "Task"]
     assert len(tasks) == 7 and all(hasattr(t.fn, "__wrapped__") for t in tasks)
+
+
+def test_inspect_checks_the_rejects_too(tmp_path: Path, history: Path, capsys: pytest.CaptureFixture) -> None:
+    """A refilter reads the rejects: inspect fails in one line when one is gone, as for a data shard."""
+    out = tmp_path / "built"
+    run_build_corpus([str(history)], str(out), workers=1, config_overrides=SMALL)
+    assert main(["inspect", str(out)]) == 0 and "shards and rejects verified" in capsys.readouterr().out
+    next((out / "rejects").glob("*.arrow")).unlink()
+    assert main(["inspect", str(out)]) == 2
+    assert "listed in the manifest but missing" in capsys.readouterr().err

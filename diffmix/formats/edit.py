@@ -72,14 +72,15 @@ from diffmix.pipelines.diff import FileDiff, diff_texts
 
 ADDFILE = "ADDFILE"
 TAGS = ("<NME> ", "<BEF> ", "<MSG> ", "<DFF> ")
-# A tag at a line start anywhere in a file or message makes a document unsplittable.
-LITERAL_TAG_PATTERN = r"(?m)^<(?:NME|BEF|MSG|DFF)> "
-_LITERAL_TAG = re.compile(LITERAL_TAG_PATTERN)
-
 # Answer-section tags of the formats other than openelm.
 PLAN_TAG = "<PLN> "
 EDIT_TAG = "<EDT> "
 AFTER_TAG = "<AFT> "
+# Any edit format's tag at a line start in a file or message makes a document unsplittable.
+# Every format's tags count for every format: the rows kept do not depend on the format,
+# so format comparisons train on the same commits.
+LITERAL_TAG_PATTERN = r"(?m)^<(?:NME|BEF|MSG|DFF|PLN|EDT|AFT)> "
+_LITERAL_TAG = re.compile(LITERAL_TAG_PATTERN)
 STOP = ("\n<NME> ",)
 
 

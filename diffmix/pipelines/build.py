@@ -38,7 +38,7 @@ from diffmix.errors import DiffmixError
 from diffmix.filters import engine
 from diffmix.filters.base import uniform
 from diffmix.filters.dedup import band_keys, bucket_pairs, components
-from diffmix.formats.base import get_format
+from diffmix.formats.base import format_names, get_format
 from diffmix.formats.window import WindowSpec
 from diffmix.pipelines.document import (
     doc_ids,
@@ -93,6 +93,9 @@ from diffmix.schemas.config import BuildConfig
 from diffmix.schemas.manifest import Counts, FileEntry, InputEntry, Manifest
 
 WORK_DIR = ".work"
+# Under --overwrite the build it replaces waits here until the new manifest is written
+# (put back if the new build fails on bad input), so a failed overwrite loses nothing.
+PREVIOUS_DIR = ".previous"
 CORPUS_SCHEMA = engine.CORPUS_SCHEMA
 # Rejects keep ids and metadata; only filter/dedup/cap rejects keep their text and scores (for --refilter).
 REJECT_SCHEMA = reject_schema(CORPUS_SCHEMA)
@@ -159,12 +162,24 @@ def check_inputs(uris: list[str], out: str | Path, config: BuildConfig) -> list[
     """Every cheap check on the inputs and `--out`, writing nothing."""
     if not uris:
         raise DiffmixError("no --input given")
+    repeated = sorted({uri for uri in uris if uris.count(uri) > 1})
+    if repeated:
+        raise DiffmixError(f"--input {repeated[0]} is given more than once")
     sources = [resolve_source(uri) for uri in uris]
     for source in sources:
         source.validate()
     if len({isinstance(s, SyntheticSource) for s in sources}) > 1:
         raise DiffmixError("synthetic inputs cannot be mixed with commit inputs in one build: build them apart, then mix them with a recipe")
-    get_format(config.format)  # fail early on an unknown format name
+    document_format = get_format(config.format)  # fail early on an unknown format name
+    if isinstance(sources[0], SyntheticSource):
+        defaults = BuildConfig()
+        if (config.format, config.window) != (defaults.format, defaults.window):
+            raise DiffmixError(
+                "format and window apply to commit inputs only: a synthetic input takes its own in its URI "
+                "(e.g. synthetic:edit?format=whole_file_v1&window=2..6)"
+            )
+    elif document_format.task != "edit":
+        raise DiffmixError(f"format {config.format} writes {document_format.task} records; commit inputs need an edit format ({', '.join(format_names('edit'))})")
     check_output_dir(out)
     return sources
 
@@ -195,7 +210,13 @@ def _claim_output(plan: BuildPlan, overwrite: bool) -> Manifest | None:
             return manifest
         if not overwrite:
             raise DiffmixError(f"{out}: holds a different build (config or inputs differ); pass --overwrite or choose another --out")
-        shutil.rmtree(out)
+        previous = out / PREVIOUS_DIR
+        shutil.rmtree(previous, ignore_errors=True)
+        previous.mkdir()
+        for entry in out.iterdir():
+            if entry.name not in (WORK_DIR, PREVIOUS_DIR):
+                entry.rename(previous / entry.name)
+        shutil.rmtree(out / WORK_DIR, ignore_errors=True)
     elif out.is_dir() and any(out.iterdir()) and not (out / WORK_DIR).is_dir():
         raise DiffmixError(f"{out}: directory is not empty and is not a diffmix build")
     return None
@@ -212,9 +233,20 @@ def _reset_work_if_stale(plan: BuildPlan, mode: str = "build") -> None:
 
 
 def discard_incomplete(plan: BuildPlan) -> None:
-    """After bad input: remove what this unfinished build wrote (a finished one has a manifest)."""
-    if not (plan.out / MANIFEST).is_file():
+    """After bad input: remove what this unfinished build wrote (a finished one has a manifest),
+    and put back the build it was to overwrite."""
+    if (plan.out / MANIFEST).is_file():
+        return
+    previous = plan.out / PREVIOUS_DIR
+    if not previous.is_dir():
         shutil.rmtree(plan.out, ignore_errors=True)
+        return
+    for entry in plan.out.iterdir():
+        if entry.name != PREVIOUS_DIR:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    for entry in previous.iterdir():
+        entry.rename(plan.out / entry.name)
+    previous.rmdir()
 
 
 # --- ingest ----------------------------------------------------------------------
@@ -721,6 +753,7 @@ def finalize(
     )
     write_manifest(plan.out, manifest)
     shutil.rmtree(plan.work, ignore_errors=True)
+    shutil.rmtree(plan.out / PREVIOUS_DIR, ignore_errors=True)
     return manifest
 
 
@@ -948,4 +981,5 @@ def build_synthetic(plan: BuildPlan) -> Manifest:
     )
     write_manifest(plan.out, manifest)
     shutil.rmtree(plan.work, ignore_errors=True)
+    shutil.rmtree(plan.out / PREVIOUS_DIR, ignore_errors=True)
     return manifest

@@ -21,6 +21,7 @@ redacted BEF (see `diffmix.filters.secrets`).
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from typing import Any
 
@@ -40,7 +41,9 @@ TRAILER_KEYS = (
     "suggested-by", "helped-by", "cc", "change-id", "reviewed-on", "differential revision",
     "piperorigin-revid", "fbshipit-source-id",
 )  # fmt: skip
-_TRAILER_LINE = r"(?mi)^(?:" + "|".join(k.replace(" ", r"\s") for k in TRAILER_KEYS) + r")\s*:.*$"
+# git's trailer syntax, `Key: value` (Phabricator's "Differential Revision" has a space), and a listed key.
+_TRAILER_SYNTAX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(?: [A-Za-z0-9_-]+)?\s*:")
+_LISTED_TRAILER = re.compile(r"(?i)(?:" + "|".join(k.replace(" ", r"\s") for k in TRAILER_KEYS) + r")\s*:")
 
 STRUCTURAL_REASONS = (
     "missing_field", "binary", "bad_encoding", "too_large", "null_contents", "deleted_file", "pure_rename",
@@ -49,14 +52,41 @@ STRUCTURAL_REASONS = (
 
 
 def normalized_message(message: pl.Expr) -> pl.Expr:
-    """CRLF -> LF, trailers removed, trailing whitespace stripped, blank-line runs collapsed."""
+    """CRLF -> LF, trailing whitespace stripped, listed trailers removed, blank-line runs collapsed."""
     return (
         message.str.replace_all("\r\n", "\n", literal=True)
-        .str.replace_all(_TRAILER_LINE, "")
         .str.replace_all(r"(?m)[ \t]+$", "")
+        .map_elements(without_trailers, return_dtype=pl.String, skip_nulls=True)
         .str.replace_all(r"\n{3,}", "\n\n")
         .str.strip_chars()
     )
+
+
+def without_trailers(message: str) -> str:
+    """`message` less the `TRAILER_KEYS` lines of its trailer block: the run of `Key: value` lines
+    (and their indented continuations) that ends it.
+
+    As in git, the block never reaches into the first paragraph: a subject such as
+    "cc: fix the damage rect" or "Change-Id: handling in the parser" stays, and so does
+    a listed key in prose above the block.
+    """
+    lines = message.rstrip("\n").split("\n")
+    first_paragraph = lines.index("") if "" in lines else len(lines)
+    start = len(lines)
+    while start > first_paragraph + 1 and (_TRAILER_SYNTAX.match(lines[start - 1]) or lines[start - 1][:1] in (" ", "\t")):
+        start -= 1
+    if start == len(lines):
+        return message
+    kept, dropping = [], False
+    for line in lines[start:]:
+        if line[:1] in (" ", "\t"):  # a continuation goes with its trailer
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = bool(_LISTED_TRAILER.match(line))
+        if not dropping:
+            kept.append(line)
+    return "\n".join(lines[:start] + kept)
 
 
 def structural_reason(max_file_bytes: int) -> pl.Expr:

@@ -307,13 +307,30 @@ class JsonlSource(StreamSource):
             if "straddl" in str(exc):
                 raise self._too_long(f"a line after row {rows}") from None
             if not _JSON_TYPE_ERROR.search(str(exc)):
-                raise DiffmixError(f"{self.path}: broken JSON line after row {rows} ({first_line(exc)})") from None
+                raise self._broken_line(skip=rows, fallback=f"broken JSON line after row {rows} ({first_line(exc)})") from None
         else:
             return
         # A value of another JSON type (a number for `commit`, a list for `repos`): the Arrow
         # reader cannot take it row by row, so the rest of the file is read here, each value
         # conformed as a Parquet column of that type would be (or null, for the row's reasons).
         yield from self._tables_per_record(skip=rows, batch_rows=min(1000, config.partition_rows))
+
+    def _broken_line(self, skip: int, fallback: str) -> DiffmixError:
+        """The first line after `skip` records that is not a JSON object, by its number (Arrow's
+        reader only says which block failed)."""
+        try:
+            for seen, (number, line) in enumerate(_records_of(self.path, self.longest_line)):
+                if seen < skip:
+                    continue
+                try:
+                    record = json.loads(line.decode("utf-8", "surrogateescape"))
+                except ValueError as exc:
+                    return DiffmixError(f"{self.path}: broken JSON line {number} ({exc})")
+                if not isinstance(record, dict):
+                    return DiffmixError(f"{self.path}: line {number} is not a JSON object")
+        except (pa.ArrowException, OSError):  # e.g. a truncated .gz: Arrow's own message says it
+            pass
+        return DiffmixError(f"{self.path}: {fallback}")
 
     def _tables_per_record(self, skip: int, batch_rows: int) -> Iterator[pa.Table]:
         records: list[dict[str, Any]] = []

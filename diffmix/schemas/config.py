@@ -171,6 +171,12 @@ class BuildConfig(_Strict):
     # Quality filters, dedup, caps and redaction (diffmix.filters).
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
 
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window_number(cls, value: object) -> object:
+        """`window: 3` in YAML is a number: the same as "3"."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
     @field_validator("window")
     @classmethod
     def _window_spec(cls, value: str) -> str:
@@ -185,11 +191,27 @@ class BuildConfig(_Strict):
         return sha256_json(self.model_dump(mode="json"))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    keeps the last silently: a recipe with `seed:` twice would run with one the user did not mean)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden by a key
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     """A YAML file that must hold a mapping (a config, a recipe); every problem is one line."""
     source = Path(path)
     try:
-        data = yaml.safe_load(source.read_text(encoding="utf-8"))
+        data = yaml.load(source.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except (FileNotFoundError, IsADirectoryError):
         raise DiffmixError(f"{source}: {what} file not found") from None
     except yaml.YAMLError as exc:

@@ -139,3 +139,22 @@ def test_decide_rows_on_no_rows(rules: list | None) -> None:
     config = BuildConfig() if rules is None else BuildConfig.model_validate({"filters": {"rules": rules, "dedup": {"near": None}}})
     table, reasons = engine.decide_rows(scored([row()], config).clear(), config)
     assert (table.height, reasons.to_list()) == (0, [])
+
+
+def test_a_window_written_as_a_yaml_number_is_the_same_window(tmp_path: Path) -> None:
+    """The README's `window: 3` is an int in YAML."""
+    path = tmp_path / "c.yaml"
+    path.write_text("window: 3\n")
+    assert load_build_config(path).window == "3" == BuildConfig(window="3").window
+    path.write_text("window: true\n")
+    with pytest.raises(DiffmixError, match="window"):
+        load_build_config(path)
+
+
+def test_a_key_given_twice_is_one_line_and_merge_keys_still_work(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("window_seed: 1\nformat: openelm_v1\nwindow_seed: 2\n")
+    with pytest.raises(DiffmixError, match=r"c.yaml: invalid YAML at line 3 \(key 'window_seed' is given twice\)"):
+        load_build_config(path)
+    path.write_text("split: &s {seed: 3}\ngit: {}\nfilters: {redact: {<<: {secrets: false, emails: true}, emails: false}}\n")
+    assert load_build_config(path).filters.redact.emails is False

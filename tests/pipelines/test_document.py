@@ -23,6 +23,15 @@ from diffmix.pipelines.document import (
         ("Fix parser\n\nSigned-off-by: A <a@b.c>\nCo-authored-by: B <b@c.d>\n", "Fix parser"),
         ("Fix parser\n\nBody\n\n\n\nMore\nReviewed-by: X\nChange-Id: I123\n", "Fix parser\n\nBody\n\nMore"),
         ("Signed-off-by is mentioned in prose, not a trailer\n", "Signed-off-by is mentioned in prose, not a trailer"),
+        # Only the block that ends the message, never the subject paragraph, never prose above the block.
+        ("cc: Fix damage rect computation\n\nThe compositor was wrong.\n", "cc: Fix damage rect computation\n\nThe compositor was wrong."),
+        ("CC: Use the right compiler flags for gcc\n", "CC: Use the right compiler flags for gcc"),
+        ("Change-Id: handling in parser\nSigned-off-by: A <a@b.c>\n", "Change-Id: handling in parser\nSigned-off-by: A <a@b.c>"),
+        ("Fix\n\nCc: the list, as asked.\nThen more prose.\n", "Fix\n\nCc: the list, as asked.\nThen more prose."),
+        # Unlisted trailers stay; a listed one's continuation lines go with it.
+        ("Fix\n\nBug: 1234\nChange-Id: I1\nReviewed-on: https://x/1\nCommit-Queue: A <a@b.c>\n", "Fix\n\nBug: 1234\nCommit-Queue: A <a@b.c>"),
+        ("Fix\n\nBody\n\nDifferential Revision: https://r/D1\nCo-authored-by: B <b@c.d>\n  (pairing)\nFixes: #2\n", "Fix\n\nBody\n\nFixes: #2"),
+        ("Fix\r\n\r\nSigned-off-by: A <a@b.c>  \r\n", "Fix"),
     ],
 )
 def test_normalized_message(raw: str, clean: str) -> None:
@@ -63,6 +72,9 @@ def _row(**changes: object) -> dict[str, object]:
         ({"old_contents": "x\n<MSG> injected\n"}, "literal_tag"),
         ({"new_contents": "<DFF> y\n"}, "literal_tag"),
         ({"message": "Subject\n<NME> x"}, "literal_tag"),
+        ({"old_contents": "<AFT> after\n"}, "literal_tag"),  # another edit format's tag: same rows for every format
+        ({"new_contents": "x\n<EDT> y\n"}, "literal_tag"),
+        ({"message": "Subject\n\n<PLN> plan"}, "literal_tag"),
         ({"old_contents": "a <MSG> not at a line start\n"}, None),
     ],
 )

@@ -369,12 +369,13 @@ def test_jsonl_variants_equal_parquet(tmp_path: Path, suffix: str) -> None:
     assert table.to_pylist() == expected.to_pylist()
 
 
-def test_jsonl_broken_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("good_lines", [1, 5, 50, 100])
+def test_jsonl_broken_line_is_named_by_its_number(tmp_path: Path, good_lines: int) -> None:
     path = tmp_path / "b.jsonl"
-    path.write_text(json.dumps(COMMITPACK_ROWS[0]) + "\n{broken\n")
+    path.write_text((json.dumps(COMMITPACK_ROWS[0]) + "\n") * good_lines + "{broken\n" + json.dumps(COMMITPACK_ROWS[0]) + "\n")
     source = JsonlSource(str(path))
     source.validate()  # the first line is fine
-    with pytest.raises(DiffmixError, match="broken JSON line"):
+    with pytest.raises(DiffmixError, match=f"broken JSON line {good_lines + 1} "):
         list(source.iter_tables(BuildConfig()))
 
 
