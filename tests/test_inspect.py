@@ -44,6 +44,11 @@ def test_inspect_run(built: dict[str, Path], capsys: pytest.CaptureFixture) -> N
     assert "skill speed to tau = 0.9" in out and "copy/exact_match" in out and "addition/exact_match" in out
 
 
+def test_inspect_a_negative_document_count(built: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    assert main(["inspect", str(built["corpus"]), "--documents", "-1"]) == 2
+    assert "--documents must be 0 or more, got -1" in capsys.readouterr().err
+
+
 def test_inspect_not_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["inspect", str(tmp_path)]) == 2
     assert "no manifest.json" in capsys.readouterr().err
