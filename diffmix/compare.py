@@ -195,7 +195,10 @@ def skill_table(frame: pl.DataFrame, skill: str, baseline: str) -> pl.DataFrame:
             continue
         for axis in AXES:
             values = [v for v in _axis(runs, col, axis) if v is not None]
-            row[f"{axis}_to_tau"] = f"censored ({censored}/{runs.height})" if censored else _pm(values)
+            text = f"censored ({censored}/{runs.height})" if censored else _pm(values)
+            if censored and values:  # the runs that did reach tau are shown, never averaged with the censored
+                text += f"; reached: {', '.join(f'{v:,.0f}' for v in values)}"
+            row[f"{axis}_to_tau"] = text
         for metric in ("aulc", "final"):
             values = [v for v in runs[f"{col}/{metric}"].to_list() if v is not None]
             row[metric] = _pm(values, digits=3) if values else "n/a"

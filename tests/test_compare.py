@@ -59,7 +59,7 @@ def test_skill_table_censoring_and_bounds() -> None:
     assert table["fast"]["steps_to_tau"] == "112 ± 18"
     assert table["fast"]["speedup_steps"] == ">4.00x (baseline censored)"  # 500 steps / slowest 125
     assert table["fast"]["speedup_tokens"] == ">4.00x (baseline censored)"  # 5,000 tokens / 1,250
-    assert table["half"]["steps_to_tau"] == "censored (1/2)" and table["half"]["speedup_steps"] == "n/a (censored)"
+    assert table["half"]["steps_to_tau"] == "censored (1/2); reached: 300" and table["half"]["speedup_steps"] == "n/a (censored)"
     assert (table["broken"]["runs"], table["broken"]["failed"], table["broken"]["steps_to_tau"]) == (0, 1, "no run")
 
 

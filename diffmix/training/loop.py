@@ -271,6 +271,13 @@ def _check_same_config(checkpoint: Path, recorded: str, digest: str) -> None:
         raise DiffmixError(f"{checkpoint}: written by a different config or mixture (digest {recorded[:12]}, now {digest[:12]}); use another --out")
 
 
+def _check_stop_when(config: TrainConfig, probes: list[ProbeSet]) -> None:
+    """`stop_when` names a score some probe reports (a typo would never stop the run)."""
+    names = sorted({name for probe in probes for name in probe.score_names})
+    if config.stop_when is not None and names and config.stop_when not in names:
+        raise DiffmixError(f"stop_when: {config.stop_when!r} is no probe score here (scores: {', '.join(names)})")
+
+
 def _check_some_loss(data: MixtureTokens, config: TrainConfig) -> None:
     """Fail at once when no step could have a loss token: padded rows cut at the context,
     with the loss on targets that all start beyond it (a run of zero losses otherwise)."""
@@ -320,6 +327,7 @@ def _train(data_dir: Path, run: Path, config: TrainConfig) -> dict[str, Any]:
         data, tokenizer, sources, manifest = load_tokens(data_dir, config, run, rank, world)
         _check_some_loss(data, config)
         probes = load_probe_sets(sources, tokenizer, config) if rank == 0 else []
+        _check_stop_when(config, probes)
     except DiffmixError:
         if new_run and rank == 0:  # bad data (not a mixture, a damaged shard): leave nothing behind
             shutil.rmtree(run, ignore_errors=True)

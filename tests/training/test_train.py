@@ -264,3 +264,9 @@ def test_an_evaluation_over_budget_is_one_warning_line(copy_mixture: Path, tmp_p
     train(copy_mixture, tmp_path / "run", tiny_config(steps=10, eval_interval=5, max_eval_fraction=1e-6))
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert "evaluation took" in line and "lower probes.samples or raise eval_interval" in line
+
+
+def test_a_stop_when_that_no_probe_reports_is_refused(copy_mixture: Path, tmp_path: Path) -> None:
+    with pytest.raises(DiffmixError, match="stop_when: 'parsd' is no probe score here \\(scores: exact_match, parsed\\)"):
+        train(copy_mixture, tmp_path / "run", tiny_config(steps=5, stop_when="parsd"))
+    assert not (tmp_path / "run").exists()
