@@ -433,7 +433,7 @@ def _with_split(frame: pl.DataFrame, config: BuildConfig) -> pl.DataFrame:
 
 def _structural_rejects(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select(
-        *REJECT_ID_FIELDS, "input_row",
+        *REJECT_ID_FIELDS, "old_path", "input_row",  # old_path: where a pure_rename came from
         pl.lit("structural").alias("stage"), "reason", pl.lit(None, dtype=pl.String).alias("detail"),
     )  # fmt: skip
 
