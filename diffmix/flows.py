@@ -108,10 +108,10 @@ def _local_server() -> Any:
 
     prctl = _parent_death_signal()
 
-    def detach() -> None:  # in the child, between fork and exec: no allocation, no locks
+    def detach() -> None:  # runs in the child between fork and exec: two system calls, nothing else
         os.setpgid(0, 0)
         if prctl is not None:
-            prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+            prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM: sent when the thread that started it (the main one) ends
 
     class LocalServer(server_module.SubprocessASGIServer):
         def _run_uvicorn_command(self) -> subprocess.Popen[Any]:

@@ -242,8 +242,12 @@ def discard_incomplete(plan: BuildPlan) -> None:
         shutil.rmtree(plan.out, ignore_errors=True)
         return
     for entry in plan.out.iterdir():
-        if entry.name != PREVIOUS_DIR:
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        if entry.name == PREVIOUS_DIR:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
     for entry in previous.iterdir():
         entry.rename(plan.out / entry.name)
     previous.rmdir()
