@@ -54,7 +54,7 @@ class License(Filter):
 # --- merges, bots, reverts ---------------------------------------------------------
 
 # The subjects git, GitHub and GitLab write for merges.
-MERGE_PATTERN = r"(?i)^merge (?:branch|pull request|remote-tracking branch|remote branch|tag|commit|changes from) "
+MERGE_PATTERN = r"(?i)^merge\s+(?:branch|pull request|remote-tracking branch|remote branch|tag|commit|changes from|from|of)\s"
 
 
 @register
@@ -193,10 +193,13 @@ VERSION_BUMP_PATTERNS = (
     r"^(?:bump|bumped|bumping)\b",  # bump version, bump dependency (dependabot)
     r"^(?:set|update|updated|change|changed|increase|increment)\s+(?:the\s+)?(?:package\s+|project\s+)?version\b",
     r"^(?:prepare|preparing|prep)\s+(?:for\s+)?(?:the\s+)?(?:next\s+)?(?:release|version|v?\d)",
-    r"^(?:release|released|releasing|version|tag|tagged)\b[\s:]*v?\d+(?:\.\d+)+",
+    r"^(?:release|released|releasing|version|tag|tagged)\b[\s:]*(?:version\s+)?v?\d+(?:\.\d+)+",  # also "release version 8.1.1"
+    r"^version\s+bump\b",
+    r"^(?:this is|ready for)\s+(?:release\s+|version\s+)?v?\d+(?:\.\d+)+",  # "This is 5.0-dev", "Ready for 2.4"
     r"^v?\d+(?:\.\d+)+(?:[-.+]?[0-9a-z]+)*$",  # the subject is a version number
     r"^start (?:the )?(?:next )?version\b",
     r"^(?:update|updated|upgrade|upgraded)\s+[\w.-]+\s+to\s+v?\d+(?:\.\d+)+",  # a dependency (often vendored) to a release
+    r"^(?:update|updated|upgrade|upgraded)\s+to\s+[\w.-]+\s+v?\d+(?:\.\d+)+",  # "Update to urllib3 1.14"
 )
 
 

@@ -263,12 +263,23 @@ def _apply(texts: pl.Series, detector: Detector) -> tuple[pl.Series, list[int]]:
         return texts, counts
     hits = candidates.list.eval(pl.element().is_in(list(verdicts))).list.any().fill_null(False).arg_true()
     values = texts.gather(hits).to_list()
+    pattern = python_regex(detector.pattern)
     for j, (i, text) in enumerate(zip(hits.to_list(), values)):
-        targets = sorted({verdicts[c] for c in candidates[i] if c in verdicts}, key=lambda t: (-len(t), t))
-        for target in targets:  # longest first: no partial overlaps
-            counts[i] += text.count(target)
-            text = text.replace(target, detector.placeholder)
-        values[j] = text
+        # At the matches only: the same string elsewhere (inside a `://user:pass@host`
+        # match the judge let be) is not a finding and stays as it is.
+        found = 0
+
+        def swap(match: re.Match[str]) -> str:
+            nonlocal found
+            candidate = match.group(0)
+            target = verdicts.get(candidate)
+            if target is None or target not in candidate:
+                return candidate
+            found += 1
+            return candidate.replace(target, detector.placeholder, 1)
+
+        values[j] = pattern.sub(swap, text)
+        counts[i] = found
     return texts.scatter(hits, pl.Series(values, dtype=texts.dtype)), counts
 
 

@@ -507,6 +507,8 @@ def normalize_commits(table: pa.Table, where: str) -> pa.Table:
         pl.coalesce(col("subject"), subject_line).alias("subject"),
         pl.coalesce(col("old_file"), col("new_file")).alias("old_file"),
         pl.coalesce(col("new_file"), col("old_file")).alias("new_file"),
+        # A language the input calls "Other" (CommitPack does for .html, .css) is derived from the path.
+        pl.when(col("lang").str.to_lowercase().is_in(["", "other"])).then(None).otherwise(col("lang")).alias("lang"),
         # git's letters in any case; anything else (a copy, a typo) is derived like a missing one.
         col("change_type").str.to_uppercase().replace_strict({t: t for t in CHANGE_TYPES}, default=None, return_dtype=pl.String).alias("change_type"),
     )

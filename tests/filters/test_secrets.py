@@ -54,6 +54,9 @@ IP = "93.184.216.34"
         ('api_key = "aaaaaaaaaaaaaaaaaaaa"', {}, None),
         ("contact: user@example.com, fake@example.org", {}, None),
         ("http://user:pass@httpbin.org/get", {}, None),
+        # the address alone is a finding; the same text as a URL's user:password@host is not
+        ("mail pass@complex.url.com or 'http://user:pass@complex.url.com/path'", {"email": 1},
+         "mail <EMAIL> or 'http://user:pass@complex.url.com/path'"),
         ("![logo](click@2x.png)", {}, None),
         ("bind 127.0.0.1, 10.0.0.8, 192.168.1.1, 172.16.0.1, 0.0.0.0", {}, None),
         ("urllib3 v1.26.18.1 and 1.2.3.4 and 2.0.0.1", {}, None),

@@ -200,6 +200,13 @@ def test_normalize_derives_subject_and_lang() -> None:
     assert (row["subject"], row["lang"], row["old_file"]) == ("Fix it", "Go", "src/m.go")
 
 
+def test_normalize_derives_a_language_the_input_calls_other() -> None:
+    """CommitPack labels .html and .css "Other": the path says better; a named language is kept as given."""
+    paths, given = ["d/page.html", "s.css", "bin/tool", "m.py"], ["Other", "", "Other", "Cython"]
+    table = pa.table({"commit": ["c"] * 4, "new_file": paths, "old_contents": ["a\n"] * 4, "new_contents": ["b\n"] * 4, "message": ["m"] * 4, "lang": given})
+    assert normalize_commits(table, "x").column("lang").to_pylist() == ["HTML", "CSS", "Other", "Cython"]
+
+
 def test_normalize_marks_invalid_utf8_as_binary() -> None:
     table = pa.table(
         {"commit": ["c", "d"], "new_file": ["a", "b"], "old_contents": pa.array([b"ok\n", b"\xff\xfe"], pa.binary()),
