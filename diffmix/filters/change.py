@@ -51,6 +51,9 @@ class Change(Filter):
     max_hunks: int | None = 10
     # Characters on `-` lines over the old file's characters (a new file deletes nothing).
     max_deleted_fraction: float | None = 0.5
+    # Files shorter than this are never a `near_rewrite`: in a 20-character requirements.txt
+    # or a 9-line module any real edit deletes half (None: every file counts).
+    rewrite_min_old_chars: int | None = 400
 
     def scores(self, frame: pl.DataFrame) -> dict[str, pl.Expr | pl.Series]:
         diff = pl.col("diff")
@@ -71,5 +74,8 @@ class Change(Filter):
         if self.max_hunks is not None:
             out.append(Check("too_many_hunks", pl.col("n_hunks") > self.max_hunks))
         if self.max_deleted_fraction is not None:
-            out.append(Check("near_rewrite", pl.col("f_deleted_chars") > self.max_deleted_fraction * pl.col("old_chars")))
+            rewrite = pl.col("f_deleted_chars") > self.max_deleted_fraction * pl.col("old_chars")
+            if self.rewrite_min_old_chars is not None:
+                rewrite = rewrite & (pl.col("old_chars") >= self.rewrite_min_old_chars)
+            out.append(Check("near_rewrite", rewrite))
         return out

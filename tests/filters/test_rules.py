@@ -151,6 +151,10 @@ SPREAD = "".join(f"def step_{i}():\n" + "".join(f"    value_{i}_{j} = {j}\n" for
         (Change(), {"change_type": "A", "old_contents": "", "new_contents": AFTER}, None),
         (Change(max_hunks=None), {"old_contents": SPREAD, "new_contents": SPREAD.replace("pass", "return None")}, None),
         (Change(max_deleted_fraction=None), {"new_contents": BEFORE.replace("respond", "reply")}, None),
+        # a small file: any real edit deletes half of it (a pinned requirement, a short module)
+        (Change(), {"old_contents": "furo>=2024.8\n", "new_contents": "furo==2024.8.6\n"}, None),
+        (Change(rewrite_min_old_chars=None), {"old_contents": "furo>=2024.8\n", "new_contents": "furo==2024.8.6\n"}, "near_rewrite"),
+        (Change(rewrite_min_old_chars=1000), {"new_contents": BEFORE.replace("respond", "reply")}, None),
         (Change(), {"new_contents": BEFORE.replace("    return respond(request, 3)", "\treturn respond(request, 3)")}, None),
         (Change(), {}, None),
         # a secret on a changed line (the flag comes from redaction)
