@@ -106,9 +106,11 @@ def _window(value: str) -> str:
 
 
 # Per task: parameter -> (default, parser). Common keys: format, n, test, seed.
+# At most 10^9 documents per source: a typo of a few extra digits fails at once, not after hours.
+MAX_DOCUMENTS = 10**9
 _COMMON: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "n": ("1000", _int(0)),
-    "test": ("500", _int(0)),
+    "n": ("1000", _int(0, MAX_DOCUMENTS)),
+    "test": ("500", _int(0, MAX_DOCUMENTS)),
     "seed": ("0", _int(0)),
 }
 _TASKS: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {

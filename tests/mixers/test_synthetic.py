@@ -66,6 +66,7 @@ def test_parse_and_canonical(uri: str, canonical: str) -> None:
         ("synthetic:addition?digits=0", "digits='0'"),
         ("synthetic:addition?digits=x", "digits='x'"),
         ("synthetic:addition?n=-5", "n='-5'"),
+        ("synthetic:addition?digits=18&n=99999999999999999999&test=0", "n='99999999999999999999'"),  # a typo, not hours of work
         ("synthetic:addition?pad=maybe", "pad='maybe'"),
         ("synthetic:addition?operands=weird", "operands='weird'"),
         ("synthetic:addition?format=nope", "unknown format 'nope'"),
