@@ -473,7 +473,8 @@ def build_mixture(
             shards=shards,
             formats=formats,
             tokenizer=tokenizer if not index_only else None,
-            tokens=_token_totals(totals, n) if mean_tokens is not None else None,
+            # A sum of tokens is only a number of one vocabulary (per source, the audit has its own).
+            tokens=_token_totals(totals, n) if mean_tokens is not None and tokenizer is not None else None,
             reports={
                 "audit": audit,
                 "sources": totals,

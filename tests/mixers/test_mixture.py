@@ -244,6 +244,8 @@ def test_sources_with_different_tokenizers_mix_without_token_columns(source_dirs
     manifest = build_mixture(write(tmp_path / "r.yaml", recipe(sources, STAGES)), tmp_path / "out")
     assert manifest.columns == ["position", "source", "phase", "source_row", "doc_id", "text", "format", "target_start"]
     assert manifest.tokenizer is None and not (tmp_path / "out" / "tokenizer.json").exists()
+    assert manifest.tokens is None  # no total across two vocabularies; each source's stays in the audit
+    assert all(row["realised_tokens"] is not None for row in manifest.reports["sources"])
     with pytest.raises(DiffmixError, match="different tokenizers"):
         build_mixture(write(tmp_path / "t.yaml", {**recipe(sources, STAGES), "budget": {"tokens": 999}}), tmp_path / "t")
 
