@@ -80,7 +80,7 @@ def _train(args: argparse.Namespace) -> int:
     if not summary.get("complete", True):  # stop_after: checkpointed part way
         print(f"{args.out}: stopped at step {summary['step']} of {summary['steps']} (stop_after); the same command resumes it")
         return 0
-    from diffmix.inspect import describe_run
+    from diffmix.inspection import describe_run
 
     print(describe_run(Path(args.out)))
     return 0
@@ -142,7 +142,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from diffmix.inspect import describe
+    from diffmix.inspection import describe
 
     if args.documents < 0:
         raise DiffmixError(f"--documents must be 0 or more, got {args.documents}")

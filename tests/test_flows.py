@@ -293,3 +293,14 @@ def test_inspect_checks_the_rejects_too(tmp_path: Path, history: Path, capsys: p
     next((out / "rejects").glob("*.arrow")).unlink()
     assert main(["inspect", str(out)]) == 2
     assert "listed in the manifest but missing" in capsys.readouterr().err
+
+
+def test_no_module_beside_flows_py_shadows_the_standard_library() -> None:
+    """A served deployment loads diffmix/flows.py by path, which puts diffmix/ first on sys.path of
+    the flow and of its Dask workers: a diffmix/inspect.py once replaced Python's `inspect` there."""
+    import sys
+
+    import diffmix.flows
+
+    beside = {p.stem for p in Path(diffmix.flows.__file__).parent.glob("*.py")} | {p.name for p in Path(diffmix.flows.__file__).parent.iterdir() if p.is_dir()}
+    assert not beside & set(sys.stdlib_module_names)
