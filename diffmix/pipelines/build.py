@@ -24,7 +24,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+from tokenizers import Tokenizer
 
 from diffmix.errors import DiffmixError
 from diffmix.filters import engine
@@ -180,6 +181,8 @@ def check_inputs(uris: list[str], out: str | Path, config: BuildConfig) -> list[
             )
     elif document_format.task != "edit":
         raise DiffmixError(f"format {config.format} writes {document_format.task} records; commit inputs need an edit format ({', '.join(format_names('edit'))})")
+    if config.tokenize is not None and config.tokenize.file is not None:
+        load_tokenizer(config.tokenize.file)  # a missing or broken tokenizer fails before any work
     check_output_dir(out)
     return sources
 
@@ -665,8 +668,15 @@ def prepare_tokenizer(plan: BuildPlan, specs: list[ShardSpec]) -> None:
                 docs_path, _, _ = _partition_files(plan, key)
                 yield from read_ipc_stream(docs_path, ["text"]).column("text").take(pa.array(rows, pa.int64())).to_pylist()
 
-    tokenizer = build_tokenizer(plan.config.tokenize.kind, texts(), plan.config.tokenize.vocab_size, max_chars=TOKENIZER_SAMPLE_CHARS)
-    save_tokenizer(tokenizer, plan.work)
+    save_tokenizer(_tokenizer_for(plan.config, texts()), plan.work)
+
+
+def _tokenizer_for(config: BuildConfig, texts: Iterable[str]) -> Tokenizer:
+    """The configured tokenizer: the given file's, or one trained on `texts`."""
+    assert config.tokenize is not None
+    if config.tokenize.file is not None:
+        return load_tokenizer(config.tokenize.file)
+    return build_tokenizer(config.tokenize.kind, texts, config.tokenize.vocab_size, max_chars=TOKENIZER_SAMPLE_CHARS)
 
 
 def write_data_shard(plan: BuildPlan, spec: ShardSpec) -> FileEntry:
@@ -964,7 +974,7 @@ def build_synthetic(plan: BuildPlan) -> Manifest:
     table = table.cast(DOCUMENT_SCHEMA)
     tokenizer = tokens = None
     if plan.config.tokenize is not None:
-        built = build_tokenizer(plan.config.tokenize.kind, table.column("text").to_pylist(), plan.config.tokenize.vocab_size, max_chars=TOKENIZER_SAMPLE_CHARS)
+        built = _tokenizer_for(plan.config, table.column("text").to_pylist())
         table = tokenize_documents(table, built)
         tokenizer, tokens = save_tokenizer(built, plan.out), token_stats(table)
     shards = write_table_shards(plan.out, DATA_DIR, table, plan.config.shard_bytes)

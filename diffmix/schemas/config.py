@@ -66,6 +66,9 @@ class GitConfig(_Strict):
 class TokenizeConfig(_Strict):
     kind: Literal["bpe", "char"] = "bpe"
     vocab_size: int = 8192
+    # Encode with this tokenizer (a tokenizer.json, or a built dataset's directory) instead of
+    # training one: sources mixed under a token budget must share one tokenizer.
+    file: str | None = None
 
 
 # The per-row rules of `diffmix.filters` in their default order (settings: each rule's defaults).

@@ -186,3 +186,27 @@ def test_load_missing_or_broken(tmp_path) -> None:
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(DiffmixError, match="not a tokenizers JSON"):
         load_tokenizer(tmp_path)
+
+
+def test_a_second_source_encodes_with_the_first_ones_tokenizer_and_they_mix_by_tokens(tmp_path) -> None:
+    """tokenize.file: two builds share one tokenizer, so a recipe can budget tokens over both."""
+    import yaml
+
+    from diffmix.mixers.mixture import build_mixture
+    from diffmix.pipelines.build import build_synthetic, prepare_build
+    from diffmix.pipelines.shards import read_manifest
+    from diffmix.schemas.config import load_build_config
+
+    first, second = tmp_path / "copy", tmp_path / "add"
+    build_synthetic(prepare_build(["synthetic:copy?n=200&test=10"], first, load_build_config(None, tokenize={"kind": "bpe", "vocab_size": 300})))
+    shared = {"file": str(first / "tokenizer.json")}
+    build_synthetic(prepare_build(["synthetic:addition?n=200&test=10"], second, load_build_config(None, tokenize=shared)))
+    assert read_manifest(second).tokenizer == read_manifest(first).tokenizer  # same file, same sha256
+    recipe = {"name": "by-tokens", "seed": 0, "global_batch_size": 8, "budget": {"tokens": 3000},
+              "sources": [{"name": "copy", "path": str(first), "max_repetition": 5}, {"name": "add", "path": str(second), "max_repetition": 5}],
+              "schedule": {"type": "constant", "weights": "uniform"}}  # fmt: skip
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    manifest = build_mixture(tmp_path / "r.yaml", tmp_path / "mix")
+    assert manifest.tokenizer == read_manifest(first).tokenizer and manifest.tokens["total"] >= 3000 * 0.8
+    with pytest.raises(DiffmixError, match="no tokenizer file"):
+        prepare_build(["synthetic:copy?n=5"], tmp_path / "x", load_build_config(None, tokenize={"file": str(tmp_path / "none.json")}))
