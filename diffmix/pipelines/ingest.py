@@ -6,6 +6,7 @@ A source URI is one of:
 * a CommitPack-style `.parquet` file (read in row slices of its row groups, in parallel partitions);
 * a `.jsonl`, `.jsonl.gz` or `.jsonl.zst` file (streamed with pyarrow's JSON reader);
 * `hf:NAME[:SPLIT]`: a Hugging Face dataset through `datasets.load_dataset(streaming=True)`
+  (a folder written by `save_to_disk`: `datasets.load_from_disk`)
   (NAME may be a hub id, online, or a local dataset directory);
 * `synthetic:TASK?key=value&...`: generated documents (see `diffmix.mixers.synthetic`).
 
@@ -417,13 +418,25 @@ class HuggingFaceSource(StreamSource):
     def fingerprint(self) -> str:
         return f"hf:{self.name}:{self.split}"
 
+    def _saved_to_disk(self) -> bool:
+        """A folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` (load_dataset refuses those)."""
+        folder = Path(self.name)
+        return folder.is_dir() and ((folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file())
+
     def _dataset(self) -> Any:
         import datasets
 
         try:
-            return datasets.load_dataset(self.name, split=self.split, streaming=True)
+            if not self._saved_to_disk():
+                return datasets.load_dataset(self.name, split=self.split, streaming=True)
+            saved = datasets.load_from_disk(self.name)
         except Exception as exc:  # datasets raises many types for a missing/unreachable dataset
             raise DiffmixError(f"{self.uri}: cannot load dataset ({first_line(exc)})") from None
+        if isinstance(saved, datasets.DatasetDict):
+            if self.split not in saved:
+                raise DiffmixError(f"{self.uri}: no split {self.split!r} (it has {', '.join(saved)})")
+            saved = saved[self.split]
+        return saved
 
     def iter_tables(self, config: BuildConfig) -> Iterator[pa.Table]:
         dataset = self._dataset()

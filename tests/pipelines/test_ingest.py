@@ -493,6 +493,21 @@ def test_hf_local_dataset_directory(tmp_path: Path) -> None:
     assert [r["commit"] for r in rows] == [r["commit"] for r in COMMITPACK_ROWS]
 
 
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_hf_folder_written_by_save_to_disk(tmp_path: Path, as_dict: bool) -> None:
+    import datasets
+
+    saved = datasets.Dataset.from_list(COMMITPACK_ROWS)
+    (datasets.DatasetDict({"train": saved}) if as_dict else saved).save_to_disk(str(tmp_path / "saved"))
+    source = resolve_source(f"hf:{tmp_path / 'saved'}:train")
+    source.validate()
+    rows = pa.concat_tables(source.iter_tables(BuildConfig())).to_pylist()
+    assert [r["commit"] for r in rows] == [r["commit"] for r in COMMITPACK_ROWS]
+    if as_dict:
+        with pytest.raises(DiffmixError, match="no split 'test' \\(it has train\\)"):
+            list(resolve_source(f"hf:{tmp_path / 'saved'}:test").iter_tables(BuildConfig()))
+
+
 def test_hf_hub_offline_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
