@@ -307,7 +307,7 @@ class JsonlSource(StreamSource):
         except (pa.ArrowException, OSError) as exc:  # OSError: e.g. a truncated .gz, seen only when streamed
             if "straddl" in str(exc):
                 raise self._too_long(f"a line after row {rows}") from None
-            if not _JSON_TYPE_ERROR.search(str(exc)):
+            if not _JSON_PER_RECORD.search(str(exc)):
                 raise self._broken_line(skip=rows, fallback=f"broken JSON line after row {rows} ({first_line(exc)})") from None
         else:
             return
@@ -612,8 +612,9 @@ def _decode_each(column: pa.ChunkedArray, replace: bool) -> tuple[pa.Array, list
     return pa.array(values, pa.large_string()), invalid
 
 
-# pyarrow's JSON reader on a value whose JSON type is not its column's.
-_JSON_TYPE_ERROR = re.compile(r"changed from \w+ to \w+|Failed to convert JSON to")
+# pyarrow's JSON reader on a value whose JSON type is not its column's, or on an escaped lone
+# surrogate ("\udcff", valid JSON but not text): read record by record, that row's problem.
+_JSON_PER_RECORD = re.compile(r"changed from \w+ to \w+|Failed to convert JSON to|surrogate")
 
 
 def _json_records_table(records: list[dict[str, Any]]) -> pa.Table:

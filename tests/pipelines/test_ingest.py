@@ -528,3 +528,17 @@ def test_bad_uris(uri: str, message: str) -> None:
 def test_not_a_git_repository(tmp_path: Path) -> None:
     with pytest.raises(DiffmixError, match="not a git repository"):
         GitSource(str(tmp_path)).validate()
+
+
+def test_jsonl_escaped_lone_surrogate_is_that_rows_problem(tmp_path: Path) -> None:
+    """`"\\udcff"` is valid JSON (Python reads it) but not text: Arrow's reader stops; the row is marked, the rest read."""
+    path = tmp_path / "s.jsonl"
+    rows = [dict(COMMITPACK_ROWS[0], commit=f"c{i}") for i in range(3)]
+    lines = [json.dumps(r) for r in rows]
+    lines[1] = lines[1].replace('"message": "', '"message": "\\udcff', 1)
+    path.write_text("\n".join(lines) + "\n")
+    source = JsonlSource(str(path))
+    source.validate()
+    table = pa.concat_tables(source.iter_tables(BuildConfig()))
+    assert table.column("commit").to_pylist() == ["c0", "c1", "c2"]
+    assert table.column("bad_encoding").to_pylist() == [False, True, False]
