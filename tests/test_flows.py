@@ -128,8 +128,9 @@ def test_resume_after_sigkill_gives_identical_bytes(tmp_path: Path) -> None:
     (killed / ".work" / "stats").mkdir(parents=True)
     (killed / ".work" / "stats" / "p-00000.json").write_text("{}")
     (killed / "data" / ".part-00000-of-00001.arrow.tmp-4242").write_bytes(b"half")
+    (killed / ".previous").mkdir()  # an --overwrite killed after its manifest: the build it replaced
     run_build_corpus([str(parquet)], str(killed), str(config), workers=1)
-    assert tree_digest(killed) == tree_digest(reference) and not (killed / ".work").exists()
+    assert tree_digest(killed) == tree_digest(reference) and not (killed / ".work").exists() and not (killed / ".previous").exists()
 
 
 @pytest.mark.parametrize(

@@ -209,6 +209,7 @@ def _claim_output(plan: BuildPlan, overwrite: bool) -> Manifest | None:
             verify_files(out, manifest.shards + manifest.rejects, check_hashes=False)
             # A build killed after its manifest and before its cleanup left these behind.
             shutil.rmtree(plan.work, ignore_errors=True)
+            shutil.rmtree(out / PREVIOUS_DIR, ignore_errors=True)
             remove_stale_temporaries(out)
             return manifest
         if not overwrite:
