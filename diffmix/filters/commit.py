@@ -9,7 +9,7 @@ after secret redaction; its subject is the first line.
 | license        | license_not_allowed                            | permissive SPDX allowlist (CarperAI "non-copyleft", The Stack); GPL family out; MPL/EPL a choice |
 | merge          | merge_commit                                   | git's merge subjects (CommitChronicle mines `only_no_merge`; CommitPack `merge%`) |
 | bot            | bot_author                                     | author names of bots (CommitBench: "bot" in the name), `[pre-commit.ci]`-style subjects |
-| revert         | revert_commit, cherry_pick                     | `Revert "`, "This reverts commit", "cherry picked from commit" (CommitBench, CommitPackFT) |
+| revert         | revert_commit, cherry_pick                     | `Revert "`, "This reverts commit" opening the body, "cherry picked from commit" (CommitBench, CommitPackFT) |
 | trivial        | trivial_message                                | exact subjects, case- and punctuation-insensitive (CommitPack SQL, CommitPackFT `BAD_MESSAGE`) + CommitChronicle's prefixes |
 | version_bump   | version_bump                                   | bumps and releases, 10% kept (CommitPackFT drops 90%) |
 | hash_only      | hash_only_message                              | a subject that is only a hex hash (CommitPackFT) |
@@ -123,7 +123,8 @@ class Revert(Filter):
 
     def scores(self, frame: pl.DataFrame) -> dict[str, pl.Expr | pl.Series]:
         return {
-            "f_revert": pl.col("subject").str.contains(r'^Revert "') | pl.col("message").str.contains("This reverts commit ", literal=True),
+            # git's line opens the body of a revert; further down it is a revert squashed into a larger change.
+            "f_revert": pl.col("subject").str.contains(r'^Revert "') | pl.col("message").str.contains(r"\A[^\n]*\n\s*This reverts commit "),
             "f_cherry_pick": pl.col("message").str.contains("cherry picked from commit ", literal=True),
         }
 

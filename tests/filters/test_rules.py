@@ -63,6 +63,9 @@ SPREAD = "".join(f"def step_{i}():\n" + "".join(f"    value_{i}_{j} = {j}\n" for
         (Revert(), {"message": "Cache the third handler\n\n(cherry picked from commit " + "c" * 40 + ")"}, "cherry_pick"),
         (Revert(cherry_pick=False), {"message": "Cache the third handler\n\n(cherry picked from commit " + "c" * 40 + ")"}, None),
         (Revert(), {"message": "Revert the cache size to its old default"}, None),
+        (Revert(), {"message": "Undo the cache\n\nThis reverts commit " + "b" * 40 + ".\n\nIt broke the build."}, "revert_commit"),
+        # a squashed pull request with a revert among its commits is a change of its own
+        (Revert(), {"message": "Test coverage (#1433)\n\n* add tests\n\n* Revert \"x\"\n\nThis reverts commit " + "b" * 40 + "."}, None),
         # trivial subjects: exact after case / punctuation folding, and CommitChronicle prefixes
         (Trivial(), {"message": "Update README.md"}, "trivial_message"),
         (Trivial(), {"message": "WIP"}, "trivial_message"),
