@@ -30,9 +30,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from diffmix.errors import DiffmixError
+from diffmix.schemas.config import StrictModel
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Check:
     drop: pl.Expr
 
 
-class Filter(BaseModel):
+class Filter(StrictModel):
     """A per-row keep/drop rule. Subclasses set `name`, `reasons`, and fields for their settings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -100,7 +101,7 @@ def make_rule(name: str, settings: dict[str, object] | None, where: str = "filte
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
-        raise DiffmixError(f"{prefix}{name}.{field}: {err['msg']} (got {err.get('input')!r})") from None
+        raise DiffmixError(f"{prefix}{name}.{field}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})") from None
 
 
 def subject_of(message: pl.Expr) -> pl.Expr:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from diffmix.errors import DiffmixError
 from diffmix.pipelines.io import sha256_json
@@ -20,11 +20,29 @@ from diffmix.pipelines.io import sha256_json
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "build.yaml"
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A config section: unknown keys are errors, and so is a YAML boolean where a number goes
+    (pydantic would read `steps: true` as 1)."""
+
     model_config = ConfigDict(extra="forbid")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None and _numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number")
+        return value
 
-class ExcludeConfig(_Strict):
+
+def _numeric(annotation: Any) -> bool:
+    """int, float, or either of them or None."""
+    kinds = set(get_args(annotation) or (annotation,)) - {type(None)}
+    return bool(kinds) and kinds <= {int, float}
+
+
+
+
+class ExcludeConfig(StrictModel):
     """Decontamination: documents never to train on, whatever their split (`decontaminated`)."""
 
     repos: list[str] = Field(default_factory=list)  # owner/name, case-insensitive
@@ -40,7 +58,7 @@ class ExcludeConfig(_Strict):
         return value
 
 
-class SplitConfig(_Strict):
+class SplitConfig(StrictModel):
     """Deterministic train / validation / test assignment by hashing a column with a seed."""
 
     by: Literal["repo", "commit"] = "repo"
@@ -56,14 +74,14 @@ class SplitConfig(_Strict):
         return value
 
 
-class GitConfig(_Strict):
+class GitConfig(StrictModel):
     """Metadata a git repository does not carry itself."""
 
     repo_name: str | None = None  # default: owner/name of the origin remote, else the directory name
     license: str | None = None  # default: detected from the LICENSE file at HEAD, else "unknown"
 
 
-class TokenizeConfig(_Strict):
+class TokenizeConfig(StrictModel):
     kind: Literal["bpe", "char"] = "bpe"
     vocab_size: int = 8192
     # Encode with this tokenizer (a tokenizer.json, or a built dataset's directory) instead of
@@ -78,7 +96,7 @@ DEFAULT_RULES = (
 )  # fmt: skip
 
 
-class RedactConfig(_Strict):
+class RedactConfig(StrictModel):
     """What is redacted from old file, new file and message before diffing (typed placeholders)."""
 
     secrets: bool = True  # AWS, GitHub, Slack, Stripe, private keys, JWT, high-entropy assignments
@@ -86,7 +104,7 @@ class RedactConfig(_Strict):
     ip_addresses: bool = True  # public IPv4 only: private, loopback, reserved and version-like skipped
 
 
-class NearDedupConfig(_Strict):
+class NearDedupConfig(StrictModel):
     """MinHash LSH near-duplicates (see `diffmix.filters.dedup` for why these defaults)."""
 
     text: Literal["diff", "before_diff"] = "diff"  # what is shingled
@@ -110,19 +128,19 @@ class NearDedupConfig(_Strict):
         return optimal_bands(self.threshold, self.permutations)
 
 
-class DedupConfig(_Strict):
+class DedupConfig(StrictModel):
     exact_before_diff: bool = True  # same (before, diff): `duplicate_exact`
     exact_diff: bool = True  # same diff: `duplicate_diff` (CommitBench dedups by both)
     near: NearDedupConfig | None = Field(default_factory=NearDedupConfig)  # `duplicate_near`; null: off
 
 
-class CapsConfig(_Strict):
+class CapsConfig(StrictModel):
     """Corpus-wide shares, decided after dedup over the kept documents (seeded sample)."""
 
     whitespace_only: float | None = Field(0.02, ge=0.0, le=1.0)  # whitespace-only changes (research notes, rule 23)
 
 
-class FiltersConfig(_Strict):
+class FiltersConfig(StrictModel):
     """Quality rules (in order), dedup, caps and redaction for commit documents (`diffmix.filters`)."""
 
     # Each item `name: {settings}` (or a bare `name`); unlisted rules do not run; a null threshold turns one check off.
@@ -157,7 +175,7 @@ class FiltersConfig(_Strict):
         return out
 
 
-class BuildConfig(_Strict):
+class BuildConfig(StrictModel):
     format: str = "openelm_v1"
     # BEF windowing: "none" (the whole file), k (±k lines around the change), or "lo..hi"
     # (k drawn per document from `window_seed` and the document id). Headers stay correct.

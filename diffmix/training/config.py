@@ -17,18 +17,14 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from diffmix.errors import DiffmixError
 from diffmix.pipelines.io import sha256_json
-from diffmix.schemas.config import first_error, read_yaml_mapping
+from diffmix.schemas.config import StrictModel, first_error, read_yaml_mapping
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """A nanoGPT-style decoder. `vocab_size` comes from the tokenizer at run time."""
 
     n_layer: int = Field(2, gt=0)
@@ -47,7 +43,7 @@ class ModelConfig(_Strict):
         return self
 
 
-class TokenizerConfig(_Strict):
+class TokenizerConfig(StrictModel):
     """Used only when the mixture is not pre-tokenised (no `input_ids` + tokenizer.json)."""
 
     # "auto": a character vocabulary when the training text uses few distinct
@@ -58,7 +54,7 @@ class TokenizerConfig(_Strict):
     char_max_alphabet: int = Field(256, gt=0)
 
 
-class ProbeConfig(_Strict):
+class ProbeConfig(StrictModel):
     """Skill probes on each source's held-out (test) documents."""
 
     # Held-out documents per source, drawn once (seeded) and reused at every eval.
@@ -72,7 +68,7 @@ class ProbeConfig(_Strict):
     splits: tuple[str, ...] = ("test", "validation")
 
 
-class SkillConfig(_Strict):
+class SkillConfig(StrictModel):
     """How learning curves become skill-acquisition numbers (see `metrics`)."""
 
     # A skill is acquired when its score is >= tau at k consecutive evals.
@@ -96,7 +92,7 @@ class SkillConfig(_Strict):
     kaplan_loss_floor: float = Field(1.0, gt=0.0)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     seed: int = 0
     # Optimiser steps (one global batch each).
     steps: int = Field(2000, gt=0)

@@ -72,6 +72,8 @@ def test_rule_counts_chain() -> None:
         ("filters:\n  dedup: {near: {threshold: 1.5}}\n", "filters.dedup.near.threshold"),
         ("split:\n  exclude: {commits: [xyz]}\n", "split.exclude.commits"),
         ("filters:\n  caps: {whitespace_only: 2}\n", "filters.caps.whitespace_only"),
+        ("partition_rows: true\n", "partition_rows: expected a number (got True)"),
+        ("filters:\n  rules:\n    - message: {min_subject_words: true}\n", "message.min_subject_words: expected a number"),
     ],
 )
 def test_bad_config_is_one_line(tmp_path: Path, yaml_text: str, message: str) -> None:

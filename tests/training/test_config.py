@@ -34,6 +34,8 @@ def test_yaml_then_overrides(tmp_path: Path) -> None:
         ("schedule: linear\n", {}, "schedule: Input should be"),
         ("model:\n  d_model: 130\n  n_head: 4\n", {}, "d_model 130 is not divisible by n_head 4"),
         ("bogus: 1\n", {}, "bogus: Extra inputs are not permitted"),
+        ("steps: true\n", {}, "steps: expected a number (got True)"),  # pydantic alone reads it as 1
+        ("model:\n  n_layer: false\n", {}, "model.n_layer: expected a number (got False)"),
         ("- 1\n", {}, "is a YAML mapping"),
         ("steps: [\n", {}, "invalid YAML"),
         ("model: 3\n", {"model.n_layer": 2}, "model: expected a mapping"),
