@@ -40,8 +40,6 @@ def _numeric(annotation: Any) -> bool:
     return bool(kinds) and kinds <= {int, float}
 
 
-
-
 class ExcludeConfig(StrictModel):
     """Decontamination: documents never to train on, whatever their split (`decontaminated`)."""
 
