@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from pydantic import ConfigDict
 
 from diffmix.errors import DiffmixError
-from diffmix.schemas.config import StrictModel
+from diffmix.schemas.config import StrictModel, first_error
 
 
 @dataclass(frozen=True)
@@ -99,9 +99,7 @@ def make_rule(name: str, settings: dict[str, object] | None, where: str = "filte
     try:
         return RULES[name].model_validate(settings or {})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise DiffmixError(f"{prefix}{name}.{field}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})") from None
+        raise DiffmixError(f"{prefix}{name}.{first_error(exc)}") from None
 
 
 def subject_of(message: pl.Expr) -> pl.Expr:

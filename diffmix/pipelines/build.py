@@ -207,9 +207,7 @@ def _claim_output(plan: BuildPlan, overwrite: bool) -> Manifest | None:
         manifest = read_manifest(out)
         if manifest.config_hash == plan.config_hash and manifest.inputs == plan.inputs:
             verify_files(out, manifest.shards + manifest.rejects, check_hashes=False)
-            # A build killed after its manifest and before its cleanup left these behind.
-            shutil.rmtree(plan.work, ignore_errors=True)
-            shutil.rmtree(out / PREVIOUS_DIR, ignore_errors=True)
+            _remove_scratch(plan)  # a build killed after its manifest and before its cleanup left it behind
             remove_stale_temporaries(out)
             return manifest
         if not overwrite:
@@ -234,6 +232,12 @@ def _reset_work_if_stale(plan: BuildPlan, mode: str = "build") -> None:
     plan.work.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(plan.out)
     write_json(marker, identity)
+
+
+def _remove_scratch(plan: BuildPlan) -> None:
+    """Once the manifest is written: the work directory, and the build an --overwrite replaced."""
+    shutil.rmtree(plan.work, ignore_errors=True)
+    shutil.rmtree(plan.out / PREVIOUS_DIR, ignore_errors=True)
 
 
 def discard_incomplete(plan: BuildPlan) -> None:
@@ -767,8 +771,7 @@ def finalize(
         reports=_reports(plan.config, redacted),
     )
     write_manifest(plan.out, manifest)
-    shutil.rmtree(plan.work, ignore_errors=True)
-    shutil.rmtree(plan.out / PREVIOUS_DIR, ignore_errors=True)
+    _remove_scratch(plan)
     return manifest
 
 
@@ -995,6 +998,5 @@ def build_synthetic(plan: BuildPlan) -> Manifest:
         tokens=tokens,
     )
     write_manifest(plan.out, manifest)
-    shutil.rmtree(plan.work, ignore_errors=True)
-    shutil.rmtree(plan.out / PREVIOUS_DIR, ignore_errors=True)
+    _remove_scratch(plan)
     return manifest

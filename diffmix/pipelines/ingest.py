@@ -320,21 +320,16 @@ class JsonlSource(StreamSource):
         """The first line after `skip` records that is not a JSON object, by its number (Arrow's
         reader only says which block failed)."""
         try:
-            for seen, (number, line) in enumerate(_records_of(self.path, self.longest_line)):
-                if seen < skip:
-                    continue
-                try:
-                    record = json.loads(line.decode("utf-8", "surrogateescape"))
-                except ValueError as exc:
-                    return DiffmixError(f"{self.path}: broken JSON line {number} ({exc})")
-                if not isinstance(record, dict):
-                    return DiffmixError(f"{self.path}: line {number} is not a JSON object")
+            for _ in self._records(skip):
+                pass
+        except DiffmixError as exc:
+            return exc
         except (pa.ArrowException, OSError):  # e.g. a truncated .gz: Arrow's own message says it
             pass
         return DiffmixError(f"{self.path}: {fallback}")
 
-    def _tables_per_record(self, skip: int, batch_rows: int) -> Iterator[pa.Table]:
-        records: list[dict[str, Any]] = []
+    def _records(self, skip: int) -> Iterator[dict[str, Any]]:
+        """Each JSON object after the first `skip`, read by Python; the first bad line fails in one line."""
         for seen, (number, line) in enumerate(_records_of(self.path, self.longest_line)):
             if seen < skip:
                 continue
@@ -346,6 +341,11 @@ class JsonlSource(StreamSource):
                 raise DiffmixError(f"{self.path}: broken JSON line {number} ({exc})") from None
             if not isinstance(record, dict):
                 raise DiffmixError(f"{self.path}: line {number} is not a JSON object")
+            yield record
+
+    def _tables_per_record(self, skip: int, batch_rows: int) -> Iterator[pa.Table]:
+        records: list[dict[str, Any]] = []
+        for record in self._records(skip):
             records.append(record)
             if len(records) == batch_rows:
                 yield normalize_commits(_json_records_table(records), str(self.path))
