@@ -20,8 +20,11 @@ def describe(directory: Path, documents: int = 1) -> str:
         raise DiffmixError(f"{directory}: a training run that has not finished (no summary.json yet); the same `diffmix train` command resumes it")
     manifest = open_dataset(directory)  # every shard there, with its size and sha256: damage fails in one line
     if manifest.kind == "mixture":
-        from diffmix.mixers.mixture import describe_mixture
+        from diffmix.mixers.mixture import SourceInfo, check_index_source, describe_mixture
 
+        if manifest.reports.get("index_only"):  # its documents live in the sources: check them too
+            for source in manifest.reports["source_info"]:
+                check_index_source(directory, SourceInfo.from_json(source))
         return describe_mixture(directory)
     verify_files(directory, manifest.rejects)  # a refilter reads them: damage there fails here too
     lines = [f"{directory}  ({manifest.kind}, config {manifest.config_hash[:12]}; shards and rejects verified)"]

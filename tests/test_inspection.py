@@ -38,6 +38,17 @@ def test_inspect_mixture(built: dict[str, Path], capsys: pytest.CaptureFixture) 
     assert any(block in out for block in "▁▂▃▄▅▆▇█")  # the proportions sparkline
 
 
+def test_inspect_mixture_hashes_each_shard_once(built: dict[str, Path], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffmix.pipelines import shards
+
+    hashed: list[str] = []
+    real = shards.sha256_file
+    monkeypatch.setattr(shards, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
+    assert main(["inspect", str(built["mixture"])]) == 0
+    manifest = json.loads((built["mixture"] / "manifest.json").read_text())
+    assert sorted(hashed) == sorted(Path(s["path"]).name for s in manifest["shards"])
+
+
 def test_inspect_run(built: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
     assert main(["inspect", str(built["run"])]) == 0
     out = capsys.readouterr().out

@@ -670,14 +670,19 @@ def sparkline(values: np.ndarray) -> str:
 
 
 def source_proportions(directory: str | os.PathLike[str], bins: int = 48) -> tuple[list[str], np.ndarray]:
-    """Share of each source in `bins` equal slices of the run: `(names, (bins, k) array)`."""
-    reader = MixtureReader(directory)
-    names = [s.name for s in reader.sources]
-    n = len(reader)
+    """Share of each source in `bins` equal slices of the run: `(names, (bins, k) array)`.
+
+    Reads only the mixture's own `source` and `position` columns, unverified: its callers
+    (`inspect`, `compare`) have checked the shards already, and an index-only mixture's
+    sources are not read at all.
+    """
+    manifest = read_manifest(directory)
+    names = [s["name"] for s in manifest.reports["source_info"]]
+    n = sum(s.rows for s in manifest.shards)
     bins = max(1, min(bins, n))
     counts = np.zeros((bins, len(names)))
-    for j in range(len(reader.manifest.shards)):
-        shard = reader._shard(j)
+    for entry in manifest.shards:
+        shard = read_ipc_stream(Path(directory) / entry.path, columns=["source", "position"])
         ids = pc.index_in(shard.column("source"), pa.array(names)).to_numpy(zero_copy_only=False)
         positions = shard.column("position").to_numpy()
         np.add.at(counts, (positions * bins // max(n, 1), ids), 1)

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from diffmix.errors import DiffmixError
+from diffmix.inspection import describe
 from diffmix.mixers.blend import hamilton
 from diffmix.mixers.mixture import MixtureReader, build_mixture, describe_mixture
 from diffmix.pipelines.shards import load_table, read_manifest
@@ -354,6 +355,8 @@ def test_index_only_mixture_notices_a_tampered_or_missing_source(source_dirs, tm
     shard.write_bytes(bytes(data))
     with pytest.raises(DiffmixError, match="sha256 does not match the manifest"):
         MixtureReader(tmp_path / "out")
+    with pytest.raises(DiffmixError, match="sha256 does not match the manifest"):
+        describe(tmp_path / "out")  # `diffmix inspect` checks the documents' shards too
     shutil.rmtree(sources["copy"])
     with pytest.raises(DiffmixError, match="source copy .* is gone"):
         MixtureReader(tmp_path / "out")
