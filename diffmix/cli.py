@@ -14,9 +14,12 @@ Bad input ends in one line on stderr naming what is wrong and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from diffmix.settings import apply_defaults
 
 apply_defaults()  # before Prefect / datasets are imported
 
-from diffmix.errors import DiffmixError  # noqa: E402
+from diffmix.errors import DiffmixError, Terminated  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
@@ -208,6 +211,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
+    with _sigterm_raises():
+        return _run(args, run)
+
+
+def _run(args: argparse.Namespace, run: Callable[[argparse.Namespace], int]) -> int:
     try:
         return run(args)
     except DiffmixError as exc:
@@ -216,6 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"diffmix {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"diffmix {args.command}: terminated", file=sys.stderr)
+        return 128 + exc.signum
     except BrokenPipeError:  # `diffmix inspect DIR | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
         return 0
@@ -224,6 +235,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"diffmix {args.command}: terminated", file=sys.stderr)
             return 128 + int(getattr(exc, "signal", 15))
         raise
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises `Terminated` while a command runs (Python's default dies on the spot, silently).
+
+    Prefect's own handler, installed for a flow run, hands a SIGTERM back to this one.
+    Left alone off the main thread or where someone else already handles SIGTERM.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

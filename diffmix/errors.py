@@ -13,6 +13,15 @@ class DiffmixError(Exception):
         super().__init__(" ".join(message.split()))
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that a command ends as Ctrl-C ends it: through
+    its cleanups (temporary files, a temporary Prefect server, a Dask cluster), with one line."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none)."""
     text = str(exc).strip()

@@ -286,6 +286,24 @@ def test_task_panics_become_errors() -> None:
     assert len(tasks) == 7 and all(hasattr(t.fn, "__wrapped__") for t in tasks)
 
 
+@pytest.mark.parametrize("in_flow", [False, True])
+def test_sigterm_ends_a_command_with_one_line(in_flow: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Python's default SIGTERM dies silently, skipping cleanups; Prefect's handler (in a flow) hands it back."""
+    from prefect import flow
+
+    from diffmix import cli
+
+    def terminated_soon() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the signal arrives here
+
+    work = flow(terminated_soon, name="terminated_soon") if in_flow else terminated_soon
+    monkeypatch.setattr(cli, "_inspect", lambda args: work())
+    assert main(["inspect", "anywhere"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.splitlines()[-1] == "diffmix inspect: terminated"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the command
+
+
 def test_inspect_checks_the_rejects_too(tmp_path: Path, history: Path, capsys: pytest.CaptureFixture) -> None:
     """A refilter reads the rejects: inspect fails in one line when one is gone, as for a data shard."""
     out = tmp_path / "built"

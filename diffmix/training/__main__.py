@@ -8,6 +8,7 @@ import sys
 
 from diffmix.errors import DiffmixError
 from diffmix.training import load_train_config, train
+from diffmix.training.data import env_rank
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if dist.is_initialized():
             dist.destroy_process_group()
-    if summary.get("complete"):
+    if summary.get("complete") and env_rank()[0] == 0:  # one final line, not one per torchrun rank
         print(json.dumps({k: summary[k] for k in ("steps", "tokens", "final_loss_ema")}))
     return 0
 

@@ -234,6 +234,7 @@ def test_ddp_with_two_gloo_processes_matches_one_process(copy_mixture: Path, tmp
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count('"final_loss_ema"') == 1  # rank 0 alone prints the final line
 
     ddp = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert json.loads((tmp_path / "ddp" / "timing.json").read_text())["world_size"] == 2
