@@ -11,7 +11,8 @@ source dataset, counting across its shards) and the document columns `doc_id`,
 `text`, `format`, `target_start`; plus `input_ids`, `target_token_start`,
 `n_tokens` (and `tokenizer.json`) when every source is pre-tokenised with the
 same tokenizer. With `index_only=True` only the four index columns are written
-and `MixtureReader` reads the documents from the source shards.
+and `MixtureReader` reads the documents (and their tokens, under the same rule)
+from the source shards.
 
 The manifest's `config` is the resolved recipe (absolute source paths, each
 source manifest's sha256, resolved phases), `config_hash` its sha256, and
@@ -451,7 +452,7 @@ def build_mixture(
             shards = write_table_shards(out, DATA_DIR, _index_table(index, plan.names), shard_bytes)
         else:
             shards = _write_documents(out, sources, index, plan.names, fields, shard_bytes)
-        if tokenizer is not None and not index_only:
+        if tokenizer is not None:
             with atomic_open(out / TOKENIZER_FILE) as f:
                 f.write((sources[0].info.path / TOKENIZER_FILE).read_bytes())
         n = plan.n_samples
@@ -472,7 +473,7 @@ def build_mixture(
             columns=[f.name for f in fields],
             shards=shards,
             formats=formats,
-            tokenizer=tokenizer if not index_only else None,
+            tokenizer=tokenizer,
             # A sum of tokens is only a number of one vocabulary (per source, the audit has its own).
             tokens=_token_totals(totals, n) if mean_tokens is not None and tokenizer is not None else None,
             reports={
@@ -551,10 +552,12 @@ class MixtureReader:
         self._offsets = np.concatenate([[0], np.cumsum([s.rows for s in self.manifest.shards])]).astype(np.int64)
         self._shards: dict[int, pa.Table] = {}
         self._source_tables: dict[int, pa.Table] = {}
+        # An index-only mixture's documents, and their tokens when the sources share a tokenizer.
+        self._document_fields = DOCUMENT_FIELDS + (TOKEN_FIELDS if self.manifest.tokenizer else [])
         if self.index_only:
             for source in self.sources:
                 check_index_source(self.directory, source)
-            self.columns += DOCUMENT_COLUMNS
+            self.columns += [f.name for f in self._document_fields]
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
@@ -571,7 +574,7 @@ class MixtureReader:
 
     def _source_table(self, i: int) -> pa.Table:
         if i not in self._source_tables:
-            self._source_tables[i] = load_table(self.sources[i].path, columns=DOCUMENT_COLUMNS)
+            self._source_tables[i] = load_table(self.sources[i].path, columns=[f.name for f in self._document_fields])
         return self._source_tables[i]
 
     def rows(self, start: int, stop: int, columns: list[str] | None = None) -> pa.Table:
@@ -592,7 +595,7 @@ class MixtureReader:
             j += 1
         table = pa.concat_tables(parts) if parts else self._shard(0).slice(0, 0)
         wanted = columns if columns is not None else self.columns
-        if self.index_only and any(c in DOCUMENT_COLUMNS for c in wanted):
+        if self.index_only and any(c not in INDEX_COLUMNS for c in wanted):
             table = self._with_documents(table)
         return table.select(wanted)
 
@@ -606,16 +609,16 @@ class MixtureReader:
             where = np.flatnonzero(source_ids == i)
             parts.append(take_rows(self._source_table(int(i)), rows[where]))
             order.append(where)
+        schema = pa.schema(self._document_fields)
         if not parts:
-            documents = pa.schema(DOCUMENT_FIELDS).empty_table()
+            documents = schema.empty_table()
         else:
-            schema = pa.schema(DOCUMENT_FIELDS)
             documents = pa.concat_tables([p.cast(schema) for p in parts])
             placed = np.concatenate(order)
             inverse = np.empty_like(placed)
             inverse[placed] = np.arange(placed.size)
             documents = documents.take(pa.array(inverse))
-        for field in DOCUMENT_FIELDS:
+        for field in self._document_fields:
             index = index.append_column(field, documents.column(field.name))
         return index
 

@@ -15,13 +15,22 @@ from diffmix.training.config import TrainConfig, load_train_config
 COPY_URI = "synthetic:copy?lines=2&length=2..3&n=1000&test=64&seed=0"
 
 
-def synthetic_corpus(uri: str, out: Path) -> Path:
+def synthetic_corpus(uri: str, out: Path, **config: Any) -> Path:
     """`diffmix build --input URI --out OUT` for a synthetic source (train and test splits)."""
-    build_synthetic(prepare_build([uri], out, load_build_config(None)))
+    build_synthetic(prepare_build([uri], out, load_build_config(None, **config)))
     return out
 
 
-def mix(out: Path, sources: dict[str, Path], samples: int, weights: Any = "uniform", global_batch_size: int = 16, max_repetition: float = 1, shard_bytes: int = 8 << 10) -> Path:
+def mix(
+    out: Path,
+    sources: dict[str, Path],
+    samples: int,
+    weights: Any = "uniform",
+    global_batch_size: int = 16,
+    max_repetition: float = 1,
+    shard_bytes: int = 8 << 10,
+    index_only: bool = False,
+) -> Path:
     """`diffmix mix` of the sources' train splits under a constant schedule."""
     recipe = parse_recipe(
         {
@@ -34,7 +43,7 @@ def mix(out: Path, sources: dict[str, Path], samples: int, weights: Any = "unifo
         },
         base_dir=out.parent,
     )
-    build_mixture(recipe, out, shard_bytes=shard_bytes)
+    build_mixture(recipe, out, index_only=index_only, shard_bytes=shard_bytes)
     return out
 
 

@@ -17,7 +17,7 @@ import torch
 from diffmix.errors import DiffmixError
 from diffmix.training import train
 from diffmix.training.loop import CHECKPOINT, load_checkpoint
-from tests.training.mixtures import mix, tiny_config
+from tests.training.mixtures import COPY_URI, mix, synthetic_corpus, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -201,6 +201,19 @@ def test_batching_loss_and_schedule_variants_train(copy_mixture: Path, tmp_path:
     assert summary["complete"] and rows.height == 20
     assert rows["loss"][-1] < rows["loss"][0]
     assert np.isfinite(rows["lr"].to_numpy()).all()
+
+
+def test_an_index_only_mixture_trains_as_the_materialised_one(tmp_path: Path) -> None:
+    """Pre-tokenised sources: the index-only mixture brings their tokens and tokenizer along."""
+    source = synthetic_corpus(COPY_URI, tmp_path / "src", tokenize={"kind": "char"})
+    runs = {}
+    for index_only in (False, True):
+        mixture = mix(tmp_path / f"mix-{index_only}", {"copy": source}, samples=200, index_only=index_only)
+        train(mixture, tmp_path / f"run-{index_only}", tiny_config(steps=6, eval_interval=6, checkpoint_interval=6))
+        runs[index_only] = _train_rows(tmp_path / f"run-{index_only}")
+        # the run encodes with the sources' tokenizer, not one it built from the text
+        assert (tmp_path / f"run-{index_only}" / "tokenizer.json").read_bytes() == (source / "tokenizer.json").read_bytes()
+    assert runs[True].equals(runs[False])
 
 
 def test_not_a_mixture_is_one_clear_error(tmp_path: Path) -> None:
