@@ -18,7 +18,9 @@ Scratchpad targets are long (about 40 and 260 characters for 3 digits against
 example. With `width` set (zero padding, the paper's "pad" ablation) operands
 are written with `width` digits and the sum with `width + 1`.
 
-Every parser returns the sum as a plain decimal string. The scratchpad parsers
+Every parser returns the sum's digits exactly as written (most significant first;
+the pad ablation's leading zero kept), so exact match is on the written answer: a
+reversed `594000$` or a plain `0495` is not `495`. The scratchpad parsers
 check each step (stable reasons: `operand_mismatch` for a digit list that is
 not the prompt's operand, `step_mismatch` for a step that does not follow from
 its inputs, `answer_mismatch` for a final answer that is not what the steps
@@ -70,7 +72,7 @@ def carry_count(a: int, b: int) -> int:
 def _digits_only(text: str, what: str) -> str:
     if not text or not text.isdigit() or not text.isascii():
         raise ParseError("not_a_number", f"{what} {text[:40]!r} is not a decimal number")
-    return str(int(text))
+    return text
 
 
 def _strip_newline(target: str) -> str:
@@ -92,7 +94,7 @@ class _AdditionFormat(Format):
     task = "addition"
 
     def answer(self, record: AdditionProblem) -> str:
-        return str(record.total)
+        return record.sum_text()
 
 
 @register
@@ -129,8 +131,7 @@ class Reverse(_AdditionFormat):
         if not text.endswith("$"):
             raise ParseError("missing_terminator", "the reversed answer does not end with '$'")
         body = text[:-1]
-        _digits_only(body, "reversed answer")  # validates; its value would drop the meaningful trailing zeros
-        return str(int(body[::-1]))
+        return _digits_only(body, "reversed answer")[::-1]
 
     def stop_sequences(self) -> tuple[str, ...]:
         return ("$",)
@@ -188,7 +189,7 @@ class SimplifiedScratchpad(_AdditionFormat):
                 raise ParseError("step_mismatch", f"step {number} says A->{digit} , C->{carry}")
         answer = _digits_only(lines[-1], "answer")
         computed = _answer_from_steps([digit for digit, _ in steps], steps[-1][1])
-        if answer != str(int(computed)):
+        if int(answer) != int(computed):
             raise ParseError("answer_mismatch", f"the steps compute {computed}, the answer says {lines[-1][:20]!r}")
         return answer
 
@@ -251,8 +252,8 @@ class DetailedScratchpad(_AdditionFormat):
         spaced = lines[-1]
         if not re.fullmatch(r"\d( \d)*", spaced):
             raise ParseError("not_a_number", f"answer {spaced[:40]!r} is not space-separated digits")
-        answer = str(int(spaced.replace(" ", "")))
-        if answer != str(int(a) + int(b)):
+        answer = spaced.replace(" ", "")
+        if int(answer) != int(a) + int(b):
             raise ParseError("answer_mismatch", f"the steps compute {int(a) + int(b)}, the answer says {answer}")
         return answer
 

@@ -95,7 +95,8 @@ def test_round_trip_all_small_problems(name: str, width: int) -> None:
     for a, b in itertools.product(range(0, 1000, 37), range(0, 1000, 41)):
         problem = AdditionProblem(a, b, width)
         rendered = fmt.render(problem)
-        assert fmt.parse(rendered.prompt, rendered.target) == fmt.answer(problem) == str(a + b)
+        # the sum as written: with padding, width + 1 digits
+        assert fmt.parse(rendered.prompt, rendered.target) == fmt.answer(problem) == (f"{a + b:04d}" if width else str(a + b))
 
 
 @pytest.mark.parametrize(

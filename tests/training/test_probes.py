@@ -77,6 +77,9 @@ CASES = [
     ("reverse_v1", None, _RIGHT | {"digit_accuracy": 1.0}),
     ("reverse_v1", "495$\n", _PARSES_WRONG | {"digit_accuracy": 1 / 3}),  # not reversed: only the middle 9 lines up
     ("reverse_v1", "594\n", _BROKEN | {"digit_accuracy": 0.0}),  # no closing $
+    # extra digits are a wrong answer, not the same number: a spurious carry, a leading zero
+    ("reverse_v1", "5940$\n", _PARSES_WRONG | {"digit_accuracy": 1.0}),
+    ("plain_v1", "0495\n", _PARSES_WRONG | {"digit_accuracy": 1.0}),
     ("simplified_scratchpad_v1", None, _RIGHT | {"answer_match": 1.0, "digit_accuracy": 1.0}),
     # right answer after a wrong step: the paper's answer-only metric counts it, exact match does not
     (
@@ -87,6 +90,7 @@ CASES = [
     ("simplified_scratchpad_v1", "A->5 , C->1\nA->9 , C->0\nA->4 , C->0.\n496\n", _BROKEN | {"answer_match": 0.0, "digit_accuracy": 2 / 3}),
     ("detailed_scratchpad_v1", None, _RIGHT | {"answer_match": 1.0, "digit_accuracy": 1.0}),
     ("detailed_scratchpad_v1", "<scratch>\n[1,2,8] has 3 digits.\n</scratch>\n4 9 5\n", _BROKEN | {"answer_match": 1.0, "digit_accuracy": 1.0}),
+    ("simplified_scratchpad_v1", "A->5 , C->1\nA->9 , C->0\nA->4 , C->0.\n0495\n", _PARSES_WRONG | {"answer_match": 0.0, "digit_accuracy": 1.0}),
     # --- copy ---------------------------------------------------------------------------
     ("copy_v1", None, _RIGHT),
     ("copy_v1", "kq\n", _PARSES_WRONG),
