@@ -145,6 +145,7 @@ def test_resume_after_sigkill_gives_identical_bytes(tmp_path: Path) -> None:
         (["--input", "{repo}", "--out-is-file"], "exists and is not a directory"),
         (["--input", "{repo}", "--out-under-a-file"], "exists and is not a directory (in --out"),
         (["--input", "synthetic:addition?n=20&test=2", "--input", "synthetic:addition?n=20&test=2"], "is given more than once"),
+        (["--input", "synthetic:addition?n=20&test=2", "--input", "synthetic:addition?n=20&test=2&seed=1"], "two synthetic addition inputs in one build"),
         (["--input", "{repo}", "--format", "copy_v1"], "format copy_v1 writes copy records; commit inputs need an edit format"),
         (["--input", "synthetic:addition?n=20&test=2", "--format", "whole_file_v1"], "format and window apply to commit inputs only"),
         (["--input", "{repo}", "--dask-address", "no-port-here"], "--dask-address no-port-here: no Dask scheduler answers there"),

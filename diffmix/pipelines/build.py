@@ -173,6 +173,13 @@ def check_inputs(uris: list[str], out: str | Path, config: BuildConfig) -> list[
         raise DiffmixError("synthetic inputs cannot be mixed with commit inputs in one build: build them apart, then mix them with a recipe")
     document_format = get_format(config.format)  # fail early on an unknown format name
     if isinstance(sources[0], SyntheticSource):
+        tasks = [s.spec.task for s in sources if isinstance(s, SyntheticSource)]
+        twice = sorted({task for task in tasks if tasks.count(task) > 1})
+        if twice:  # each input keeps its own train/test disjoint; together they would not be
+            raise DiffmixError(
+                f"two synthetic {twice[0]} inputs in one build would share problems between one's train and the other's test: "
+                "build each apart, then mix them with a recipe"
+            )
         defaults = BuildConfig()
         if (config.format, config.window) != (defaults.format, defaults.window):
             raise DiffmixError(
