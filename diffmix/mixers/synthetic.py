@@ -102,7 +102,10 @@ def _kinds(value: str) -> tuple[str, ...]:
 
 
 def _window(value: str) -> str:
-    return str(WindowSpec.parse(value))
+    try:
+        return str(WindowSpec.parse(value))
+    except DiffmixError as exc:  # worded again with the URI, as every other parameter's error
+        raise ValueError(str(exc).removeprefix("window: ")) from None
 
 
 # Per task: parameter -> (default, parser). Common keys: format, n, test, seed.
@@ -229,8 +232,13 @@ class Stream:
         return xxhash.xxh64_intdigest(self._prefix + self._counter.to_bytes(8, "little"), seed=self._seed)
 
     def below(self, n: int) -> int:
-        """Uniform in [0, n) (modulo bias below 2**-40 for n < 2**24)."""
-        return self.u64() % n
+        """Uniform in [0, n): a draw past the largest multiple of n below 2**64 is redrawn
+        (next to never for small n; about 1 in 40 for 18-digit operands, which a bare `% n` skewed)."""
+        limit = (1 << 64) - (1 << 64) % n
+        while True:
+            value = self.u64()
+            if value < limit:
+                return value % n
 
     def between(self, lo: int, hi: int) -> int:
         return lo + self.below(hi - lo + 1)
@@ -464,13 +472,14 @@ def edit_records(spec: SyntheticSpec) -> Iterator[tuple[str, EditRecord]]:
         after = list(before)
         after[target] = _write(template, changed, False)
         path = f"{stream.pick(_MODULES)}/{stream.pick(_NOUNS)}.py"
-        return EditRecord.from_texts(path, "\n\n".join(before), message, "\n\n".join(after))
+        record = EditRecord.from_texts(path, "\n\n".join(before), message, "\n\n".join(after))
+        # Windowed here, so that uniqueness holds for what a document shows: two files can cut to one window.
+        return window.apply(record, key=key(record))
 
     def key(record: EditRecord) -> str:
         return f"{record.path}\0{record.message}\0{record.before}\0{record.after}"
 
-    for split, record in _draw_unique(spec, draw, key):
-        yield split, window.apply(record, key=key(record))
+    yield from _draw_unique(spec, draw, key)
 
 
 # --- documents -----------------------------------------------------------------------------

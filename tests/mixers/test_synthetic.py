@@ -76,6 +76,7 @@ def test_parse_and_canonical(uri: str, canonical: str) -> None:
         ("synthetic:copy?length=8..3", "length='8..3'"),
         ("synthetic:edit?kinds=rename,typo", "kinds='rename,typo'"),
         ("synthetic:edit?window=x", "window"),
+        ("synthetic:edit?window=5..2", "synthetic:edit?window=5..2: window='5..2' range '5..2' has lo > hi"),
         ("addition?n=1", "starts with 'synthetic:'"),
     ],
 )
@@ -211,6 +212,15 @@ def test_edit_windows_cut_multi_function_files() -> None:
     assert all(len(w.before) < len(r.before) for (_, r), (_, w) in zip(whole, windowed))
 
 
+def test_windowed_edits_are_unique_per_window() -> None:
+    """Two one-function files can cut to the same window: uniqueness holds for the windows shown."""
+    rows = synthetic_documents(parse_synthetic_uri("synthetic:edit?n=8000&test=1000&window=0&kinds=off_by_one&functions=1..1")).to_pylist()
+    train = [r["text"] for r in rows if r["split"] == "train"]
+    test = {r["text"] for r in rows if r["split"] == "test"}
+    assert len(set(train)) == len(train) == 8000 and len(test) == 1000
+    assert not test & set(train)  # one window was in both before
+
+
 def test_stream_is_deterministic_and_uniform() -> None:
     draws = [Stream(5, "x").below(10) for _ in range(3)]
     assert draws == [draws[0]] * 3  # a fresh stream starts at the same place
@@ -218,6 +228,10 @@ def test_stream_is_deterministic_and_uniform() -> None:
     counts = collections.Counter(stream.below(10) for _ in range(10_000))
     assert set(counts) == set(range(10)) and max(counts.values()) < 1150
     assert [Stream(5, "x").u64() for _ in range(2)] != [Stream(6, "x").u64() for _ in range(2)]
+    # n near 2**64: a bare u64 % n would land in the lowest 2**62 half the time, not a third
+    big = 3 << 62
+    low = sum(stream.below(big) < 1 << 62 for _ in range(3000)) / 3000
+    assert 0.30 < low < 0.37
 
 
 def test_synthetic_table_writes_as_a_dataset(tmp_path) -> None:
