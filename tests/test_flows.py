@@ -150,7 +150,7 @@ def test_resume_after_sigkill_gives_identical_bytes(tmp_path: Path) -> None:
         (["--input", "synthetic:addition?n=20&test=2", "--format", "whole_file_v1"], "format and window apply to commit inputs only"),
         (["--input", "{repo}", "--dask-address", "no-port-here"], "--dask-address no-port-here: no Dask scheduler answers there"),
         (["--refilter", "{repo}", "--config", "{repo}", "--format", "whole_file_v1"], "--refilter re-decides the stored documents"),
-        (["--input", "{repo}", "--format", "nope_v1"], "unknown format 'nope_v1'"),
+        (["--input", "{repo}", "--format", "nope_v1"], "given option: format: unknown format 'nope_v1'"),
         (["--input", "{repo}", "--workers", "0"], "--workers must be at least 1, got 0"),  # a cluster without workers hung
         (["--input", "{repo}", "--workers", "-1"], "--workers must be at least 1, got -1"),
     ],

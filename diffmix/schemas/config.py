@@ -190,6 +190,18 @@ class BuildConfig(StrictModel):
     # Quality filters, dedup, caps and redaction (diffmix.filters).
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
 
+    @field_validator("format")
+    @classmethod
+    def _versioned_format(cls, value: str) -> str:
+        """A family name (`udiff_nolines`) pins its newest version (`udiff_nolines_v1`): the documents,
+        the manifest and the config hash name the version that wrote them."""
+        from diffmix.formats.base import get_format
+
+        try:
+            return get_format(value).name
+        except DiffmixError as exc:
+            raise ValueError(str(exc)) from None
+
     @field_validator("window", mode="before")
     @classmethod
     def _window_number(cls, value: object) -> object:
@@ -253,7 +265,9 @@ def load_build_config(path: str | os.PathLike[str] | None = None, **overrides: A
     try:
         return BuildConfig.model_validate(data)
     except ValidationError as exc:
-        raise DiffmixError(f"{source}: {first_error(exc)}") from None
+        field = ".".join(str(p) for p in exc.errors()[0]["loc"])
+        where = "given option" if overrides.get(field) is not None else source  # e.g. --format nope
+        raise DiffmixError(f"{where}: {first_error(exc)}") from None
 
 
 def first_error(exc: ValidationError) -> str:

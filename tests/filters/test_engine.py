@@ -153,6 +153,18 @@ def test_a_window_written_as_a_yaml_number_is_the_same_window(tmp_path: Path) ->
         load_build_config(path)
 
 
+def test_a_format_family_pins_its_newest_version(tmp_path: Path) -> None:
+    """Documents, manifest and config hash name the version that wrote them, however the user spelled it."""
+    family = load_build_config(None, format="udiff_nolines")
+    assert family.format == "udiff_nolines_v1" and family.digest() == load_build_config(None, format="udiff_nolines_v1").digest()
+    with pytest.raises(DiffmixError, match=r"^given option: format: unknown format 'nope'"):
+        load_build_config(None, format="nope")  # the option is at fault, not the packaged config
+    path = tmp_path / "c.yaml"
+    path.write_text("format: nope\n")
+    with pytest.raises(DiffmixError, match=r"c.yaml: format: unknown format 'nope'"):
+        load_build_config(path)
+
+
 def test_a_key_given_twice_is_one_line_and_merge_keys_still_work(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("window_seed: 1\nformat: openelm_v1\nwindow_seed: 2\n")
