@@ -83,6 +83,8 @@ DOCUMENT_SCHEMA = pa.schema(
         pa.field("license", pa.string()),
         pa.field("change_type", pa.string()),
         pa.field("author_date", pa.string()),
+        # Sizes of the change. A windowed commit document keeps the whole commit's (what the
+        # filters judged); a synthetic edit source has no whole file beyond its window, so its are the window's.
         pa.field("old_chars", pa.int32()),
         pa.field("new_chars", pa.int32()),
         pa.field("diff_chars", pa.int32()),
