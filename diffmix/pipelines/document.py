@@ -30,7 +30,7 @@ import polars as pl
 from diffmix.filters.base import TEXT_IDS, distinct_ids, on_distinct
 from diffmix.filters.secrets import detectors, redact, secret_in_change
 from diffmix.formats.base import Format, ParseError
-from diffmix.formats.edit import LITERAL_TAG_PATTERN, EditRecord
+from diffmix.formats.edit import ADDFILE, LITERAL_TAG_PATTERN, EditRecord
 from diffmix.formats.window import WindowSpec
 from diffmix.pipelines.diff import BinaryDiffError, diff_texts
 from diffmix.schemas.config import RedactConfig, SplitConfig
@@ -114,7 +114,8 @@ def structural_reason(max_file_bytes: int) -> pl.Expr:
         # A line break or NUL in a path would break the document's `<NME>` line.
         ("bad_path", col("new_file").str.contains(r"[\n\r\x00]") | col("old_file").str.contains(r"[\n\r\x00]")),
         ("empty_message", col("message").is_null() | (col("message") == "")),
-        ("literal_tag", old.str.contains(tag) | new.str.contains(tag) | col("message").str.contains(tag)),
+        # An old file that reads "ADDFILE" would parse back as a new file.
+        ("literal_tag", old.str.contains(tag) | new.str.contains(tag) | col("message").str.contains(tag) | (old == ADDFILE)),
     ]
     reason = pl.lit(None, dtype=pl.String)
     for name, condition in reversed(checks):

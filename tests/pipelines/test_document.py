@@ -74,6 +74,8 @@ def _row(**changes: object) -> dict[str, object]:
         ({"message": "Subject\n<NME> x"}, "literal_tag"),
         ({"old_contents": "<AFT> after\n"}, "literal_tag"),  # another edit format's tag: same rows for every format
         ({"new_contents": "x\n<EDT> y\n"}, "literal_tag"),
+        ({"old_contents": "ADDFILE"}, "literal_tag"),  # BEF would read as a new file
+        ({"old_contents": "ADDFILE\n"}, None),  # with its newline it is not the marker
         ({"message": "Subject\n\n<PLN> plan"}, "literal_tag"),
         ({"old_contents": "a <MSG> not at a line start\n"}, None),
     ],
