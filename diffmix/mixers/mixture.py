@@ -66,6 +66,7 @@ from diffmix.pipelines.shards import (
     read_manifest,
     shard_name,
     verify_files,
+    verify_tokenizer,
     write_manifest,
     write_shard,
     write_table_shards,
@@ -381,11 +382,13 @@ def _formats(sources: list[_Source], index: _Index) -> dict[str, int]:
 
 
 def _verify_sources(recipe: Recipe, sources: list[_Source], origin: str) -> None:
-    """Check every source shard's sha256 (files in parallel: hashing releases the GIL); fail on the first in order."""
+    """Check every source shard's sha256 and tokenizer file (in parallel: hashing releases the GIL); fail on the first in order."""
     checks = [(j, entry) for j, source in enumerate(sources) for entry in source.manifest.shards]
     with ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
         futures = [pool.submit(verify_files, sources[j].info.path, [entry], True) for j, entry in checks]
-        for (j, _), future in zip(checks, futures):
+        futures += [pool.submit(verify_tokenizer, source.info.path, source.manifest) for source in sources]
+        owners = [j for j, _ in checks] + list(range(len(sources)))  # the source of each check, in order
+        for j, future in zip(owners, futures):
             try:
                 future.result()
             except DiffmixError as exc:

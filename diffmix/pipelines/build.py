@@ -82,6 +82,7 @@ from diffmix.pipelines.tokenize import (
     save_tokenizer,
     token_stats,
     tokenize_documents,
+    tokenizer_sha256,
 )
 from diffmix.schemas.columns import (
     COMMIT_SCHEMA,
@@ -212,12 +213,17 @@ def _claim_output(plan: BuildPlan, overwrite: bool) -> Manifest | None:
     out = plan.out
     if (out / MANIFEST).is_file():
         manifest = read_manifest(out)
-        if manifest.config_hash == plan.config_hash and manifest.inputs == plan.inputs:
-            verify_files(out, manifest.shards + manifest.rejects, check_hashes=False)
-            _remove_scratch(plan)  # a build killed after its manifest and before its cleanup left it behind
-            remove_stale_temporaries(out)
-            return manifest
-        if not overwrite:
+        if manifest.config_hash == plan.config_hash and manifest.inputs == plan.inputs and _same_given_tokenizer(plan, manifest):
+            try:
+                verify_files(out, manifest.shards + manifest.rejects, check_hashes=False)
+            except DiffmixError as exc:
+                if not overwrite:
+                    raise DiffmixError(f"{exc}; pass --overwrite to build it again") from None
+            else:
+                _remove_scratch(plan)  # a build killed after its manifest and before its cleanup left it behind
+                remove_stale_temporaries(out)
+                return manifest
+        elif not overwrite:
             raise DiffmixError(f"{out}: holds a different build (config or inputs differ); pass --overwrite or choose another --out")
         previous = out / PREVIOUS_DIR
         shutil.rmtree(previous, ignore_errors=True)
@@ -229,6 +235,14 @@ def _claim_output(plan: BuildPlan, overwrite: bool) -> Manifest | None:
     elif out.is_dir() and any(out.iterdir()) and not (out / WORK_DIR).is_dir():
         raise DiffmixError(f"{out}: directory is not empty and is not a diffmix build")
     return None
+
+
+def _same_given_tokenizer(plan: BuildPlan, manifest: Manifest) -> bool:
+    """With `tokenize: {file: ...}` the file is an input too: the build holds its current content."""
+    tokenize = plan.config.tokenize
+    if tokenize is None or tokenize.file is None:
+        return True
+    return (manifest.tokenizer or {}).get("sha256") == tokenizer_sha256(load_tokenizer(tokenize.file))
 
 
 def _reset_work_if_stale(plan: BuildPlan, mode: str = "build") -> None:
@@ -427,7 +441,12 @@ class _Clock:
 
 def source_label(entry: InputEntry) -> str:
     """`kind:name` of an input, e.g. `git:diffmix`, `parquet:commits-dev` (the documents' `source`)."""
-    name = Path(entry.uri.rstrip("/")).name.split(".")[0] if entry.kind in ("git", "parquet", "jsonl") else entry.uri.split(":", 1)[-1]
+    path = Path(entry.uri.rstrip("/"))
+    if entry.kind == "git" and path.name == ".git":  # `--input repo/.git` is the repository `repo`
+        path = path.parent
+    name = path.name.split(".")[0] if entry.kind in ("git", "parquet", "jsonl") else entry.uri.split(":", 1)[-1]
+    if entry.kind == "hf" and name.startswith("/"):  # a local dataset (recorded absolute): its folder's name
+        name = Path(name.rpartition(":")[0]).name
     return f"{entry.kind}:{name}"
 
 

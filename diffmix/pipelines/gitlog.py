@@ -85,7 +85,8 @@ def repository_name(repo: pygit2.Repository, path: str | Path) -> str:
     if match:
         return match.group(1)
     root = Path(repo.workdir or repo.path).resolve()
-    return root.name if root.name != ".git" else root.parent.name
+    name = root.name if root.name != ".git" else root.parent.name
+    return name.removesuffix(".git")  # a bare clone `repo.git` is the repository `repo`
 
 
 def detect_license(repo: pygit2.Repository) -> str:

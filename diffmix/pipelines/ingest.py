@@ -20,6 +20,7 @@ filled by `normalize_commits`; bad *rows* are left for the build to reject.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import re
@@ -139,8 +140,13 @@ class Source(ABC):
     def fingerprint(self) -> str:
         """Changes whenever the input's content changes."""
 
+    def canonical_uri(self) -> str:
+        """The URI as the manifest records it: a local path (the sources that read one set
+        `path`) made absolute, so that the same input named from another directory is the same build."""
+        return os.path.abspath(self.uri) if isinstance(getattr(self, "path", None), Path) else self.uri
+
     def input_entry(self) -> InputEntry:
-        return InputEntry(uri=self.uri, kind=self.kind, fingerprint=self.fingerprint())
+        return InputEntry(uri=self.canonical_uri(), kind=self.kind, fingerprint=self.fingerprint())
 
 
 class StreamSource(Source):
@@ -369,9 +375,13 @@ class GitSource(StreamSource):
         open_repository(self.path)
 
     def fingerprint(self) -> str:
+        """HEAD, and in a shallow clone its boundary too (`fetch --unshallow` adds history under one HEAD)."""
         from diffmix.pipelines.gitlog import head_commit, open_repository
 
-        return f"git:{head_commit(open_repository(self.path))}"
+        repo = open_repository(self.path)
+        shallow = Path(repo.path) / "shallow"
+        boundary = f"+shallow:{hashlib.sha256(shallow.read_bytes()).hexdigest()}" if repo.is_shallow and shallow.is_file() else ""
+        return f"git:{head_commit(repo)}{boundary}"
 
     def iter_tables(self, config: BuildConfig) -> Iterator[pa.Table]:
         from diffmix.pipelines.gitlog import iter_repository_rows
@@ -415,8 +425,18 @@ class HuggingFaceSource(StreamSource):
         except OSError as exc:
             raise DiffmixError(f"{self.uri}: cannot reach the Hugging Face Hub ({exc})") from None
 
+    def canonical_uri(self) -> str:
+        return f"hf:{os.path.abspath(self.name)}:{self.split}" if self._is_local() else self.uri
+
     def fingerprint(self) -> str:
-        return f"hf:{self.name}:{self.split}"
+        """A local dataset: every file's path and sha256 (its content, as for a Parquet input).
+        A Hub dataset: its name and split (no revision is resolvable offline)."""
+        if not self._is_local():
+            return f"hf:{self.name}:{self.split}"
+        root = Path(self.name)
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        listing = "".join(f"{p.relative_to(root) if p != root else p.name}\0{sha256_file(p)}\n" for p in files)
+        return f"hf-local:{self.split}:{hashlib.sha256(listing.encode()).hexdigest()}"
 
     def _saved_to_disk(self) -> bool:
         """A folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` (load_dataset refuses those)."""

@@ -125,10 +125,24 @@ def verify_files(directory: str | os.PathLike[str], entries: list[FileEntry], ch
 
 
 def open_dataset(directory: str | os.PathLike[str], check_hashes: bool = True) -> Manifest:
-    """Read and verify a dataset directory's manifest and shards (sizes, and sha256 unless told not to)."""
+    """Read and verify a dataset directory's manifest and shards (sizes, and sha256 unless told not
+    to), and its tokenizer file: the stored `input_ids` mean something only with the one that made them."""
     manifest = read_manifest(directory)
     verify_files(directory, manifest.shards, check_hashes=check_hashes)
+    verify_tokenizer(directory, manifest, check_hashes=check_hashes)
     return manifest
+
+
+def verify_tokenizer(directory: str | os.PathLike[str], manifest: Manifest, check_hashes: bool = True) -> None:
+    """The tokenizer file the manifest names is there (with its sha256)."""
+    tokenizer = manifest.tokenizer or {}
+    if "sha256" not in tokenizer:
+        return
+    path = Path(directory) / tokenizer.get("file", "tokenizer.json")
+    if not path.is_file():
+        raise DiffmixError(f"{path}: named by the manifest's tokenizer but missing")
+    if check_hashes and sha256_file(path) != tokenizer["sha256"]:
+        raise DiffmixError(f"{path}: sha256 does not match the manifest's tokenizer")
 
 
 def shard_paths(directory: str | os.PathLike[str], manifest: Manifest | None = None) -> list[Path]:

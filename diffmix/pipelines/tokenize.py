@@ -19,6 +19,7 @@ belongs to the target: a model learns to stop. Text that happens to contain
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 from collections.abc import Iterable, Iterator
@@ -208,6 +209,11 @@ def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike[str]) -> d
         "vocab_size": tokenizer.get_vocab_size(),
         "sha256": sha256_file(path),
     }
+
+
+def tokenizer_sha256(tokenizer: Tokenizer) -> str:
+    """The sha256 `save_tokenizer` records for this tokenizer, without writing it."""
+    return hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest()
 
 
 def load_tokenizer(directory: str | os.PathLike[str]) -> Tokenizer:

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from diffmix.pipelines.io import sha256_json
+from diffmix.pipelines.io import sha256_file, sha256_json
 from diffmix.pipelines.shards import write_manifest, write_table_shards
 from diffmix.schemas.columns import DOCUMENT_SCHEMA, TOKEN_FIELDS
 from diffmix.schemas.manifest import Counts, Manifest
@@ -53,6 +53,8 @@ def write_source(
 ) -> Path:
     """Write `table` as a corpus directory (shards + manifest), as `diffmix build` would."""
     entries = write_table_shards(directory, "data", table, target_bytes=shard_bytes)
+    if tokenizer:  # a stand-in file; the manifest names it by its real sha256, as a build does
+        (directory / "tokenizer.json").write_text('{"test": "%s"}\n' % tokenizer)
     manifest = Manifest(
         kind="corpus",
         config={"test": directory.name},
@@ -61,10 +63,8 @@ def write_source(
         counts=Counts.model_validate({"in": table.num_rows, "kept": table.num_rows}),
         columns=table.column_names,
         shards=entries,
-        tokenizer={"sha256": tokenizer, "name": "test"} if tokenizer else None,
+        tokenizer={"sha256": sha256_file(directory / "tokenizer.json"), "name": tokenizer} if tokenizer else None,
     )
-    if tokenizer:
-        (directory / "tokenizer.json").write_text('{"test": "%s"}\n' % tokenizer)
     write_manifest(directory, manifest)
     return directory
 

@@ -197,7 +197,7 @@ def test_shards_load_with_datasets_and_iterate_as_a_torch_dataset(built) -> None
 def test_tokenizer_is_copied_and_describe_shows_audit_and_sparklines(built, source_dirs) -> None:
     out = built["root"] / "out"
     assert (out / "tokenizer.json").read_bytes() == (source_dirs["code"] / "tokenizer.json").read_bytes()
-    assert built["manifest"].tokenizer["sha256"] == "tok-a"
+    assert built["manifest"].tokenizer["name"] == "tok-a"
     text = describe_mixture(out)
     assert "requested" in text and "realised" in text and "share of each batch" in text
     lines = {line.split(" |")[0].strip(): line for line in text.splitlines() if " |" in line}

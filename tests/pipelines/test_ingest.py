@@ -493,6 +493,38 @@ def test_hf_local_dataset_directory(tmp_path: Path) -> None:
     assert [r["commit"] for r in rows] == [r["commit"] for r in COMMITPACK_ROWS]
 
 
+def test_a_local_hf_dataset_is_identified_by_its_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rebuild must notice new rows in the same folder (the fingerprint was the name alone)."""
+    folder = tmp_path / "hfdata"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist(COMMITPACK_ROWS), folder / "train.parquet")
+    monkeypatch.chdir(tmp_path)
+    entry = resolve_source("hf:hfdata:train").input_entry()
+    assert entry == resolve_source(f"hf:{folder}:train").input_entry()  # named from anywhere: one input
+    assert entry.uri == f"hf:{folder}:train"
+    pq.write_table(pa.Table.from_pylist(COMMITPACK_ROWS[:1]), folder / "train.parquet")
+    assert resolve_source("hf:hfdata:train").fingerprint() != entry.fingerprint
+
+
+def test_local_paths_are_recorded_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist(COMMITPACK_ROWS), path)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_source("rows.parquet").input_entry() == resolve_source(str(path)).input_entry()
+    assert resolve_source("rows.parquet").input_entry().uri == str(path)
+
+
+def test_a_shallow_clone_changes_its_fingerprint_when_deepened(git_repo: Path, tmp_path: Path) -> None:
+    """`git fetch --unshallow` adds history under the same HEAD: the build must see it."""
+    for i in range(3):
+        commit_files(git_repo, {"a.py": f"x = {i}\n"}, f"Set x to {i}")
+    git(tmp_path, "clone", "-q", "--depth", "1", f"file://{git_repo}", "shallow")
+    shallow = resolve_source(str(tmp_path / "shallow")).fingerprint()
+    git(tmp_path / "shallow", "fetch", "-q", "--unshallow")
+    deep = resolve_source(str(tmp_path / "shallow")).fingerprint()
+    assert shallow != deep and deep == resolve_source(str(git_repo)).fingerprint()
+
+
 @pytest.mark.parametrize("as_dict", [False, True])
 def test_hf_folder_written_by_save_to_disk(tmp_path: Path, as_dict: bool) -> None:
     import datasets

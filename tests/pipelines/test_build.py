@@ -1,0 +1,81 @@
+"""What makes two builds the same build: the complete-output skip, `--overwrite`, and input labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pygit2
+import pytest
+
+from diffmix.errors import DiffmixError
+from diffmix.pipelines.build import build_synthetic, prepare_build, source_label
+from diffmix.pipelines.gitlog import repository_name
+from diffmix.pipelines.shards import open_dataset, shard_paths
+from diffmix.schemas.config import load_build_config
+from diffmix.schemas.manifest import InputEntry
+from tests.conftest import git
+
+ADDITION = "synthetic:addition?digits=2&n=40&test=4"
+
+
+def build(out: Path, overwrite: bool = False, **config: object) -> Path:
+    plan = prepare_build([ADDITION], out, load_build_config(None, **config), overwrite=overwrite)
+    if not plan.complete:
+        build_synthetic(plan)
+    return out
+
+
+def test_a_given_tokenizer_file_is_an_input(tmp_path: Path) -> None:
+    """Rebuilt with another tokenizer, the file a second build encodes with is new: no skip."""
+    source = build(tmp_path / "source", tokenize={"kind": "char"})
+    user = build(tmp_path / "user", tokenize={"file": str(source / "tokenizer.json")})
+    assert json.loads((user / "manifest.json").read_text())["tokenizer"] == json.loads((source / "manifest.json").read_text())["tokenizer"]
+    build(tmp_path / "user", tokenize={"file": str(source / "tokenizer.json")})  # unchanged: skipped
+    build(tmp_path / "source", overwrite=True, tokenize={"kind": "bpe", "vocab_size": 300})
+    with pytest.raises(DiffmixError, match="holds a different build"):
+        build(tmp_path / "user", tokenize={"file": str(source / "tokenizer.json")})
+
+
+def test_a_changed_tokenizer_file_is_refused_where_the_data_is_read(tmp_path: Path) -> None:
+    corpus = build(tmp_path / "corpus", tokenize={"kind": "char"})
+    vocab = json.loads((corpus / "tokenizer.json").read_text())
+    vocab["model"]["vocab"] = dict(reversed(list(vocab["model"]["vocab"].items())))  # ids swapped
+    (corpus / "tokenizer.json").write_text(json.dumps(vocab))
+    with pytest.raises(DiffmixError, match="tokenizer.json: sha256 does not match the manifest's tokenizer"):
+        open_dataset(corpus)
+    (corpus / "tokenizer.json").unlink()
+    with pytest.raises(DiffmixError, match="tokenizer.json: named by the manifest's tokenizer but missing"):
+        open_dataset(corpus, check_hashes=False)
+
+
+def test_overwrite_repairs_a_damaged_build_of_the_same_config(tmp_path: Path) -> None:
+    out = build(tmp_path / "out")
+    first = shard_paths(out)[0]
+    good = first.read_bytes()
+    first.unlink()
+    with pytest.raises(DiffmixError, match="listed in the manifest but missing; pass --overwrite to build it again"):
+        build(out)
+    build(out, overwrite=True)
+    assert first.read_bytes() == good and open_dataset(out).counts.kept == 44
+
+
+@pytest.mark.parametrize(
+    ("entry", "label"),
+    [
+        (InputEntry(uri="/data/repo", kind="git", fingerprint=""), "git:repo"),
+        (InputEntry(uri="/data/repo/.git", kind="git", fingerprint=""), "git:repo"),  # was "git:"
+        (InputEntry(uri="/data/commits-dev.parquet", kind="parquet", fingerprint=""), "parquet:commits-dev"),
+        (InputEntry(uri="/data/rows.jsonl.zst", kind="jsonl", fingerprint=""), "jsonl:rows"),
+        (InputEntry(uri="hf:/data/hfdata:train", kind="hf", fingerprint=""), "hf:hfdata"),  # a local folder
+        (InputEntry(uri="hf:bigcode/commitpackft:train", kind="hf", fingerprint=""), "hf:bigcode/commitpackft:train"),
+    ],
+)
+def test_source_labels(entry: InputEntry, label: str) -> None:
+    assert source_label(entry) == label
+
+
+def test_a_bare_clone_has_the_repository_name(git_repo: Path, tmp_path: Path) -> None:
+    git(git_repo, "commit", "-q", "--allow-empty", "-m", "Start")
+    git(tmp_path, "clone", "-q", "--bare", str(git_repo), "project.git")
+    assert repository_name(pygit2.Repository(str(tmp_path / "project.git")), tmp_path / "project.git") == "project"
