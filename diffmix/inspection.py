@@ -6,8 +6,8 @@ from pathlib import Path
 
 from diffmix.errors import DiffmixError
 from diffmix.pipelines.io import read_ipc_stream, read_json
-from diffmix.pipelines.shards import open_dataset, shard_paths, verify_files
-from diffmix.schemas.manifest import Manifest
+from diffmix.pipelines.shards import open_dataset, read_manifest, shard_paths, verify_files
+from diffmix.schemas.manifest import PIPELINE_STAGES, Manifest
 
 _MAX_SECTION_LINES = 12
 
@@ -18,20 +18,21 @@ def describe(directory: Path, documents: int = 1) -> str:
         return describe_run(directory)
     if (directory / "config.json").is_file() and not (directory / "manifest.json").is_file():
         raise DiffmixError(f"{directory}: a training run that has not finished (no summary.json yet); the same `diffmix train` command resumes it")
-    manifest = open_dataset(directory)  # every shard there, with its size and sha256: damage fails in one line
-    if manifest.kind == "mixture":
-        from diffmix.mixers.mixture import SourceInfo, check_index_source, describe_mixture
+    if read_manifest(directory).kind == "mixture":
+        from diffmix.mixers.mixture import MixtureReader, describe_mixture
 
-        if manifest.reports.get("index_only"):  # its documents live in the sources: check them too
-            for source in manifest.reports["source_info"]:
-                check_index_source(directory, SourceInfo.from_json(source))
-        return describe_mixture(directory)
+        reader = MixtureReader(directory)  # its shards and tokenizer checked; an index-only one's sources too
+        first = reader.rows(0, min(documents, len(reader))).to_pylist()  # the start of training, in order
+        return "\n".join([describe_mixture(directory), *(_pretty(row) for row in first)])
+    manifest = open_dataset(directory)  # every shard there, with its size and sha256: damage fails in one line
     verify_files(directory, manifest.rejects)  # a refilter reads them: damage there fails here too
     lines = [f"{directory}  ({manifest.kind}, config {manifest.config_hash[:12]}; shards and rejects verified)"]
     lines += [f"  input  {i.kind:9} {i.uri}  {i.fingerprint[:24]}" for i in manifest.inputs]
     counts = manifest.counts
     lines.append(f"\nrows in {counts.rows_in:,}  kept {counts.kept:,}  dropped {counts.rows_in - counts.kept:,}")
-    for stage, info in counts.by_stage.items():
+    # In pipeline order (the manifest's JSON keys are sorted).
+    order = {stage: i for i, stage in enumerate(PIPELINE_STAGES)}
+    for stage, info in sorted(counts.by_stage.items(), key=lambda kv: order.get(kv[0], len(order))):
         lines.append(f"  {stage:<11} in {info['in']:>9,}  kept {info['kept']:>9,}")
         for reason, n in sorted(info.get("dropped", {}).items(), key=lambda kv: -kv[1]):
             lines.append(f"    {reason:<28} {n:>9,}  {100 * n / max(1, info['in']):5.1f}%")
@@ -93,7 +94,8 @@ def _clip(text: str) -> str:
 
 def _pretty(row: dict) -> str:
     where = " · ".join(str(row[k]) for k in ("repo", "path") if row.get(k)) or row.get("source", "")
-    head = f"\n── {row['doc_id']} · {row['format']} · {row['split']} · {where} ──"
+    place = row["split"] if "split" in row else f"position {row['position']}, phase {row['phase']}"  # a mixture row
+    head = f"\n── {row['doc_id']} · {row['format']} · {place} · {where} ──"
     prompt, target = row["text"][: row["target_start"]], row["text"][row["target_start"] :]
     return f"{head}\n{_clip(prompt)}\n▼ target ({len(target)} chars)\n{_clip(target)}"
 

@@ -36,6 +36,10 @@ def test_inspect_mixture(built: dict[str, Path], capsys: pytest.CaptureFixture) 
     assert "requested" in out and "realised" in out
     assert "copy" in out and "addition" in out
     assert any(block in out for block in "▁▂▃▄▅▆▇█")  # the proportions sparkline
+    assert out.count("▼ target") == 1 and "position 0, phase 0" in out  # the first document of training
+    assert main(["inspect", str(built["mixture"]), "--documents", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("▼ target") == 3 and "position 2, phase 0" in out
 
 
 def test_inspect_mixture_hashes_each_shard_once(built: dict[str, Path], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -92,7 +92,7 @@ from diffmix.schemas.columns import (
     reject_schema,
 )
 from diffmix.schemas.config import BuildConfig
-from diffmix.schemas.manifest import Counts, FileEntry, InputEntry, Manifest
+from diffmix.schemas.manifest import PIPELINE_STAGES, Counts, FileEntry, InputEntry, Manifest
 
 WORK_DIR = ".work"
 # Under --overwrite the build it replaces waits here until the new manifest is written
@@ -102,7 +102,7 @@ CORPUS_SCHEMA = engine.CORPUS_SCHEMA
 # Rejects keep ids and metadata; only filter/dedup/cap rejects keep their text and scores (for --refilter).
 REJECT_SCHEMA = reject_schema(CORPUS_SCHEMA)
 # Stages after structural, in order; their rejects keep the whole document row.
-DOCUMENT_STAGES = ("filter", "dedup", "cap")
+DOCUMENT_STAGES = PIPELINE_STAGES[2:]  # filter, dedup, cap
 
 
 @dataclass(frozen=True)

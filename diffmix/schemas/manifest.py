@@ -31,6 +31,11 @@ class InputEntry(BaseModel):
     fingerprint: str
 
 
+# A corpus's stages in pipeline order (`by_stage` keys; JSON sorts them): synthetic documents are
+# generated; commit rows go through the structural checks, then the document stages.
+PIPELINE_STAGES = ("generate", "structural", "filter", "dedup", "cap")
+
+
 class Counts(BaseModel):
     """The accounting identity: `rows_in == kept + sum(dropped.values())`."""
 
@@ -39,7 +44,7 @@ class Counts(BaseModel):
     rows_in: int = Field(alias="in")
     kept: int
     dropped: dict[str, int] = Field(default_factory=dict)
-    # Per stage ("ingest", "structural", "filter", "dedup"...): in / kept / dropped per reason.
+    # Per stage (PIPELINE_STAGES; a mixture's "select"): in / kept / dropped per reason.
     by_stage: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def balanced(self) -> bool:
