@@ -1,14 +1,15 @@
-"""`diffmix` command line (also `python flows.py ...`).
+"""`diffmix` command line (also `python flows.py ...`); the README's Commands section in short.
 
-    diffmix build   --input SRC [--input SRC ...] --out DIR [--config FILE] [--workers N] [--dask-address ADDR]
+    diffmix build   --input SRC [--input SRC ...] --out DIR [--config FILE] [--format NAME] [--workers N] [--dask-address ADDR] [--overwrite]
+    diffmix build   --refilter DIR --config new.yaml --out NEW [--overwrite]
     diffmix mix     RECIPE.yaml --out DIR [--index-only]
-    diffmix train   --data DIR --out RUN [--steps N] [--device auto|cpu|cuda] [--config FILE]
-    diffmix compare RECIPE.yaml [RECIPE.yaml ...] --out DIR [--seeds N] [--steps N] [--baseline NAME]
-    diffmix inspect DIR
-    diffmix demo    [--out DIR]
+    diffmix train   --data DIR --out RUN [--steps N] [--device auto|cpu|cuda|mps] [--config FILE]
+    diffmix compare RECIPE.yaml [RECIPE.yaml ...] --out DIR [--seeds N] [--steps N] [--config FILE] [--baseline NAME] [--dask-address ADDR]
+    diffmix inspect DIR [--documents N]
+    diffmix demo    [--out DIR] [--steps N]
     diffmix serve   --config SERVE.yaml
 
-Bad input ends in one line on stderr naming what is wrong and exit status 2.
+Bad input, a bad option included, ends in one line on stderr naming what is wrong and exit status 2.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from diffmix.settings import apply_defaults
 
@@ -153,8 +154,15 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a usage error in one line, as every other bad input (the usage is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffmix", description="Commit data -> diff-model documents -> mixtures -> skill-acquisition speed.")
+    parser = _Parser(prog="diffmix", description="Commit data -> diff-model documents -> mixtures -> skill-acquisition speed.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     build = sub.add_parser("build", help="build a document corpus from commits or synthetic sources")

@@ -179,6 +179,21 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, history: Path,
     assert out.is_file() or out.parent.is_file() or not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["build"], "diffmix build: error: the following arguments are required: --out (see diffmix build --help)"),
+        (["buil"], "diffmix: error: argument COMMAND: invalid choice: 'buil'"),
+        (["inspect", "x", "--documents", "q"], "diffmix inspect: error: argument --documents: invalid int value: 'q'"),
+    ],
+)
+def test_a_bad_option_is_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and len(err) == 1 and err[0].startswith(message), err
+
+
 def test_a_failed_overwrite_leaves_the_previous_build(tmp_path: Path, history: Path, capsys: pytest.CaptureFixture) -> None:
     """--overwrite replaces a build only once the new one is written: bad input found mid-build puts the old one back."""
     out = tmp_path / "built"
