@@ -707,6 +707,7 @@ def _tokenizer_for(config: BuildConfig, texts: Iterable[str]) -> Tokenizer:
     assert config.tokenize is not None
     if config.tokenize.file is not None:
         return load_tokenizer(config.tokenize.file)
+    assert config.tokenize.kind is not None and config.tokenize.vocab_size is not None  # filled when no file is given
     return build_tokenizer(config.tokenize.kind, texts, config.tokenize.vocab_size, max_chars=TOKENIZER_SAMPLE_CHARS)
 
 

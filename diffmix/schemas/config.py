@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from diffmix.errors import DiffmixError
 from diffmix.pipelines.io import sha256_json
@@ -80,11 +80,21 @@ class GitConfig(StrictModel):
 
 
 class TokenizeConfig(StrictModel):
-    kind: Literal["bpe", "char"] = "bpe"
-    vocab_size: int = 8192
-    # Encode with this tokenizer (a tokenizer.json, or a built dataset's directory) instead of
-    # training one: sources mixed under a token budget must share one tokenizer.
+    # A tokenizer trained on the build's documents (default: byte-level BPE of 8,192)...
+    kind: Literal["bpe", "char"] | None = None
+    vocab_size: int | None = None
+    # ...or encode with this one (a tokenizer.json, or a built dataset's directory): sources
+    # mixed under a token budget must share one tokenizer. Its kind and size are the file's.
     file: str | None = None
+
+    @model_validator(mode="after")
+    def _trained_or_given(self) -> TokenizeConfig:
+        if self.file is None:
+            self.kind = self.kind or "bpe"
+            self.vocab_size = self.vocab_size or 8192
+        elif self.kind is not None or self.vocab_size is not None:
+            raise ValueError("give either file or kind/vocab_size: a given tokenizer file has its own")
+        return self
 
 
 # The per-row rules of `diffmix.filters` in their default order (settings: each rule's defaults).

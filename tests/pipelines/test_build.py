@@ -30,7 +30,11 @@ def test_a_given_tokenizer_file_is_an_input(tmp_path: Path) -> None:
     """Rebuilt with another tokenizer, the file a second build encodes with is new: no skip."""
     source = build(tmp_path / "source", tokenize={"kind": "char"})
     user = build(tmp_path / "user", tokenize={"file": str(source / "tokenizer.json")})
-    assert json.loads((user / "manifest.json").read_text())["tokenizer"] == json.loads((source / "manifest.json").read_text())["tokenizer"]
+    used = json.loads((user / "manifest.json").read_text())
+    assert used["tokenizer"] == json.loads((source / "manifest.json").read_text())["tokenizer"]
+    assert used["config"]["tokenize"] == {"kind": None, "vocab_size": None, "file": str(source / "tokenizer.json")}  # not a default BPE size
+    with pytest.raises(DiffmixError, match="give either file or kind/vocab_size"):
+        load_build_config(None, tokenize={"file": str(source / "tokenizer.json"), "vocab_size": 512})
     build(tmp_path / "user", tokenize={"file": str(source / "tokenizer.json")})  # unchanged: skipped
     build(tmp_path / "source", overwrite=True, tokenize={"kind": "bpe", "vocab_size": 300})
     with pytest.raises(DiffmixError, match="holds a different build"):
