@@ -28,7 +28,7 @@ import bisect
 import os
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,7 @@ class SourceInfo:
     manifest_sha256: str
     rows: int  # rows selected by split / where
     total_rows: int  # rows in the dataset
+    dropped: dict[str, int] = field(default_factory=dict)  # rows not selected, by the first rule they fail
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "path": str(self.path)}
@@ -142,11 +143,12 @@ def _open_source(recipe: Recipe, j: int, spec: SourceSpec, origin: str) -> _Sour
     missing = [c for c in DOCUMENT_COLUMNS if c not in columns]
     if missing:
         raise DiffmixError(f"{context}: {path} lacks the document columns {', '.join(missing)}")
-    condition = pl.lit(True)
+    # Each selection rule in turn; a row is counted against the first it fails (reasons `other_split`, `where`).
+    rules: list[tuple[str, pl.Expr]] = []
     needed: list[str] = []
     if spec.split is not None:
         if "split" in columns:
-            condition = condition & (pl.col("split") == spec.split)
+            rules.append(("other_split", pl.col("split") == spec.split))
             needed.append("split")
         elif "split" in spec.model_fields_set:
             raise DiffmixError(f"{context}.split: {path} has no split column (got {spec.split!r}; use split: null)")
@@ -158,18 +160,22 @@ def _open_source(recipe: Recipe, j: int, spec: SourceSpec, origin: str) -> _Sour
                 f"{context}.where: unknown column {', '.join(map(repr, unknown))} "
                 f"(columns: {', '.join(columns)}; got {spec.where!r})"
             )
-        condition = condition & expression
+        rules.append(("where", expression))
         needed += [c for c in expression.meta.root_names() if c not in needed]
-    if needed:
-        frame = pl.from_arrow(table.select(needed))
+    keep = np.ones(table.num_rows, dtype=bool)
+    dropped: dict[str, int] = {}
+    if rules:
+        frame = pl.from_arrow(table.select(needed)) if needed else pl.DataFrame()
         try:
-            mask = frame.select(condition.fill_null(False).alias("keep")).to_series().to_numpy()
+            masks = frame.select([rule.fill_null(False).alias(reason) for reason, rule in rules])
         except Exception as exc:  # a type error in the clause, found by Polars at run time
             first = str(exc).strip().splitlines()[0]
             raise DiffmixError(f"{context}.where: cannot evaluate ({first}; got {spec.where!r})") from None
-        selected = np.flatnonzero(np.broadcast_to(mask, (table.num_rows,))).astype(np.int64)
-    else:
-        selected = np.arange(table.num_rows, dtype=np.int64)
+        for reason in masks.columns:
+            passes = np.broadcast_to(masks[reason].to_numpy(), keep.shape)  # a literal clause is one value
+            dropped[reason] = int(np.count_nonzero(keep & ~passes))
+            keep &= passes
+    selected = np.flatnonzero(keep).astype(np.int64)
     if selected.size == 0:
         raise DiffmixError(f"{context}: empty source: no rows with split {spec.split!r} and where {spec.where!r} in {path}")
     n_tokens = None
@@ -185,6 +191,7 @@ def _open_source(recipe: Recipe, j: int, spec: SourceSpec, origin: str) -> _Sour
         manifest_sha256=sha256_file(path / MANIFEST),
         rows=int(selected.size),
         total_rows=table.num_rows,
+        dropped=dropped,
     )
     return _Source(info, manifest, table, selected, n_tokens)
 
@@ -469,7 +476,7 @@ def build_mixture(
                     "in": n,
                     "kept": n,
                     "by_stage": {
-                        "select": {s.info.name: {"in": s.info.total_rows, "kept": s.info.rows} for s in sources}
+                        "select": {s.info.name: {"in": s.info.total_rows, "kept": s.info.rows, "dropped": s.info.dropped} for s in sources}
                     },
                 }
             ),
@@ -621,8 +628,8 @@ class MixtureReader:
             inverse = np.empty_like(placed)
             inverse[placed] = np.arange(placed.size)
             documents = documents.take(pa.array(inverse))
-        for field in self._document_fields:
-            index = index.append_column(field, documents.column(field.name))
+        for column in self._document_fields:
+            index = index.append_column(column, documents.column(column.name))
         return index
 
     def torch_dataset(self, columns: list[str] | None = None) -> Any:

@@ -90,6 +90,14 @@ def test_rows_carry_the_index_and_the_source_documents(built) -> None:
         if name == "code":  # split train and where lang = 'Python' selected the rows
             assert set(table.column("split").take(pa.array(rows)).to_pylist()) == {"train"}
             assert set(table.column("lang").take(pa.array(rows)).to_pylist()) == {"Python"}
+    # every source row is kept or counted against the first selection rule it fails
+    select = built["manifest"].counts.by_stage["select"]
+    for name, table in sources.items():
+        split, lang = np.array(table.column("split").to_pylist()), np.array(table.column("lang").to_pylist())
+        other_split = int((split != "train").sum())
+        where = int(((split == "train") & (lang != "Python")).sum()) if name == "code" else 0
+        dropped = {"other_split": other_split} | ({"where": where} if name == "code" else {})
+        assert select[name] == {"in": table.num_rows, "kept": table.num_rows - other_split - where, "dropped": dropped}
 
 
 def test_stage_boundaries_land_on_the_stated_step(built) -> None:
