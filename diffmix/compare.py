@@ -116,7 +116,7 @@ def run_row(run: RunSpec, recipe: Recipe, status: str, error: str | None = None)
     if status == "ok" and summary_path.is_file():
         summary = read_json(summary_path)
         for skill, entry in summary.get("skills", {}).items():
-            for name in (*AXES, "censored", "aulc", "final", "best"):
+            for name in (*AXES, "censored", "left_censored", "aulc", "final", "best", "steps_lower_bound", "tokens_lower_bound"):
                 row[f"skill/{skill}/{name}"] = entry.get(name)
         row["model"] = json.dumps(summary.get("model", {}), sort_keys=True)
         row["params"] = summary.get("model", {}).get("params")
@@ -127,9 +127,40 @@ def run_row(run: RunSpec, recipe: Recipe, status: str, error: str | None = None)
         for source, loss in summary.get("heldout_loss", {}).items():
             row[f"heldout_loss/{source}"] = loss
         eff = summary.get("effective_params") or {}
-        row["effective_params"] = eff.get("params")
+        row["effective_params"] = eff.get("effective_params")
         row["plateaus"] = len(summary.get("plateaus", []))
     return row
+
+
+def with_common_aulc(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, tuple[float, float]]]:
+    """Each skill's AULC again, on the token span every finished run measuring it covers
+    (`skill/S/aulc_common`), and the spans: a run's own AULC spans its own evals, so a run stopped
+    early by `stop_when`, or paying more tokens per step, would not compare on the same axis."""
+    from diffmix.training.metrics import aulc
+
+    curves: dict[str, pl.DataFrame | None] = {}
+    spans: dict[str, tuple[float, float]] = {}
+    for skill in skills_of(frame):
+        probe, series = f"probe/{skill}", {}
+        for row in frame.filter(pl.col("status") == "ok").iter_rows(named=True):
+            if row["run_dir"] not in curves:
+                path = Path(row["run_dir"]) / "metrics.parquet"
+                curves[row["run_dir"]] = pl.read_parquet(path).filter(pl.col("kind") == "eval") if path.is_file() else None
+            evals = curves[row["run_dir"]]
+            if evals is None or probe not in evals.columns:
+                continue
+            tokens = evals["tokens"].cast(pl.Float64).to_numpy()
+            if np.count_nonzero(tokens > 0) >= 2:
+                series[row["run_id"]] = (tokens, evals[probe].cast(pl.Float64).fill_null(np.nan).to_numpy())
+        if not series:
+            continue
+        lo = max(float(t[t > 0][0]) for t, _ in series.values())
+        hi = min(float(t[-1]) for t, _ in series.values())
+        values = {run: aulc(t, y, (lo, hi)) if hi > lo else None for run, (t, y) in series.items()}
+        frame = frame.with_columns(pl.col("run_id").replace_strict(values, default=None, return_dtype=pl.Float64).alias(f"skill/{skill}/aulc_common"))
+        if hi > lo:
+            spans[skill] = (lo, hi)
+    return frame, spans
 
 
 def comparison_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
@@ -193,14 +224,18 @@ def skill_table(frame: pl.DataFrame, skill: str, baseline: str) -> pl.DataFrame:
             missing = "no run" if not runs.height else "not measured"
             rows.append({**row, **{f"{a}_to_tau": missing for a in AXES}, "aulc": "n/a", "final": "n/a", "speedup_steps": "n/a", "speedup_tokens": "n/a"})
             continue
+        early = _left_censored(runs, col)
         for axis in AXES:
             values = [v for v in _axis(runs, col, axis) if v is not None]
             text = f"censored ({censored}/{runs.height})" if censored else _pm(values)
             if censored and values:  # the runs that did reach tau are shown, never averaged with the censored
                 text += f"; reached: {', '.join(f'{v:,.0f}' for v in values)}"
+            if early and not censored:  # held tau at the first eval: no measurement, only an upper bound
+                text = f"≤{max(values):,.0f} (at the first eval)"
             row[f"{axis}_to_tau"] = text
-        for metric in ("aulc", "final"):
-            values = [v for v in runs[f"{col}/{metric}"].to_list() if v is not None]
+        aulc_column = f"{col}/aulc_common" if f"{col}/aulc_common" in runs.columns else f"{col}/aulc"
+        for metric, column in (("aulc", aulc_column), ("final", f"{col}/final")):
+            values = [v for v in runs[column].to_list() if v is not None]
             row[metric] = _pm(values, digits=3) if values else "n/a"
         for axis, run_length in (("steps", "run/steps"), ("tokens", "run/tokens")):
             row[f"speedup_{axis}"] = "baseline" if recipe == baseline else _speedup_text(base_rows, runs, col, axis, run_length)
@@ -213,13 +248,26 @@ def _speedup_text(base_rows: pl.DataFrame, runs: pl.DataFrame, col: str, axis: s
     base, treat = _axis(base_rows, col, axis), _axis(runs, col, axis)
     if not base:
         return "n/a (no baseline run)"
+    if f"{col}/censored" not in base_rows.columns or base_rows[f"{col}/censored"].null_count() == base_rows.height:
+        return "n/a (the baseline does not measure it)"  # its sources have no such probe: nothing to compare
+    if _left_censored(base_rows, col) or _left_censored(runs, col):
+        return "n/a (reached by the first eval)"
     result = speedup(base, treat)
     reached = [v for v in treat if v is not None]
-    if result["text"] == "n/a (baseline censored)" and all(v is None for v in base) and len(reached) == len(treat) and run_length in base_rows.columns:
-        lasts = [float(v) for v in base_rows[run_length].to_list() if v is not None]
+    if result["text"] == "n/a (baseline censored)" and all(v is None for v in base) and len(reached) == len(treat):
+        # Where each baseline run's last eval below tau stood (older summaries: the run's length).
+        bound = f"{col}/{axis}_lower_bound"
+        column = bound if bound in base_rows.columns and base_rows[bound].null_count() == 0 else run_length
+        lasts = [float(v) for v in base_rows[column].to_list() if v is not None] if column in base_rows.columns else []
         if lasts:
             return f">{min(lasts) / max(reached):.2f}x (baseline censored)"
     return result["text"]
+
+
+def _left_censored(runs: pl.DataFrame, col: str) -> bool:
+    """Some run already held tau at its first eval (its steps to tau are an upper bound)."""
+    name = f"{col}/left_censored"
+    return name in runs.columns and any(bool(v) for v in runs[name].to_list())
 
 
 def _axis(runs: pl.DataFrame, col: str, axis: str) -> list[float | None]:
@@ -266,7 +314,7 @@ def write_comparison(
     from diffmix import report
     from diffmix.mixers.mixture import source_proportions
 
-    frame = comparison_frame(rows)
+    frame, spans = with_common_aulc(comparison_frame(rows))
     with atomic_open(root / "comparison.parquet") as f:
         frame.write_parquet(f, compression="zstd", statistics=False)
     recipes = list(dict.fromkeys(frame["recipe"].to_list()))
@@ -287,6 +335,7 @@ def write_comparison(
         "model": f"{train_config.model.n_layer} layers, d={train_config.model.d_model}, {train_config.model.n_head} heads, context {train_config.model.block_size}",
         "training": f"{_as_run(rows, 'steps', train_config.steps)} steps max, batch {_as_run(rows, 'batch_size', train_config.batch_size)}, "
         f"lr {train_config.lr} ({train_config.schedule}), eval every {train_config.eval_interval}",
+        "AULC over tokens": "; ".join(f"{skill} {lo:,.0f}–{hi:,.0f}" for skill, (lo, hi) in spans.items()) or "n/a",
     }
     md_path, html_path = report.write_report(root, frame, tables, proportions, train_config.skills.tau, setup)
     return {

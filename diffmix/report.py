@@ -28,11 +28,13 @@ HOW_TO_READ = """\
 tokens / examples to τ* is where the probe first reached the threshold τ and
 held it for k evaluations, interpolated between evaluations, as mean ± standard
 deviation over seeds. A run that never got there is **censored**: it is counted,
-never averaged in. *AULC* is the area under the learning curve over log tokens
-(1.0 = perfect from the start): it ranks runs that never cross τ. The
+never averaged in; `≤x` means τ was already held at the first evaluation. *AULC*
+is the area under the learning curve over log tokens, on the token span every
+run covers (listed in the setup; 1.0 = perfect from the start): it ranks runs
+that never cross τ. The
 *speed-up* is the baseline's mean steps to τ over the recipe's, with a 95%
 bootstrap interval over seeds; `>x` is a lower bound when the baseline never
-reached τ. Fewer steps can still cost more tokens (scratchpads are long):
+reached τ (from its last evaluation below τ). Fewer steps can still cost more tokens (scratchpads are long):
 compare all three axes.
 """
 

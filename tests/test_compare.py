@@ -63,6 +63,22 @@ def test_skill_table_censoring_and_bounds() -> None:
     assert (table["broken"]["runs"], table["broken"]["failed"], table["broken"]["steps_to_tau"]) == (0, 1, "no run")
 
 
+def test_skill_table_bounds_not_measured_and_first_eval() -> None:
+    # the censored baseline's last eval below tau stood at 320 steps: the bound starts there, not at its 500-step end
+    bounded = [{**_row("base", 0, None, 0.5), "skill/s/exact_match/steps_lower_bound": 320.0}, _row("fast", 0, 80.0, 0.95)]
+    table = {r["recipe"]: r for r in compare.skill_table(compare.comparison_frame(bounded), "s/exact_match", "base").to_dicts()}
+    assert table["fast"]["speedup_steps"] == ">4.00x (baseline censored)"
+    assert table["fast"]["speedup_tokens"] == ">6.25x (baseline censored)"  # no token bound recorded: the run's 5,000 tokens
+    # a baseline whose sources have no such probe: no speed-up, not a "censored" one
+    unmeasured = {k: v for k, v in _row("base", 0, None, 0.5).items() if not k.startswith("skill/")}
+    table = {r["recipe"]: r for r in compare.skill_table(compare.comparison_frame([unmeasured, _row("b", 0, 500.0, 0.9)]), "s/exact_match", "base").to_dicts()}
+    assert table["base"]["steps_to_tau"] == "not measured" and table["b"]["speedup_steps"] == "n/a (the baseline does not measure it)"
+    # tau held at the first eval: an upper bound, and no ratio from it
+    early = [_row("base", 0, 400.0, 0.9), {**_row("fast", 0, 20.0, 1.0), "skill/s/exact_match/left_censored": True}]
+    table = {r["recipe"]: r for r in compare.skill_table(compare.comparison_frame(early), "s/exact_match", "base").to_dicts()}
+    assert table["fast"]["steps_to_tau"] == "≤20 (at the first eval)" and table["fast"]["speedup_steps"] == "n/a (reached by the first eval)"
+
+
 def test_skill_table_single_seed_has_no_spread() -> None:
     frame = compare.comparison_frame([_row("base", 0, 400.0, 0.9), _row("fast", 0, 100.0, 0.95)])
     table = {r["recipe"]: r for r in compare.skill_table(frame, "s/exact_match", "base").to_dicts()}
@@ -117,6 +133,11 @@ def test_compare_flow_end_to_end(tmp_path: Path) -> None:
     assert frame.filter(pl.col("recipe") != "gamma")["status"].to_list() == ["ok"] * 4
     for column in ("seed", "schedule", "params", "skill/copy/exact_match/steps", "skill/copy/exact_match/censored", "skill/copy/exact_match/aulc"):
         assert column in frame.columns
+    finished = frame.filter(pl.col("status") == "ok")
+    assert finished["effective_params"].null_count() == 0  # from summary.json's effective_params
+    # the AULC the table shows is on the token span all four runs cover: same length and batch here, so their own
+    common, own = finished["skill/copy/exact_match/aulc_common"].to_list(), finished["skill/copy/exact_match/aulc"].to_list()
+    assert common == pytest.approx(own)
     rows = {r["recipe"]: r for r in result["tables"]["copy/exact_match"]}
     assert rows["gamma"]["failed"] == 2 and rows["alpha"]["runs"] == 2
     for recipe in ("alpha", "beta"):  # 30 steps of a tiny model: censored, and shown as such
@@ -132,6 +153,7 @@ def test_compare_flow_end_to_end(tmp_path: Path) -> None:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (out / "report.md").read_text()
+    assert "AULC over tokens" in markdown
     for name in [line.split("(")[1].rstrip(")") for line in markdown.splitlines() if line.startswith("![")]:
         assert (out / name).is_file()
     assert "gamma-s0" in markdown  # failed runs are listed

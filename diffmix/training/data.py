@@ -57,6 +57,11 @@ class MixtureTokens:
         return len(self.offsets) - 1
 
     @property
+    def distinct(self) -> int:
+        """Distinct (source, source_row) examples: an upsampled mixture repeats some within one pass."""
+        return int(self.unique_before[-1])
+
+    @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
@@ -247,13 +252,14 @@ def make_loader(batches: MixtureBatches, start: int, stop: int, num_workers: int
 def stream_stats(data: MixtureTokens, first_row: int, stop_row: int) -> dict[str, float | int]:
     """Examples seen, unique examples seen (by source and source row) and epoch once a batch is done.
 
-    Rows are unwrapped stream positions: the epoch is the share of passes over
-    the mixture completed before the batch started.
+    Rows are unwrapped stream positions. The epoch counts passes over the mixture's distinct
+    examples completed before the batch started: a mixture that shows each of 200 rows 4 times
+    is 4 epochs in one pass (the repeats are where memorisation shows).
     """
     return {
         "examples": int(stop_row),
         "unique_examples": int(data.unique_before[min(stop_row, data.rows)]),
-        "epoch": first_row / data.rows,
+        "epoch": first_row / max(data.distinct, 1),
     }
 
 

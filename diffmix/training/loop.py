@@ -579,7 +579,7 @@ def _finish(run: Path, config: TrainConfig, digest: str, data: MixtureTokens, mo
             "mixture_config_hash": manifest.get("config_hash"),
             "steps": state.step,
             "stopped_on": config.stop_when if state.acquired else None,
-            "epochs": state.rows[-1]["examples"] / data.rows,
+            "epochs": state.rows[-1]["examples"] / max(data.distinct, 1),  # passes over the distinct examples
             "model": {
                 "params": model.num_params(non_embedding=False),
                 "non_embedding_params": model.num_params(),

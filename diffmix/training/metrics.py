@@ -71,23 +71,45 @@ def threshold_crossing(scores: np.ndarray, tau: float, k: int) -> Crossing:
 
 
 def skill_speed(axes: dict[str, np.ndarray], scores: np.ndarray, tau: float, k: int) -> dict[str, Any]:
-    """Steps / tokens / examples (any axes given) to tau held for k evals; `censored` when never."""
+    """Steps / tokens / examples (any axes given) to tau held for k evals; `censored` when never.
+
+    Censored: `{axis}_lower_bound` is where the last eval below tau stood (any later crossing
+    lies past it; the run length would overstate it when the last evals were already above).
+    `left_censored`: the first eval already held tau, so the value is an upper bound.
+    """
     crossing = threshold_crossing(scores, tau, k)
     out: dict[str, Any] = {name: crossing.at(values) for name, values in axes.items()}
     out["censored"] = crossing.censored
     out["crossing_eval"] = crossing.index
+    out["left_censored"] = crossing.index == 0
+    if crossing.censored and len(scores):
+        below = np.flatnonzero(~(np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf) >= tau))
+        last_below = int(below[-1]) if len(below) else 0
+        for name, values in axes.items():
+            out[f"{name}_lower_bound"] = float(values[last_below])
     return out
 
 
-def aulc(tokens: np.ndarray, scores: np.ndarray) -> float | None:
-    """Trapezoid area of score over log10(tokens), divided by the log10 range (evals with tokens > 0)."""
+def aulc(tokens: np.ndarray, scores: np.ndarray, span: tuple[float, float] | None = None) -> float | None:
+    """Trapezoid area of score over log10(tokens), divided by the log10 width: 1.0 is perfect throughout.
+
+    `span` (lo, hi) in tokens integrates over that range (scores interpolated at its ends), so that
+    runs of different lengths and token costs compare on the same axis (`compare` passes the range
+    every run covers); None if the run does not cover it. Without it: the run's own evals (tokens > 0).
+    """
     x = np.asarray(tokens, dtype=np.float64)
     y = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0)
     keep = x > 0
     x, y = np.log10(x[keep]), y[keep]
     if len(x) < 2 or x[-1] <= x[0]:
         return None
-    return float(np.trapezoid(y, x) / (x[-1] - x[0]))
+    if span is None:
+        return float(np.trapezoid(y, x) / (x[-1] - x[0]))
+    lo, hi = np.log10(span[0]), np.log10(span[1])
+    if not (x[0] <= lo < hi <= x[-1]):
+        return None
+    grid = np.concatenate([[lo], x[(x > lo) & (x < hi)], [hi]])
+    return float(np.trapezoid(np.interp(grid, x, y), grid) / (hi - lo))
 
 
 def debiased_ema(values: np.ndarray, beta: float) -> np.ndarray:

@@ -114,8 +114,9 @@ def test_batch_size_must_divide_over_ranks() -> None:
 def test_stream_stats_wrap_into_epochs() -> None:
     data = _tokens(ROWS, STARTS, source_rows=[0, 1, 0])  # row 2 repeats row 0's document
     assert stream_stats(data, 0, 2) == {"examples": 2, "unique_examples": 2, "epoch": 0.0}
-    assert stream_stats(data, 2, 4) == {"examples": 4, "unique_examples": 2, "epoch": 2 / 3}
-    assert stream_stats(data, 6, 8)["epoch"] == 2.0
+    # epochs count passes over the 2 distinct documents, not over the 3 mixture rows
+    assert stream_stats(data, 2, 4) == {"examples": 4, "unique_examples": 2, "epoch": 1.0}
+    assert stream_stats(data, 6, 8)["epoch"] == 3.0
 
 
 def test_loader_resumes_at_any_batch_and_workers_do_not_change_batches() -> None:

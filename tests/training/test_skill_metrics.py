@@ -63,10 +63,17 @@ def test_skill_speed_reads_every_axis_at_the_same_crossing() -> None:
     assert speed["tokens"] == pytest.approx(380_000.0)
     # unique examples saturate (a repeated dataset): 192 + 0.8 * 8
     assert speed["unique_examples"] == pytest.approx(198.4)
-    assert speed["censored"] is False and speed["crossing_eval"] == 3
+    assert speed["censored"] is False and speed["crossing_eval"] == 3 and speed["left_censored"] is False
 
     never = skill_speed(axes, np.zeros(6), tau=0.9, k=2)
-    assert never == {"steps": None, "tokens": None, "unique_examples": None, "censored": True, "crossing_eval": None}
+    bounds = {"steps_lower_bound": float(STEPS[-1]), "tokens_lower_bound": float(STEPS[-1] * 1000), "unique_examples_lower_bound": 200.0}
+    assert never == {"steps": None, "tokens": None, "unique_examples": None, "censored": True, "crossing_eval": None, "left_censored": False, **bounds}
+    # only the last eval held tau (k = 2 unconfirmed): a crossing lies past the eval before it, not past the run's end
+    late = skill_speed(axes, np.array([0.0, 0.0, 0.0, 0.0, 0.0, 1.0]), tau=0.9, k=2)
+    assert late["censored"] and late["steps_lower_bound"] == float(STEPS[4])
+    # already above tau at the first eval: the value is an upper bound
+    early = skill_speed(axes, np.ones(6), tau=0.9, k=2)
+    assert early["left_censored"] is True and early["steps"] == float(STEPS[0])
 
 
 @pytest.mark.parametrize(
@@ -84,6 +91,23 @@ def test_skill_speed_reads_every_axis_at_the_same_crossing() -> None:
 def test_aulc(tokens: list[int], scores: list[float], expected: float | None) -> None:
     result = aulc(np.array(tokens), np.array(scores))
     assert result == (None if expected is None else pytest.approx(expected))
+
+
+def test_aulc_on_a_common_token_span() -> None:
+    """Compared on one span, a run that pays more tokens per step, or stopped early, is not flattered."""
+    steps = np.arange(1, 11) * 100
+    curve = np.minimum(1.0, steps / 600)  # reaches 1.0 at step 600
+    cheap, dear = steps * 50, steps * 100
+    assert aulc(cheap, curve) == pytest.approx(aulc(dear, curve))  # on its own evals: the token cost vanishes
+    span = (10_000.0, 50_000.0)  # what both cover
+    assert aulc(cheap, curve, span) > aulc(dear, curve, span)
+    # a run stopped once it was perfect, against a slower one that ran on: the faster wins on a shared span
+    fast = aulc(steps[:7] * 50, np.minimum(1.0, steps[:7] / 600), (5_000.0, 35_000.0))
+    slow = aulc(steps * 50, np.minimum(1.0, steps / 900), (5_000.0, 35_000.0))
+    assert fast > slow
+    assert aulc(cheap, curve, (1_000.0, 50_000.0)) is None  # before its first eval: not covered
+    flat = aulc(np.array([10, 100, 1000]), np.array([0.5, 0.5, 0.5]), (20.0, 500.0))
+    assert flat == pytest.approx(0.5)
 
 
 def test_debiased_ema_starts_at_the_first_value_and_skips_gaps() -> None:
