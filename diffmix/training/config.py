@@ -82,6 +82,9 @@ class SkillConfig(StrictModel):
     plateau_threshold: float = Field(0.02, ge=0.0)
     plateau_threshold_mode: Literal["rel", "abs"] = "rel"
     plateau_patience: int = Field(200, gt=0)
+    # Plateaus less than this apart (nats, mean level to mean level) are one: the landmarks
+    # are the high and low plateaus of a diff model, not every slow stretch of a falling curve.
+    plateau_min_drop: float = Field(0.1, ge=0.0)
     # Steps averaged on each side of an epoch boundary for the memorisation gap.
     epoch_window: int = Field(50, gt=0)
     # Kaplan et al. 2020 L(N) = (N_c / N) ** alpha_N, nats per token of *their*

@@ -178,6 +178,21 @@ def find_plateaus(
     return plateaus
 
 
+def merge_plateaus(plateaus: list[Plateau], min_drop: float) -> list[Plateau]:
+    """Consecutive plateaus whose mean levels differ by less than `min_drop` are one plateau:
+    a landmark is a drop of at least that much (noise or a slow power-law tail is not)."""
+    merged: list[Plateau] = []
+    for plateau in plateaus:
+        last = merged[-1] if merged else None
+        if last is not None and last.mean_loss - plateau.mean_loss < min_drop:
+            a, b = last.end_step - last.start_step + 1, plateau.end_step - plateau.start_step + 1
+            mean = (last.mean_loss * a + plateau.mean_loss * b) / (a + b)  # by the steps each covered
+            merged[-1] = Plateau(last.start_step, plateau.end_step, last.start_loss, plateau.end_loss, mean, plateau.open)
+        else:
+            merged.append(plateau)
+    return merged
+
+
 def plateau_drops(plateaus: list[Plateau]) -> list[dict[str, float | int]]:
     """The drop between consecutive plateaus: mean level before minus mean level after."""
     return [
@@ -203,12 +218,15 @@ def epoch_boundary_gaps(
     """Train-loss step at each epoch start against the held-out loss change over the same stretch.
 
     A boundary is the first step whose epoch number (integer part of `epochs`)
-    is higher than the step before. `train_step` = mean train loss over the
-    `window` steps from the boundary minus the mean over the `window` steps
-    before it (negative: a drop). `val_change` = held-out loss at the first eval
-    at or after the end of that window minus at the last eval before the
-    boundary (positive: worse). `gap = val_change - train_step` is positive when
+    is higher than the step before. `val_change` = held-out loss at the first
+    eval at or after `window` steps past the boundary minus at the last eval
+    before it (positive: worse). `train_step` = mean train loss over the
+    `window` steps up to that later eval minus the mean over the `window` steps
+    up to the earlier one (negative: a drop): both span the same stretch, so a
+    trend they share cancels. `gap = val_change - train_step` is positive when
     training loss fell more than held-out loss did: the memorisation signature.
+    Without an eval on both sides, `train_step` compares the `window` steps on
+    either side of the boundary and there is no gap.
     """
     s = np.asarray(steps)
     e = np.floor(np.asarray(epochs, dtype=np.float64)).astype(np.int64)
@@ -219,12 +237,15 @@ def epoch_boundary_gaps(
         before, after = loss[max(0, j - window) : j], loss[j : j + window]
         if len(before) == 0 or len(after) == 0:
             continue
-        train_step = float(np.nanmean(after) - np.nanmean(before))
         boundary = int(s[j])
         end = int(s[min(j + window, len(s)) - 1])
         pre = np.flatnonzero((es < boundary) & np.isfinite(el))
         post = np.flatnonzero((es >= end) & np.isfinite(el))
         val_change = float(el[post[0]] - el[pre[-1]]) if len(pre) and len(post) else None
+        if val_change is not None:  # the train windows that end at the two evals
+            j_pre, j_post = (int(np.searchsorted(s, es[i], side="right")) for i in (pre[-1], post[0]))
+            before, after = loss[max(0, j_pre - window) : j_pre], loss[max(j, j_post - window) : j_post]
+        train_step = float(np.nanmean(after) - np.nanmean(before))
         out.append(
             {
                 "epoch": int(e[j]),
@@ -324,6 +345,7 @@ def summarize(frame: pl.DataFrame, skills: Any) -> dict[str, Any]:
     steps = train["step"].to_numpy()
     ema = train["loss_ema"].to_numpy()
     plateaus = find_plateaus(steps, ema, skills.plateau_threshold, skills.plateau_threshold_mode, skills.plateau_patience)
+    plateaus = merge_plateaus(plateaus, skills.plateau_min_drop)
     if heldout_columns and len(evals):
         eval_loss = evals.select(pl.mean_horizontal(heldout_columns)).to_series().cast(pl.Float64).fill_null(np.nan).to_numpy()
     else:
@@ -352,6 +374,7 @@ def summarize(frame: pl.DataFrame, skills: Any) -> dict[str, Any]:
             "threshold": skills.plateau_threshold,
             "threshold_mode": skills.plateau_threshold_mode,
             "patience_steps": skills.plateau_patience,
+            "min_drop": skills.plateau_min_drop,
         },
         "plateaus": [asdict(p) for p in plateaus],
         "plateau_drops": plateau_drops(plateaus),

@@ -13,6 +13,7 @@ from diffmix.training.metrics import (
     effective_params,
     epoch_boundary_gaps,
     find_plateaus,
+    merge_plateaus,
     plateau_drops,
     skill_speed,
     threshold_crossing,
@@ -151,6 +152,21 @@ def test_plateau_parameters(threshold: float, mode: str, patience: int, count: i
     assert len(find_plateaus(steps, loss, threshold=threshold, mode=mode, patience=patience)) == count
 
 
+def test_small_drops_merge_into_one_plateau() -> None:
+    """A slow power-law tail and a noisy plateau are not landmarks; the 2-nat drop between two levels is."""
+    steps = np.arange(1, 4001)
+    tail = find_plateaus(steps, 1 + 4 * steps**-0.5, threshold=0.02, patience=200)
+    assert len(tail) > 2 and len(merge_plateaus(tail, 0.1)) == 1  # each step down is about 0.02
+    levels = np.where(steps < 1500, 3.0, np.where(steps < 1520, 3.0 - (steps - 1500) * 0.1, 1.0))
+    levels[:1500] -= np.where(steps[:1500] > 700, 0.05, 0.0)  # a spurious 0.05 step inside the high plateau
+    found = find_plateaus(steps, levels, threshold=0.01, patience=100)
+    assert len(found) == 3
+    merged = merge_plateaus(found, 0.1)
+    assert len(merged) == 2 and merged[0].start_step == 1 and merged[0].end_step == found[1].end_step
+    (drop,) = plateau_drops(merged)
+    assert drop["drop"] == pytest.approx(2.0, abs=0.05)
+
+
 def test_steadily_falling_loss_has_no_plateau() -> None:
     steps = np.arange(1000)
     assert find_plateaus(steps, 3.0 * 0.99**steps, threshold=0.02, patience=100) == []
@@ -171,6 +187,15 @@ def test_epoch_start_drops_against_validation_change() -> None:
         assert g["train_step"] == pytest.approx(-0.5)
         assert g["val_change"] == pytest.approx(0.1)
         assert g["gap"] == pytest.approx(0.6)
+
+
+def test_a_shared_trend_is_no_memorisation_gap() -> None:
+    """Train and held-out loss falling together: the two differences span the same stretch and cancel."""
+    steps = np.arange(300)
+    trend = 3.0 - 0.002 * steps
+    eval_steps = np.arange(0, 300, 25)
+    gaps = epoch_boundary_gaps(steps, steps / 100.0, trend, eval_steps, 3.0 - 0.002 * eval_steps, window=20)
+    assert [g["gap"] for g in gaps] == pytest.approx([0.0, 0.0], abs=0.003)
 
 
 def test_epoch_gap_without_an_eval_after_the_window() -> None:
