@@ -330,7 +330,8 @@ def write_comparison(
         "title": title,
         "recipes": ", ".join(recipes),
         "baseline": base,
-        "seeds per recipe": str(frame.group_by("recipe").len()["len"].max()),
+        "seeds per recipe": f"{frame.group_by('recipe').len()['len'].max()} (a seed sets the model's initialisation, dropout and "
+        "probe sample; the data order is the recipe's own seed, the same for every run of it)",
         "threshold": f"tau = {train_config.skills.tau}, held for k = {train_config.skills.k} evals",
         "model": f"{train_config.model.n_layer} layers, d={train_config.model.d_model}, {train_config.model.n_head} heads, context {train_config.model.block_size}",
         "training": f"{_as_run(rows, 'steps', train_config.steps)} steps max, batch {_as_run(rows, 'batch_size', train_config.batch_size)}, "
