@@ -17,7 +17,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -40,9 +40,14 @@ from rich.progress import (  # noqa: E402
 )
 
 from diffmix.errors import DiffmixError, first_line  # noqa: E402
+
+if TYPE_CHECKING:  # imported where used: torch and the training stack cost seconds to import
+    from diffmix.compare import RunSpec
+    from diffmix.mixers.recipe import Recipe
+    from diffmix.training.config import TrainConfig
 from diffmix.pipelines import build as corpus  # noqa: E402
-from diffmix.pipelines.io import remove_stale_temporaries  # noqa: E402
-from diffmix.schemas.config import load_build_config  # noqa: E402
+from diffmix.pipelines.io import output_lock, remove_stale_temporaries  # noqa: E402
+from diffmix.schemas.config import BuildConfig, load_build_config  # noqa: E402
 
 RETRIES = 2
 
@@ -239,6 +244,11 @@ def build_corpus(
 ) -> dict[str, Any]:
     """Commits -> filtered, formatted documents -> sharded Arrow dataset with a manifest."""
     config = load_build_config(config_path, **(config_overrides or {}))
+    with output_lock(out):  # this process holds `out` until the build is done (its Dask workers write into it)
+        return _build_corpus(inputs, out, config, overwrite)
+
+
+def _build_corpus(inputs: list[str], out: str, config: BuildConfig, overwrite: bool) -> dict[str, Any]:
     plan = corpus.prepare_build(inputs, out, config, overwrite=overwrite)
     if plan.complete:
         return corpus.read_manifest(plan.out).to_json_dict()
@@ -376,9 +386,17 @@ def compare_recipes(
 
     base_config = load_train_config(train_config, steps=steps, **(train_overrides or {}))
     recipe_list, runs = compare.plan_comparison(recipes, out, seeds, baseline, base_config.digest())
+    fresh = not Path(out).exists()
+    with output_lock(out):  # one comparison at a time writes into `out`
+        return _compare_recipes(recipe_list, runs, Path(out), fresh, base_config, baseline, title)
+
+
+def _compare_recipes(
+    recipe_list: list[Recipe], runs: list[RunSpec], root: Path, fresh: bool, base_config: TrainConfig, baseline: str | None, title: str | None
+) -> dict[str, Any]:
+    from diffmix import compare
+
     by_name = {r.name: r for r in recipe_list}
-    root = Path(out)
-    fresh = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(root)  # a killed comparison's half-written files (nothing runs yet)
     workers = max(1, min(len(runs), _parallel_runs()))

@@ -194,6 +194,17 @@ def test_a_bad_option_is_one_line(argv: list[str], message: str, capsys: pytest.
     assert exited.value.code == 2 and len(err) == 1 and err[0].startswith(message), err
 
 
+def test_a_build_being_written_is_not_written_twice(tmp_path: Path, history: Path, capsys: pytest.CaptureFixture) -> None:
+    """A second build into the same --out (another process, or another config) fails at once in one line."""
+    from diffmix.pipelines.io import output_lock
+
+    out = tmp_path / "built"
+    with output_lock(out):
+        assert main(["build", "--input", str(history), "--out", str(out), "--workers", "1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("built: another diffmix run is writing here; wait for it or choose another output")
+    assert not out.exists()
+
+
 def test_a_failed_overwrite_leaves_the_previous_build(tmp_path: Path, history: Path, capsys: pytest.CaptureFixture) -> None:
     """--overwrite replaces a build only once the new one is written: bad input found mid-build puts the old one back."""
     out = tmp_path / "built"

@@ -51,6 +51,7 @@ from diffmix.mixers.recipe import (
 from diffmix.pipelines.io import (
     atomic_open,
     check_output_dir,
+    output_lock,
     read_ipc_stream,
     remove_stale_temporaries,
     sha256_file,
@@ -408,6 +409,17 @@ def _token_totals(totals: list[dict[str, Any]], n: int) -> dict[str, Any]:
 
 
 def build_mixture(
+    recipe: Recipe | str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    index_only: bool = False,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> Manifest:
+    """`_build_mixture` holding `out_dir` (one run at a time writes there)."""
+    with output_lock(out_dir):
+        return _build_mixture(recipe, out_dir, index_only, shard_bytes)
+
+
+def _build_mixture(
     recipe: Recipe | str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     index_only: bool = False,

@@ -58,6 +58,7 @@ from diffmix.pipelines.ingest import (
 )
 from diffmix.pipelines.io import (
     check_output_dir,
+    output_lock,
     read_ipc_stream,
     read_json,
     remove_stale_temporaries,
@@ -211,6 +212,13 @@ def prepare_build(uris: list[str], out: str | Path, config: BuildConfig, overwri
 def _claim_output(plan: BuildPlan, overwrite: bool) -> Manifest | None:
     """The manifest when `out` already holds this exact build; else make `out` this build's (or fail)."""
     out = plan.out
+    previous = out / PREVIOUS_DIR
+    if previous.is_dir() and not (out / WORK_DIR).is_dir() and not (out / MANIFEST).is_file():
+        # An --overwrite killed while it moved the old build aside: put the old build back first.
+        for entry in previous.iterdir():
+            if not (out / entry.name).exists():
+                entry.rename(out / entry.name)
+        shutil.rmtree(previous, ignore_errors=True)
     if (out / MANIFEST).is_file():
         manifest = read_manifest(out)
         if manifest.config_hash == plan.config_hash and manifest.inputs == plan.inputs and _same_given_tokenizer(plan, manifest):
@@ -225,7 +233,6 @@ def _claim_output(plan: BuildPlan, overwrite: bool) -> Manifest | None:
                 return manifest
         elif not overwrite:
             raise DiffmixError(f"{out}: holds a different build (config or inputs differ); pass --overwrite or choose another --out")
-        previous = out / PREVIOUS_DIR
         shutil.rmtree(previous, ignore_errors=True)
         previous.mkdir()
         for entry in out.iterdir():
@@ -887,6 +894,12 @@ def write_reject_shard(plan: BuildPlan, spec: RejectShardSpec) -> FileEntry:
 
 
 def refilter(src_dir: str | Path, out_dir: str | Path, config: BuildConfig, overwrite: bool = False) -> Manifest:
+    """`_refilter` holding `out_dir` (one run at a time writes there)."""
+    with output_lock(out_dir):
+        return _refilter(src_dir, out_dir, config, overwrite)
+
+
+def _refilter(src_dir: str | Path, out_dir: str | Path, config: BuildConfig, overwrite: bool = False) -> Manifest:
     """Re-decide a built corpus under `config` from its stored rows and scores; write it to `out_dir`.
 
     Reads the source's data shards and its filter/dedup/cap rejects (which keep

@@ -9,6 +9,7 @@ that the same inputs and config give the same bytes.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -89,17 +90,25 @@ def write_ipc_stream(path: str | os.PathLike[str], table: pa.Table, max_chunksiz
     """
     with atomic_open(path) as f:
         with pa.ipc.new_stream(f, table.schema) as writer:
-            if table.num_rows and max_chunksize:
-                for start in range(0, table.num_rows, max_chunksize):
-                    # Batches of exactly max_chunksize rows whatever the chunks: only a batch
-                    # that straddles chunks is copied (combining the whole table copies it all).
-                    batch = table.slice(start, max_chunksize)
-                    writer.write_table(batch.combine_chunks() if any(c.num_chunks > 1 for c in batch.columns) else batch)
-            elif table.num_rows:
-                writer.write_table(table)
+            if table.num_rows:
+                # Batches of exactly max_chunksize rows whatever the chunks (else the table's own chunks).
+                starts = range(0, table.num_rows, max_chunksize) if max_chunksize else None
+                for batch in [table.slice(a, max_chunksize) for a in starts] if starts else _chunk_tables(table):
+                    writer.write_table(_compact(batch))
             else:  # one empty batch: `datasets` cannot map a stream without any (for some column types)
                 writer.write_batch(pa.RecordBatch.from_pylist([], schema=table.schema))
     return os.path.getsize(path)
+
+
+def _chunk_tables(table: pa.Table) -> list[pa.Table]:
+    return [pa.Table.from_batches([batch]) for batch in table.to_batches()]
+
+
+def _compact(batch: pa.Table) -> pa.Table:
+    """The rows in fresh buffers. The IPC writer pads a sliced column with the bytes that follow
+    it in its parent buffer, so without the copy the file's bytes would depend on how the same
+    rows happened to lie in memory (a refilter's rejects differed from a fresh build's)."""
+    return pa.Table.from_arrays([pa.concat_arrays(column.chunks) for column in batch.columns], schema=batch.schema)
 
 
 def read_ipc_stream(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
@@ -107,6 +116,39 @@ def read_ipc_stream(path: str | os.PathLike[str], columns: list[str] | None = No
     with pa.memory_map(str(path)) as source:
         table = pa.ipc.open_stream(source).read_all()
     return table.select(columns) if columns is not None else table
+
+
+@contextlib.contextmanager
+def output_lock(directory: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold `directory` for one diffmix run: a second run into it fails at once, in one line
+    (two runs used to interleave their files and both report success).
+
+    An flock on the directory itself (created if missing, removed again if left empty): the
+    kernel releases it when the process ends, so a killed run never leaves a stale lock.
+    Where the directory cannot be made (a file is in the way), nothing is held: the run's
+    own checks name that problem.
+    """
+    path = Path(directory)
+    created = False
+    try:
+        if not path.exists():
+            path.mkdir(parents=True)
+            created = True
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DiffmixError(f"{path}: another diffmix run is writing here; wait for it or choose another output") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+        if created:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only when empty: nothing left behind by a run that wrote nothing
 
 
 def remove_stale_temporaries(directory: str | os.PathLike[str]) -> None:

@@ -47,7 +47,16 @@ from tokenizers import Tokenizer
 from torch.nn.parallel import DistributedDataParallel
 
 from diffmix.errors import DiffmixError, first_line
-from diffmix.pipelines.io import atomic_open, check_output_dir, read_json, remove_stale_temporaries, sha256_file, sha256_json, write_json
+from diffmix.pipelines.io import (
+    atomic_open,
+    check_output_dir,
+    output_lock,
+    read_json,
+    remove_stale_temporaries,
+    sha256_file,
+    sha256_json,
+    write_json,
+)
 from diffmix.pipelines.shards import MANIFEST, read_manifest
 from diffmix.pipelines.tokenize import (
     TOKENIZER_FILE,
@@ -304,11 +313,15 @@ def train(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], con
     Under `torchrun` every rank calls this; rank 0 writes the run directory.
     With `config.stop_after` the run checkpoints and returns early (`"complete": False`).
     """
-    with _deterministic_kernels(config.deterministic):
-        return _train(Path(data_dir), Path(out_dir), config)
+    run = Path(out_dir)
+    new_run = not run.exists()
+    # Rank 0 holds the run directory: a second run into it fails at once instead of mixing files.
+    held = output_lock(run) if env_rank()[0] == 0 else nullcontext()
+    with held, _deterministic_kernels(config.deterministic):
+        return _train(Path(data_dir), run, config, new_run)
 
 
-def _train(data_dir: Path, run: Path, config: TrainConfig) -> dict[str, Any]:
+def _train(data_dir: Path, run: Path, config: TrainConfig, new_run: bool) -> dict[str, Any]:
     rank, local_rank, world = _init_distributed(config.device)
     device = resolve_device(config.device, local_rank)
     _set_threads(config, world)
@@ -317,7 +330,6 @@ def _train(data_dir: Path, run: Path, config: TrainConfig) -> dict[str, Any]:
     done = _finished_summary(run, digest)
     if done is not None:
         return done
-    new_run = not run.exists()
     try:
         if rank == 0:
             _claim_run(run, digest)

@@ -21,6 +21,7 @@ from diffmix.errors import DiffmixError
 from diffmix.inspection import describe
 from diffmix.mixers.blend import hamilton
 from diffmix.mixers.mixture import MixtureReader, build_mixture, describe_mixture
+from diffmix.pipelines.io import output_lock
 from diffmix.pipelines.shards import load_table, read_manifest
 
 BATCH = 8
@@ -343,6 +344,14 @@ def test_an_out_dir_holding_something_else_is_left_alone(built, source_dirs, tmp
     (tmp_path / "notes" / "todo.txt").write_text("mine")
     with pytest.raises(DiffmixError, match="not empty and not a diffmix dataset"):
         build_mixture(tmp_path / "r.yaml", tmp_path / "notes")
+
+
+def test_a_mixture_being_written_is_not_written_twice(source_dirs, tmp_path: Path) -> None:
+    """Two `diffmix mix` into one --out used to interleave shards and manifest and both succeed."""
+    path = write(tmp_path / "r.yaml", recipe(source_dirs, STAGES))
+    with output_lock(tmp_path / "out"), pytest.raises(DiffmixError, match="another diffmix run is writing here"):
+        build_mixture(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_index_only_mixture_notices_a_changed_source(source_dirs, tmp_path: Path) -> None:

@@ -83,3 +83,18 @@ def test_a_bare_clone_has_the_repository_name(git_repo: Path, tmp_path: Path) ->
     git(git_repo, "commit", "-q", "--allow-empty", "-m", "Start")
     git(tmp_path, "clone", "-q", "--bare", str(git_repo), "project.git")
     assert repository_name(pygit2.Repository(str(tmp_path / "project.git")), tmp_path / "project.git") == "project"
+
+
+def test_an_overwrite_killed_while_moving_the_old_build_aside_is_undone(tmp_path: Path) -> None:
+    """Killed after some entries went to .previous and before .work existed: the rerun puts them back."""
+    out = build(tmp_path / "out")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (out / ".previous").mkdir()
+    for name in ("manifest.json", "data"):
+        (out / name).rename(out / ".previous" / name)
+    build(out)  # the same config: restored, found complete, not rebuilt
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    (out / ".previous").mkdir()
+    (out / "manifest.json").rename(out / ".previous" / "manifest.json")
+    build(out, overwrite=True, split={"by": "commit", "seed": 1})  # another config, as the killed run asked
+    assert open_dataset(out).config["split"]["seed"] == 1 and not (out / ".previous").exists()

@@ -7,7 +7,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from diffmix.pipelines.io import atomic_open, read_ipc_stream, remove_stale_temporaries, write_ipc_stream
+from diffmix.errors import DiffmixError
+from diffmix.pipelines.io import atomic_open, output_lock, read_ipc_stream, remove_stale_temporaries, write_ipc_stream
 
 
 def _batch_rows(path: Path) -> list[int]:
@@ -26,6 +27,18 @@ def test_stream_batches_do_not_depend_on_chunks(tmp_path: Path, chunks: list[int
     assert _batch_rows(tmp_path / "chunked.arrow") == [4, 4, 2]
     assert read_ipc_stream(tmp_path / "chunked.arrow").equals(table)
     assert read_ipc_stream(tmp_path / "whole.arrow").equals(table)
+
+
+def test_the_bytes_depend_on_the_rows_not_on_their_memory(tmp_path: Path) -> None:
+    """The same rows, once slices of one buffer and once in buffers of their own, write the same file
+    (a sliced column used to carry the bytes after it in its parent buffer as padding)."""
+    one = pa.table({"s": [f"r{i}" + "x" * (i % 7) for i in range(2000)], "ids": [list(range(i % 5)) for i in range(2000)]})
+    apart = pa.Table.from_batches([one.slice(0, 1000).combine_chunks().to_batches()[0], one.slice(1000).combine_chunks().to_batches()[0]])
+    fresh = pa.Table.from_pylist(one.slice(3, 1500).to_pylist(), schema=one.schema)
+    for name, table, size in (("one", one, 1024), ("apart", apart, 1024), ("slice", one.slice(3, 1500), None), ("fresh", fresh, None)):
+        write_ipc_stream(tmp_path / f"{name}.arrow", table, max_chunksize=size)
+    assert (tmp_path / "one.arrow").read_bytes() == (tmp_path / "apart.arrow").read_bytes()
+    assert (tmp_path / "slice.arrow").read_bytes() == (tmp_path / "fresh.arrow").read_bytes()
 
 
 def test_empty_table_is_one_empty_batch(tmp_path: Path) -> None:
@@ -51,3 +64,24 @@ def test_stale_temporaries_are_removed(tmp_path: Path) -> None:
     (tmp_path / "d" / "part-0.arrow").write_bytes(b"y")
     remove_stale_temporaries(tmp_path)
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["part-0.arrow"]
+
+
+def test_one_run_at_a_time_holds_an_output(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with output_lock(out):
+        assert out.is_dir()
+        (out / "part").write_text("x")
+        with pytest.raises(DiffmixError, match="out: another diffmix run is writing here"), output_lock(out):
+            pass
+    with output_lock(out):  # released on exit (and by the kernel when a process dies)
+        pass
+    assert (out / "part").is_file()  # not removed: it holds something
+
+
+def test_an_output_lock_leaves_no_empty_directory_and_ignores_a_file_in_the_way(tmp_path: Path) -> None:
+    with output_lock(tmp_path / "new" / "out"):
+        pass
+    assert not (tmp_path / "new" / "out").exists()
+    (tmp_path / "afile").write_text("x")
+    with output_lock(tmp_path / "afile"), output_lock(tmp_path / "afile" / "sub"):
+        pass  # nothing to hold: the run's own checks name the problem

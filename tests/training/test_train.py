@@ -216,6 +216,13 @@ def test_an_index_only_mixture_trains_as_the_materialised_one(tmp_path: Path) ->
     assert runs[True].equals(runs[False])
 
 
+def test_a_run_being_written_is_not_written_twice(copy_mixture: Path, tmp_path: Path) -> None:
+    from diffmix.pipelines.io import output_lock
+
+    with output_lock(tmp_path / "run"), pytest.raises(DiffmixError, match="another diffmix run is writing here"):
+        train(copy_mixture, tmp_path / "run", tiny_config(steps=2))
+
+
 def test_not_a_mixture_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DiffmixError, match="no manifest.json"):
         train(tmp_path, tmp_path / "run", tiny_config())
