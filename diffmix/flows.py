@@ -289,7 +289,10 @@ def run_build_corpus(
     if workers < 1 and not dask_address:  # a LocalCluster without workers would wait forever
         raise DiffmixError(f"--workers must be at least 1, got {workers}")
     config = load_build_config(config_path, **(config_overrides or {}))
-    corpus.check_inputs(inputs, out, config)
+    sources = corpus.check_inputs(inputs, out, config)
+    done = corpus.finished_build(out, config, sources)
+    if done is not None:  # a rerun on complete output: nothing to start
+        return done.to_json_dict()
     check_dask_address(dask_address)
     runner = corpus_runner(inputs, workers, dask_address)
     with prefect_api():

@@ -68,7 +68,7 @@ def _parquet(tmp_path: Path, rows: int = 60) -> Path:
     return path
 
 
-def test_build_is_deterministic_across_workers_and_skips_when_complete(tmp_path: Path, history: Path) -> None:
+def test_build_is_deterministic_across_workers_and_skips_when_complete(tmp_path: Path, history: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     parquet = _parquet(tmp_path)
     outs = []
     for workers in (1, 2):
@@ -85,7 +85,10 @@ def test_build_is_deterministic_across_workers_and_skips_when_complete(tmp_path:
     assert manifest.counts.dropped["duplicate_exact"] > 0  # the Parquet repeats edits: dedup ran, the same on 1 and 2 workers
     assert len(manifest.shards) == 1 and not (outs[0] / ".work").exists()
     before = {p: p.stat().st_mtime_ns for p in outs[0].rglob("*")}
-    run_build_corpus([str(history), str(parquet)], str(outs[0]), workers=1, config_overrides=SMALL)
+    from diffmix import flows
+
+    monkeypatch.setattr(flows, "prefect_api", None)  # complete: said at once, no server or cluster started
+    assert run_build_corpus([str(history), str(parquet)], str(outs[0]), workers=1, config_overrides=SMALL) == manifest.to_json_dict()
     assert {p: p.stat().st_mtime_ns for p in outs[0].rglob("*")} == before  # complete: nothing rewritten
 
 

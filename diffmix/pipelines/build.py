@@ -221,7 +221,7 @@ def _claim_output(plan: BuildPlan, overwrite: bool) -> Manifest | None:
         shutil.rmtree(previous, ignore_errors=True)
     if (out / MANIFEST).is_file():
         manifest = read_manifest(out)
-        if manifest.config_hash == plan.config_hash and manifest.inputs == plan.inputs and _same_given_tokenizer(plan, manifest):
+        if _is_this_build(manifest, plan.config, plan.config_hash, plan.inputs):
             try:
                 verify_files(out, manifest.shards + manifest.rejects, check_hashes=False)
             except DiffmixError as exc:
@@ -244,12 +244,31 @@ def _claim_output(plan: BuildPlan, overwrite: bool) -> Manifest | None:
     return None
 
 
-def _same_given_tokenizer(plan: BuildPlan, manifest: Manifest) -> bool:
-    """With `tokenize: {file: ...}` the file is an input too: the build holds its current content."""
-    tokenize = plan.config.tokenize
+def _is_this_build(manifest: Manifest, config: BuildConfig, config_hash: str, inputs: list[InputEntry]) -> bool:
+    """The manifest is of this config and these inputs' content; with `tokenize: {file: ...}`,
+    of that file's current content too (it is an input as well)."""
+    if manifest.config_hash != config_hash or manifest.inputs != inputs:
+        return False
+    tokenize = config.tokenize
     if tokenize is None or tokenize.file is None:
         return True
     return (manifest.tokenizer or {}).get("sha256") == tokenizer_sha256(load_tokenizer(tokenize.file))
+
+
+def finished_build(out: str | Path, config: BuildConfig, sources: list[Source]) -> Manifest | None:
+    """The manifest when `out` already holds this exact build, complete and tidy: a rerun can
+    say so without starting a Prefect server or a Dask cluster. None when anything needs work."""
+    out = Path(out)
+    if not (out / MANIFEST).is_file() or (out / WORK_DIR).exists() or (out / PREVIOUS_DIR).exists():
+        return None
+    manifest = read_manifest(out)
+    if not _is_this_build(manifest, config, config.digest(), [s.input_entry() for s in sources]):
+        return None
+    try:
+        verify_files(out, manifest.shards + manifest.rejects, check_hashes=False)
+    except DiffmixError:
+        return None  # the build's own claim says what is wrong
+    return manifest
 
 
 def _reset_work_if_stale(plan: BuildPlan, mode: str = "build") -> None:
