@@ -203,26 +203,57 @@ write_rejects_task = _task(corpus.write_reject_shard, "write_rejects", retries=R
 near_dedup_task = _task(corpus.near_dedup_group, "near_dedup", retries=RETRIES, retry_condition_fn=_transient)
 
 
+def _env_count(name: str, default: int) -> int:
+    """A whole number of at least 1 from the environment, else one line naming it (0 would
+    make a Dask cluster without workers, which waits forever)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise DiffmixError(f"{name}={raw!r}: expected a whole number of at least 1")
+    return int(raw)
+
+
 def _env_workers() -> int:
-    return int(os.environ.get("DIFFMIX_WORKERS", "2"))
+    """Build workers for the demo and scheduled builds (`diffmix build` takes --workers)."""
+    return _env_count("DIFFMIX_WORKERS", 2)
 
 
 def _parallel_runs() -> int:
     """Training runs side by side (default: one per core, each with one torch thread)."""
-    return int(os.environ.get("DIFFMIX_PARALLEL_RUNS", os.cpu_count() or 1))
+    return _env_count("DIFFMIX_PARALLEL_RUNS", os.cpu_count() or 1)
+
+
+def check_environment() -> None:
+    """The environment settings the flows' default runners read, checked before anything starts
+    (at import a bad value falls back to the default, so that importing never fails)."""
+    _env_workers()
+    _parallel_runs()
+
+
+def _or_default(count: Callable[[], int], default: int) -> int:
+    try:
+        return count()
+    except DiffmixError:
+        return default
 
 
 def check_dask_address(address: str | None, timeout: str = "10s") -> None:
-    """Fail in one line, before anything is written, when no Dask scheduler answers at `address`."""
+    """Fail in one line, before anything is written, when no Dask scheduler answers at `address`,
+    or when none of its workers has joined within `timeout` (the tasks would wait forever)."""
     if not address:
         return
     from distributed import Client
 
     try:
-        with Client(address, timeout=timeout):
-            pass
+        client = Client(address, timeout=timeout)
     except (OSError, ValueError, TypeError) as exc:  # refused, timed out (OSError), malformed
         raise DiffmixError(f"--dask-address {address}: no Dask scheduler answers there ({first_line(exc)})") from None
+    with client:
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except (OSError, TimeoutError):
+            raise DiffmixError(f"--dask-address {address}: the scheduler has no workers (start some: dask worker {address})") from None
 
 
 def corpus_runner(inputs: list[str], workers: int = 2, dask_address: str | None = None) -> Any:
@@ -234,7 +265,7 @@ def corpus_runner(inputs: list[str], workers: int = 2, dask_address: str | None 
 
 # Deployments run these flow objects as they are defined here: their default
 # runner is a Dask LocalCluster (DIFFMIX_WORKERS processes) or DIFFMIX_DASK_ADDRESS.
-@flow(name="build_corpus", task_runner=dask_runner(_env_workers(), os.environ.get("DIFFMIX_DASK_ADDRESS")))
+@flow(name="build_corpus", task_runner=dask_runner(_or_default(_env_workers, 2), os.environ.get("DIFFMIX_DASK_ADDRESS")))
 def build_corpus(
     inputs: list[str],
     out: str,
@@ -295,10 +326,10 @@ def run_build_corpus(
         return done.to_json_dict()
     check_dask_address(dask_address)
     runner = corpus_runner(inputs, workers, dask_address)
+    # Paths made absolute here: Dask workers (on --dask-address, started anywhere) resolve them from their own directory.
+    inputs, out = [source.canonical_uri() for source in sources], os.path.abspath(out)
     with prefect_api():
-        return build_corpus.with_options(task_runner=runner)(
-            inputs, str(Path(out)), config_path, overwrite, config_overrides
-        )
+        return build_corpus.with_options(task_runner=runner)(inputs, out, config_path, overwrite, config_overrides)
 
 
 @flow(name="refilter_corpus")
@@ -368,7 +399,7 @@ def run_measure_mixture(data: str, out: str, config_path: str | None = None, ove
 # --- comparisons -----------------------------------------------------------------
 
 
-@flow(name="compare_recipes", task_runner=dask_runner(_parallel_runs(), os.environ.get("DIFFMIX_DASK_ADDRESS")))
+@flow(name="compare_recipes", task_runner=dask_runner(_or_default(_parallel_runs, os.cpu_count() or 1), os.environ.get("DIFFMIX_DASK_ADDRESS")))
 def compare_recipes(
     recipes: list[str],
     out: str,
@@ -472,6 +503,9 @@ def run_compare_recipes(
     compare.plan_comparison(recipes, out, seeds, baseline)  # bad recipes, seeds, baseline or --out fail before anything starts
     load_train_config(train_config, steps=steps, **(train_overrides or {}))  # and bad training settings
     check_dask_address(dask_address)
+    # Absolute, as the runs' Dask workers may sit in another directory (or on another machine's view of this one).
+    recipes, out = [os.path.abspath(r) for r in recipes], os.path.abspath(out)
+    train_config = os.path.abspath(train_config) if train_config else None
     runs = len(recipes) * seeds
     runner = dask_runner(max(1, min(runs, _parallel_runs())), dask_address)
     with prefect_api():
@@ -503,6 +537,7 @@ def serve(path: str) -> None:
     import prefect
     from prefect.settings import PREFECT_API_URL
 
+    check_environment()  # the deployments run with the default runners these settings size
     deployments = deployments_from_config(path)
     if not PREFECT_API_URL.value():
         raise DiffmixError("diffmix serve needs a Prefect server: run `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api (a temporary server has no scheduler, so cron schedules would never fire)")
@@ -579,6 +614,7 @@ def demo(out: str, steps: int = DEMO_STEPS) -> dict[str, Any]:
 
 
 def run_demo(out: str, steps: int = DEMO_STEPS) -> dict[str, Any]:
+    check_environment()
     find_repository()
     with prefect_api():
         return demo(out, steps)

@@ -6,6 +6,7 @@ SIGKILL, bad input through the CLI, and real data (a slice of the dev Parquet).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -206,6 +207,45 @@ def test_a_build_being_written_is_not_written_twice(tmp_path: Path, history: Pat
         assert main(["build", "--input", str(history), "--out", str(out), "--workers", "1"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith("built: another diffmix run is writing here; wait for it or choose another output")
     assert not out.exists()
+
+
+def test_a_scheduler_without_workers_is_one_line() -> None:
+    """The tasks would wait forever on it: refused before anything starts."""
+    from distributed import LocalCluster
+
+    from diffmix.errors import DiffmixError
+    from diffmix.flows import check_dask_address
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty:
+        with pytest.raises(DiffmixError, match="the scheduler has no workers"):
+            check_dask_address(empty.scheduler_address, timeout="1s")
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as working:
+        check_dask_address(working.scheduler_address, timeout="5s")
+
+
+@pytest.mark.parametrize(("name", "value"), [("DIFFMIX_WORKERS", "two"), ("DIFFMIX_WORKERS", "0"), ("DIFFMIX_PARALLEL_RUNS", "-1")])
+def test_a_bad_environment_count_is_one_line(name: str, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Read by the demo's and the schedules' runners: 0 workers would wait forever; 'two' was a traceback."""
+    monkeypatch.setenv(name, value)
+    assert main(["demo", "--out", "anywhere"]) == 2
+    assert capsys.readouterr().err.strip() == f"diffmix demo: error: {name}={value!r}: expected a whole number of at least 1"
+
+
+def test_relative_paths_reach_the_flow_absolute(tmp_path: Path, history: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dask workers on --dask-address resolve paths from their own directory: the client resolves them first."""
+    from diffmix import flows
+
+    seen = {}
+
+    class Flow:
+        def with_options(self, **_: object):
+            return lambda inputs, out, *rest: seen.update(inputs=inputs, out=out) or {}
+
+    monkeypatch.setattr(flows, "build_corpus", Flow())
+    monkeypatch.setattr(flows, "prefect_api", contextlib.nullcontext)
+    monkeypatch.chdir(history.parent)
+    flows.run_build_corpus([history.name], "built", workers=1)
+    assert seen == {"inputs": [str(history)], "out": str(history.parent / "built")}
 
 
 def test_a_failed_overwrite_leaves_the_previous_build(tmp_path: Path, history: Path, capsys: pytest.CaptureFixture) -> None:
