@@ -29,6 +29,7 @@ from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.exceptions import ExternalSignal  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
+from prefect.states import Failed, State  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect_dask import DaskTaskRunner  # noqa: E402
 from rich.progress import (  # noqa: E402
@@ -472,6 +473,17 @@ def _compare_recipes(
     mixture_dirs = {run.recipe: run.mixture_dir for run in runs}
     result = compare.write_comparison(root, rows, baseline, base_config, title or ", ".join(by_name), mixture_dirs)
     _publish_artifacts(result)
+    failed = [r for r in result["runs"] if r["status"] != "ok"]
+    if failed:  # the flow run shows Failed (a scheduled comparison must not look healthy), the report covers the rest
+        return Failed(message=f"{len(failed)} of {len(rows)} runs failed; first: {failed[0]['run_id']}: {failed[0]['error']}", data=result)
+    return result
+
+
+def _comparison(state: State) -> dict[str, Any]:
+    """A comparison's result, also from a flow run that is Failed because some runs failed."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):  # the flow itself failed (bad input): as if called plainly
+        raise result
     return result
 
 
@@ -509,7 +521,8 @@ def run_compare_recipes(
     runs = len(recipes) * seeds
     runner = dask_runner(max(1, min(runs, _parallel_runs())), dask_address)
     with prefect_api():
-        return compare_recipes.with_options(task_runner=runner)(recipes, out, seeds, steps, train_config, train_overrides, baseline, title)
+        state = compare_recipes.with_options(task_runner=runner)(recipes, out, seeds, steps, train_config, train_overrides, baseline, title, return_state=True)
+        return _comparison(state)
 
 
 # --- schedules -------------------------------------------------------------------
@@ -607,9 +620,11 @@ def demo(out: str, steps: int = DEMO_STEPS) -> dict[str, Any]:
         uri = DEMO_ADDITION.format(fmt=fmt)
         build_corpus.with_options(task_runner=corpus_runner([uri]))([uri], str(additions[fmt]))
     recipes = [str(p) for p in demo_recipes(root, additions, steps)]
-    result = compare_recipes(
-        recipes, str(root / "compare"), seeds=1, steps=steps, train_overrides=DEMO_TRAIN, baseline="plain", title="diffmix demo: the format lever"
-    )
+    state = compare_recipes(
+        recipes, str(root / "compare"), seeds=1, steps=steps, train_overrides=DEMO_TRAIN, baseline="plain", title="diffmix demo: the format lever",
+        return_state=True,
+    )  # fmt: skip
+    result = _comparison(state)
     return {**result, "corpus": {"dir": str(root / "corpus"), "counts": corpus["counts"], "splits": corpus["splits"]}}
 
 

@@ -109,7 +109,7 @@ def _recipe(path: Path, name: str, source: Path, weights: object = "uniform") ->
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_compare_flow_end_to_end(tmp_path: Path) -> None:
+def test_compare_flow_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from diffmix.flows import run_compare_recipes
 
     source = synthetic_corpus(COPY_URI, tmp_path / "copy")
@@ -124,7 +124,14 @@ def test_compare_flow_end_to_end(tmp_path: Path) -> None:
     overrides = {"batch_size": 16, "eval_interval": 10, "model.n_layer": 1, "model.d_model": 32, "model.n_head": 2,
                  "model.block_size": 48, "probes.samples": 16, "device": "cpu", "warmup_steps": 5}  # fmt: skip
     out = tmp_path / "cmp"
+    from diffmix import flows
+
+    states = []
+    real = flows._comparison
+    monkeypatch.setattr(flows, "_comparison", lambda state: states.append(state) or real(state))
     result = run_compare_recipes(recipes, str(out), seeds=2, steps=30, train_overrides=overrides)
+    # two runs failed: the flow run says so (a scheduled comparison must not look healthy), the result is all there
+    assert [s.type.value for s in states] == ["FAILED"] and states[0].message.startswith("2 of 6 runs failed; first: gamma-s0")
 
     frame = pl.read_parquet(out / "comparison.parquet")
     assert frame.height == 6 and set(frame["recipe"]) == {"alpha", "beta", "gamma"}
