@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000, help="edit documents sampled from the dev parquet")
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--bpe-chars", type=int, default=20_000_000, help="training text for the BPE")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "formats.md")
+    parser.add_argument("--out", type=Path, help="also write the Markdown here (the committed write-up is benchmarks/results/formats.md)")
     args = parser.parse_args()
     if not args.data.is_file():
         raise SystemExit(f"{args.data}: dev data not found")
@@ -202,8 +202,9 @@ def main() -> None:
         + "`tokenize_documents` uses `encode_batch_fast` where tokenizers has it (0.21+): it skips offsets.\n\n"
         + encoders
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
     print(report)
 
 

@@ -58,6 +58,7 @@ from diffmix.training.data import (  # noqa: E402
     make_loader,
     open_mixture,
 )
+from diffmix.training.loop import deterministic_kernels  # noqa: E402
 from diffmix.training.model import GPT  # noqa: E402
 
 WORKLOADS = {
@@ -201,17 +202,18 @@ def bare_loop(mix: Path, cfg: TrainConfig) -> tuple[float, int]:
     forward = torch.compile(model) if cfg.compile else model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.bf16 else contextlib.nullcontext()
     t0 = time.perf_counter()
-    for batch in prepared:
-        x, y, weight = (batch[k].to(device, non_blocking=True) for k in ("x", "y", "weight"))
-        with autocast:
-            logits = forward(x)
-        targets = torch.where(weight > 0, y, -100)  # nanoGPT's ignore_index masking
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    float(loss.detach())
+    with deterministic_kernels(cfg.deterministic):  # the kernels the trainer runs with (on by default)
+        for batch in prepared:
+            x, y, weight = (batch[k].to(device, non_blocking=True) for k in ("x", "y", "weight"))
+            with autocast:
+                logits = forward(x)
+            targets = torch.where(weight > 0, y, -100)  # nanoGPT's ignore_index masking
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        float(loss.detach())
     return time.perf_counter() - t0, tokens
 
 

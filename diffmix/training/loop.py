@@ -136,7 +136,7 @@ def _init_distributed(device_name: str) -> tuple[int, int, int]:
 
 
 @contextmanager
-def _deterministic_kernels(on: bool) -> Iterator[None]:
+def deterministic_kernels(on: bool) -> Iterator[None]:
     """Deterministic kernels for the run (a process-wide torch setting, put back afterwards)."""
     before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     if on:  # cuBLAS is deterministic only with a fixed workspace, read when its handle is made
@@ -317,7 +317,7 @@ def train(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], con
     new_run = not run.exists()
     # Rank 0 holds the run directory: a second run into it fails at once instead of mixing files.
     held = output_lock(run) if env_rank()[0] == 0 else nullcontext()
-    with held, _deterministic_kernels(config.deterministic):
+    with held, deterministic_kernels(config.deterministic):
         return _train(Path(data_dir), run, config, new_run)
 
 
