@@ -149,19 +149,21 @@ def ours(texts: list[str], threshold: float, permutations: int, bands: int, rows
 
 
 def theirs(texts: list[str], threshold: float, permutations: int, bands: int, rows: int) -> tuple[float, set[int]]:
-    """datasketch MinHash + MinHashLSH with the same shingles and LSH layout; union-find on its candidates."""
+    """datasketch MinHash + MinHashLSH with the same shingles and LSH layout, on its fastest documented
+    path (`MinHash.bulk`, an insertion session); union-find on its candidates (no pair verification,
+    so it drops a few more documents than diffmix, which checks each candidate pair's estimate)."""
     from datasketch import MinHash, MinHashLSH
 
     start = time.perf_counter()
     lsh = MinHashLSH(threshold=threshold, num_perm=permutations, params=(bands, rows))
-    sketches = []
-    for i, text in enumerate(texts):
+    shingle_sets = []
+    for text in texts:
         data = text.encode()
-        shingles = {data[j : j + 5] for j in range(max(1, len(data) - 4))} if data else set()
-        sketch = MinHash(num_perm=permutations)
-        sketch.update_batch(list(shingles))
-        sketches.append(sketch)
-        lsh.insert(i, sketch)
+        shingle_sets.append(list({data[j : j + 5] for j in range(max(1, len(data) - 4))}) if data else [])
+    sketches = MinHash.bulk(shingle_sets, num_perm=permutations)
+    with lsh.insertion_session() as session:
+        for i, sketch in enumerate(sketches):
+            session.insert(i, sketch)
     parent = list(range(len(texts)))
 
     def find(x: int) -> int:
@@ -220,9 +222,10 @@ def main() -> None:
     print(f"machine: {machine()}\n")
     scratch = Path(tempfile.mkdtemp(prefix="diffmix-filters-"))
     try:
-        t_floor = floor(parquet, scratch)
+        t_floor, t_floor_median = floor(parquet, scratch)
         rows_in = pq_rows(parquet)
-        print(table(["floor: pyarrow read Parquet + write IPC stream", "rows", "seconds"], [["whole dev Parquet", rows_in, t_floor]]))
+        header = ["floor: pyarrow read Parquet + write IPC stream", "rows", "best of 5 s", "median s"]
+        print(table(header, [["whole dev Parquet", rows_in, t_floor, t_floor_median]]))
 
         out = scratch / "corpus"
         manifest, phases, stats, startup = run_stages(parquet, out, args.workers)
@@ -232,7 +235,7 @@ def main() -> None:
         phase_rows.append(["all data stages", total, rows_in / total])
         print()
         print(table(["phase (wall, %d workers)" % args.workers, "seconds", "input rows/s"], phase_rows))
-        print(f"\nall data stages / floor: {total / t_floor:.2f}x")
+        print(f"\nall data stages / best floor: {total / t_floor:.2f}x")
 
         steps: Counter[str] = Counter()
         for s in stats:
