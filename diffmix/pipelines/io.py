@@ -105,10 +105,16 @@ def _chunk_tables(table: pa.Table) -> list[pa.Table]:
 
 
 def _compact(batch: pa.Table) -> pa.Table:
-    """The rows in fresh buffers. The IPC writer pads a sliced column with the bytes that follow
-    it in its parent buffer, so without the copy the file's bytes would depend on how the same
-    rows happened to lie in memory (a refilter's rejects differed from a fresh build's)."""
-    return pa.Table.from_arrays([pa.concat_arrays(column.chunks) for column in batch.columns], schema=batch.schema)
+    """The rows in buffers of their own. The IPC writer pads a sliced column with the bytes that
+    follow it in its parent buffer, so the file's bytes would depend on how the same rows happened
+    to lie in memory (a refilter's rejects differed from a fresh build's). A column that already
+    uses all of its buffers is kept as it is (no copy)."""
+    columns = []
+    for column in batch.columns:
+        chunks = column.chunks
+        whole = len(chunks) == 1 and chunks[0].nbytes == chunks[0].get_total_buffer_size()
+        columns.append(chunks[0] if whole else pa.concat_arrays(chunks))
+    return pa.Table.from_arrays(columns, schema=batch.schema)
 
 
 def read_ipc_stream(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
