@@ -41,14 +41,14 @@ from rich.progress import (  # noqa: E402
 )
 
 from diffmix.errors import DiffmixError, first_line  # noqa: E402
+from diffmix.pipelines import build as corpus  # noqa: E402
+from diffmix.pipelines.io import output_lock, remove_stale_temporaries  # noqa: E402
+from diffmix.schemas.config import BuildConfig, load_build_config  # noqa: E402
 
 if TYPE_CHECKING:  # imported where used: torch and the training stack cost seconds to import
     from diffmix.compare import RunSpec
     from diffmix.mixers.recipe import Recipe
     from diffmix.training.config import TrainConfig
-from diffmix.pipelines import build as corpus  # noqa: E402
-from diffmix.pipelines.io import output_lock, remove_stale_temporaries  # noqa: E402
-from diffmix.schemas.config import BuildConfig, load_build_config  # noqa: E402
 
 RETRIES = 2
 
