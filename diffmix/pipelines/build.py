@@ -214,11 +214,7 @@ def _claim_output(plan: BuildPlan, overwrite: bool) -> Manifest | None:
     out = plan.out
     previous = out / PREVIOUS_DIR
     if previous.is_dir() and not (out / WORK_DIR).is_dir() and not (out / MANIFEST).is_file():
-        # An --overwrite killed while it moved the old build aside: put the old build back first.
-        for entry in previous.iterdir():
-            if not (out / entry.name).exists():
-                entry.rename(out / entry.name)
-        shutil.rmtree(previous, ignore_errors=True)
+        _put_back_previous(out)  # an --overwrite killed while it moved the old build aside
     if (out / MANIFEST).is_file():
         manifest = read_manifest(out)
         if _is_this_build(manifest, plan.config, plan.config_hash, plan.inputs):
@@ -292,8 +288,7 @@ def discard_incomplete(plan: BuildPlan) -> None:
     and put back the build it was to overwrite."""
     if (plan.out / MANIFEST).is_file():
         return
-    previous = plan.out / PREVIOUS_DIR
-    if not previous.is_dir():
+    if not (plan.out / PREVIOUS_DIR).is_dir():
         shutil.rmtree(plan.out, ignore_errors=True)
         return
     for entry in plan.out.iterdir():
@@ -303,9 +298,17 @@ def discard_incomplete(plan: BuildPlan) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
+    _put_back_previous(plan.out)
+
+
+def _put_back_previous(out: Path) -> None:
+    """Move the build an --overwrite set aside in `out/.previous` back into `out` (entries
+    of it still in `out`, not yet moved when a kill came, stay where they are)."""
+    previous = out / PREVIOUS_DIR
     for entry in previous.iterdir():
-        entry.rename(plan.out / entry.name)
-    previous.rmdir()
+        if not (out / entry.name).exists():
+            entry.rename(out / entry.name)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 # --- ingest ----------------------------------------------------------------------

@@ -91,17 +91,16 @@ def write_ipc_stream(path: str | os.PathLike[str], table: pa.Table, max_chunksiz
     with atomic_open(path) as f:
         with pa.ipc.new_stream(f, table.schema) as writer:
             if table.num_rows:
-                # Batches of exactly max_chunksize rows whatever the chunks (else the table's own chunks).
-                starts = range(0, table.num_rows, max_chunksize) if max_chunksize else None
-                for batch in [table.slice(a, max_chunksize) for a in starts] if starts else _chunk_tables(table):
+                # Batches of exactly max_chunksize rows whatever the chunks, else the table's own chunks.
+                if max_chunksize:
+                    batches = [table.slice(start, max_chunksize) for start in range(0, table.num_rows, max_chunksize)]
+                else:
+                    batches = [pa.Table.from_batches([batch]) for batch in table.to_batches()]
+                for batch in batches:
                     writer.write_table(_compact(batch))
             else:  # one empty batch: `datasets` cannot map a stream without any (for some column types)
                 writer.write_batch(pa.RecordBatch.from_pylist([], schema=table.schema))
     return os.path.getsize(path)
-
-
-def _chunk_tables(table: pa.Table) -> list[pa.Table]:
-    return [pa.Table.from_batches([batch]) for batch in table.to_batches()]
 
 
 def _compact(batch: pa.Table) -> pa.Table:

@@ -275,9 +275,16 @@ def load_build_config(path: str | os.PathLike[str] | None = None, **overrides: A
     try:
         return BuildConfig.model_validate(data)
     except ValidationError as exc:
-        field = ".".join(str(p) for p in exc.errors()[0]["loc"])
-        where = "given option" if overrides.get(field) is not None else source  # e.g. --format nope
-        raise DiffmixError(f"{where}: {first_error(exc)}") from None
+        raise config_error(exc, source, overrides) from None
+
+
+def config_error(exc: ValidationError, source: object, given: dict[str, Any]) -> DiffmixError:
+    """A config that fails validation, in one line naming where the bad value came from: the
+    option the caller set (`--format nope`, `--steps 0`: not the file's fault), else `source`.
+    `given` keys name fields as a dotted or double-underscore path."""
+    field = ".".join(str(p) for p in exc.errors()[0]["loc"])
+    by_option = any(key.replace("__", ".") == field and value is not None for key, value in given.items())
+    return DiffmixError(f"{'given option' if by_option else source}: {first_error(exc)}")
 
 
 def first_error(exc: ValidationError) -> str:

@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from diffmix.errors import DiffmixError
 from diffmix.pipelines.io import sha256_json
-from diffmix.schemas.config import StrictModel, first_error, read_yaml_mapping
+from diffmix.schemas.config import StrictModel, config_error, read_yaml_mapping
 
 
 class ModelConfig(StrictModel):
@@ -198,7 +198,4 @@ def load_train_config(path: str | os.PathLike[str] | None = None, **overrides: A
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        field = ".".join(str(p) for p in exc.errors()[0]["loc"])
-        if any(key.replace("__", ".") == field and value is not None for key, value in overrides.items()):
-            where = "given option"  # e.g. --steps 0: not the config file's fault
-        raise DiffmixError(f"{where}: {first_error(exc)}") from None
+        raise config_error(exc, where, overrides) from None
