@@ -156,15 +156,21 @@ def _flush_run_logs() -> None:
                 handler.flush()
 
 
-def _progress(futures: list[Any], label: str) -> list[Any]:
-    """Wait for futures with a progress bar; return their results in submission order."""
+def _progress(futures: list[Any], label: str, keep_errors: bool = False) -> list[Any]:
+    """Wait for futures with a progress bar; return their results in submission order
+    (with `keep_errors`, a failed future's exception in its place instead of raising it)."""
     results: dict[int, Any] = {}
     order = {id(f): i for i, f in enumerate(futures)}
     columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, transient=True, disable=not os.isatty(2)) as bar:
         job = bar.add_task(label, total=len(futures))
         for future in as_completed(futures):
-            results[order[id(future)]] = future.result()
+            try:
+                results[order[id(future)]] = future.result()
+            except Exception as exc:
+                if not keep_errors:
+                    raise
+                results[order[id(future)]] = exc
             bar.advance(job)
     return [results[i] for i in range(len(futures))]
 
@@ -195,13 +201,25 @@ def _task(fn: Callable[..., Any], name: str, **options: Any) -> Any:
     return task(_panics_as_errors(fn), name=name, cache_policy=NO_CACHE, **options)
 
 
+def _named_by_out(verb: str, runtime: str = "flow_run") -> Callable[[], str]:
+    """A run-name function: `verb <out's folder name>` (Prefect's default is a random pair of words)."""
+
+    def name() -> str:
+        from prefect import runtime as prefect_runtime
+
+        out = getattr(prefect_runtime, runtime).parameters.get("out")
+        return f"{verb} {Path(out).resolve().name}" if out else verb
+
+    return name
+
+
 # --- corpus build ---------------------------------------------------------------
 
-stage_source_task = _task(corpus.stage_source, "stage_source", retries=RETRIES, retry_condition_fn=_transient)
-process_partition_task = _task(corpus.process_partition, "process_partition", retries=RETRIES, retry_condition_fn=_transient)
-write_shard_task = _task(corpus.write_data_shard, "write_shard", retries=RETRIES, retry_condition_fn=_transient)
-write_rejects_task = _task(corpus.write_reject_shard, "write_rejects", retries=RETRIES, retry_condition_fn=_transient)
-near_dedup_task = _task(corpus.near_dedup_group, "near_dedup", retries=RETRIES, retry_condition_fn=_transient)
+stage_source_task = _task(corpus.stage_source, "stage_source", task_run_name="stage input {source_index}", retries=RETRIES, retry_condition_fn=_transient)
+process_partition_task = _task(corpus.process_partition, "process_partition", task_run_name="documents {part.key}", retries=RETRIES, retry_condition_fn=_transient)
+write_shard_task = _task(corpus.write_data_shard, "write_shard", task_run_name="data shard {spec.index}", retries=RETRIES, retry_condition_fn=_transient)
+write_rejects_task = _task(corpus.write_reject_shard, "write_rejects", task_run_name="rejects shard {spec.index}", retries=RETRIES, retry_condition_fn=_transient)
+near_dedup_task = _task(corpus.near_dedup_group, "near_dedup", task_run_name="near-dedup band group {group}", retries=RETRIES, retry_condition_fn=_transient)
 
 
 def _env_count(name: str, default: int) -> int:
@@ -266,7 +284,7 @@ def corpus_runner(inputs: list[str], workers: int = 2, dask_address: str | None 
 
 # Deployments run these flow objects as they are defined here: their default
 # runner is a Dask LocalCluster (DIFFMIX_WORKERS processes) or DIFFMIX_DASK_ADDRESS.
-@flow(name="build_corpus", task_runner=dask_runner(_or_default(_env_workers, 2), os.environ.get("DIFFMIX_DASK_ADDRESS")))
+@flow(name="build_corpus", flow_run_name=_named_by_out("build"), task_runner=dask_runner(_or_default(_env_workers, 2), os.environ.get("DIFFMIX_DASK_ADDRESS")))
 def build_corpus(
     inputs: list[str],
     out: str,
@@ -333,7 +351,7 @@ def run_build_corpus(
         return build_corpus.with_options(task_runner=runner)(inputs, out, config_path, overwrite, config_overrides)
 
 
-@flow(name="refilter_corpus")
+@flow(name="refilter_corpus", flow_run_name=_named_by_out("refilter"))
 def refilter_corpus(src: str, out: str, config_path: str, overwrite: bool = False) -> dict[str, Any]:
     """A built corpus re-decided under a new config from its stored scores (no re-diffing)."""
     return corpus.refilter(src, out, load_build_config(config_path), overwrite=overwrite).to_json_dict()
@@ -361,17 +379,17 @@ def _train(data: str, out: str, config: Any) -> dict[str, Any]:
     return train(data, out, config)
 
 
-build_mixture_task = _task(_build_mixture, "build_mixture")
-measure_task = _task(_train, "train")
+build_mixture_task = _task(_build_mixture, "build_mixture", task_run_name=_named_by_out("mix", "task_run"))
+measure_task = _task(_train, "train", task_run_name=_named_by_out("train", "task_run"))
 
 
-@flow(name="build_mixture")
+@flow(name="build_mixture", flow_run_name=_named_by_out("mix"))
 def build_mixture(recipe: str, out: str, index_only: bool = False) -> dict[str, Any]:
     """A recipe -> a mixed dataset in training order (deterministic, resumable by position)."""
     return build_mixture_task(recipe, out, index_only)
 
 
-@flow(name="measure_mixture")
+@flow(name="measure_mixture", flow_run_name=_named_by_out("train"))
 def measure_mixture(data: str, out: str, config_path: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train a small model on a mixture and measure skill-acquisition speed (RUN/summary.json)."""
     from diffmix.training import load_train_config
@@ -400,7 +418,7 @@ def run_measure_mixture(data: str, out: str, config_path: str | None = None, ove
 # --- comparisons -----------------------------------------------------------------
 
 
-@flow(name="compare_recipes", task_runner=dask_runner(_or_default(_parallel_runs, os.cpu_count() or 1), os.environ.get("DIFFMIX_DASK_ADDRESS")))
+@flow(name="compare_recipes", flow_run_name=_named_by_out("compare"), task_runner=dask_runner(_or_default(_parallel_runs, os.cpu_count() or 1), os.environ.get("DIFFMIX_DASK_ADDRESS")))
 def compare_recipes(
     recipes: list[str],
     out: str,
@@ -460,14 +478,13 @@ def _compare_recipes(
         if run.mixture_dir not in mixture_errors:
             config = base_config.model_copy(update={"seed": run.seed, "threads": threads, "progress": False})
             futures[run.run_id] = measure_task.submit(run.mixture_dir, run.run_dir, config)
+    # One failed run must not lose the others: each run's exception is kept as its outcome.
+    outcomes = dict(zip(futures, _progress(list(futures.values()), "runs", keep_errors=True)))
     rows = []
     for run in runs:
         error = mixture_errors.get(run.mixture_dir)
-        if error is None:
-            try:
-                futures[run.run_id].result()
-            except Exception as exc:  # one failed run must not lose the others
-                error = first_line(exc)
+        if error is None and isinstance(outcomes[run.run_id], Exception):
+            error = first_line(outcomes[run.run_id])
         status = "ok" if error is None else "failed"
         rows.append(compare.run_row(run, by_name[run.recipe], status, error))
     mixture_dirs = {run.recipe: run.mixture_dir for run in runs}
@@ -609,7 +626,7 @@ def find_repository() -> Path:
     raise DiffmixError("diffmix demo reads its own git history: run it from a git checkout of diffmix")
 
 
-@flow(name="demo")
+@flow(name="demo", flow_run_name=_named_by_out("demo"))
 def demo(out: str, steps: int = DEMO_STEPS) -> dict[str, Any]:
     """Build a corpus from this repository's history and the addition sources, then compare the formats."""
     root = Path(out).resolve()  # recipe paths are read relative to the recipe file: write them absolute

@@ -17,7 +17,7 @@ Rules never count anything: the engine (`diffmix.filters.engine`) attributes
 each row to the first rule, in config order, whose check drops it, and counts
 in / kept / dropped per reason per rule into the manifest. A `lazy` rule has
 expensive scores that are computed only for rows every other rule keeps
-(null otherwise).
+(null otherwise): it leaves `scores` empty and implements `fill` instead.
 """
 
 from __future__ import annotations
@@ -66,6 +66,12 @@ class Filter(StrictModel):
     def checks(self) -> list[Check]:
         """`(reason, drop condition)` pairs in order; a setting that is None leaves its check out."""
         raise NotImplementedError
+
+    def fill(self, frame: pl.DataFrame, alive: pl.Series) -> pl.DataFrame:
+        """A lazy rule's scores: `frame` (CORPUS_SCHEMA columns) with its `score_fields` set exactly
+        where `alive` (rows every non-lazy and every earlier lazy rule keeps), null elsewhere, from the rows and the
+        settings alone (a refilter fills the same cells a fresh build would)."""
+        raise NotImplementedError(f"rule {self.name!r} is lazy: it must implement fill()")
 
     def score_key(self) -> dict[str, object]:
         """The settings its stored scores depend on (compared by `--refilter`)."""

@@ -167,8 +167,7 @@ def decide_rows(table: pl.DataFrame, config: BuildConfig, sources: pl.DataFrame 
     configured = {r.name for r in rules}
     for rule in scoring_rules(config):
         if rule.lazy:
-            fill = getattr(rule, "fill")
-            table = fill(table, alive if rule.name in configured else pl.Series([False] * table.height, dtype=pl.Boolean))
+            table = rule.fill(table, alive if rule.name in configured else pl.Series([False] * table.height, dtype=pl.Boolean))
             if rule.name in configured:
                 alive = alive & first_reason(table, [rule]).is_null()
     return _fill_signatures(table, alive, config, sources), first_reason(table, rules)

@@ -21,15 +21,15 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "build.yaml"
 
 
 class StrictModel(BaseModel):
-    """A config section: unknown keys are errors, and so is a YAML boolean where a number goes
-    (pydantic would read `steps: true` as 1)."""
+    """A config section: unknown keys are errors, and so is a YAML boolean or string where a number
+    goes (pydantic would read `steps: true` as 1 and `steps: "8"` as 8; recipes refuse both too)."""
 
     model_config = ConfigDict(extra="forbid")
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) and info.field_name is not None and _numeric(cls.model_fields[info.field_name].annotation):
+    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool | str) and info.field_name is not None and _numeric(cls.model_fields[info.field_name].annotation):
             raise ValueError("expected a number")
         return value
 
@@ -248,11 +248,24 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.2 floats: PyYAML (YAML 1.1) reads `lr: 3e-4` as the string "3e-4" (it wants a dot).
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as configs read it: safe, a key given twice is an error, `3e-4` is a number."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+
+
 def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     """A YAML file that must hold a mapping (a config, a recipe); every problem is one line."""
     source = Path(path)
     try:
-        data = yaml.load(source.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        data = load_yaml(source.read_text(encoding="utf-8"))
     except (FileNotFoundError, IsADirectoryError):
         raise DiffmixError(f"{source}: {what} file not found") from None
     except yaml.YAMLError as exc:
@@ -268,14 +281,32 @@ def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> dict[str, Any]
 
 
 def load_build_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> BuildConfig:
-    """Read a YAML build config (the packaged default when `path` is None); fail in one line."""
+    """Read a YAML build config (the packaged default when `path` is None), apply `overrides`
+    (see `with_overrides`); fail in one line."""
     source = Path(path) if path is not None else DEFAULT_CONFIG
-    data = read_yaml_mapping(source, "build config")
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    data = with_overrides(read_yaml_mapping(source, "build config"), overrides, source)
     try:
         return BuildConfig.model_validate(data)
     except ValidationError as exc:
         raise config_error(exc, source, overrides) from None
+
+
+def with_overrides(data: dict[str, Any], overrides: dict[str, Any], where: object) -> dict[str, Any]:
+    """`data` with `overrides` set in place. Keys are field names; nested fields take a dotted or
+    double-underscore name (`**{"split.seed": 1}`, `model__n_layer=4`). `None` values are skipped,
+    so CLI options that were not given pass straight through."""
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = key.replace("__", ".").split(".")
+        node = data
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise DiffmixError(f"{where}: {part}: expected a mapping to set {key!r}, got {child!r}")
+            node = child
+        node[leaf] = value
+    return data
 
 
 def config_error(exc: ValidationError, source: object, given: dict[str, Any]) -> DiffmixError:

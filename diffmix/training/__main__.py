@@ -43,10 +43,15 @@ def main(argv: list[str] | None = None) -> int:
 def _parse_set(item: str) -> tuple[str, object]:
     import yaml
 
+    from diffmix.schemas.config import load_yaml
+
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise DiffmixError(f"--set: expected KEY=VALUE, got {item!r}")
-    return key, yaml.safe_load(value)
+    try:
+        return key, load_yaml(value)
+    except yaml.YAMLError:
+        raise DiffmixError(f"--set {item}: the value is not valid YAML") from None
 
 
 if __name__ == "__main__":

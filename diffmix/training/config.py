@@ -19,9 +19,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from diffmix.errors import DiffmixError
 from diffmix.pipelines.io import sha256_json
-from diffmix.schemas.config import StrictModel, config_error, read_yaml_mapping
+from diffmix.schemas.config import StrictModel, config_error, read_yaml_mapping, with_overrides
 
 
 class ModelConfig(StrictModel):
@@ -173,28 +172,10 @@ _EXECUTION_FIELDS = {
 
 
 def load_train_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> TrainConfig:
-    """Read a YAML training config (defaults when `path` is None) and apply overrides.
-
-    Overrides are field names; nested fields take a dotted or double-underscore
-    name (`**{"model.n_layer": 4}`, `model__n_layer=4`). `None` values are
-    ignored, so CLI options that were not given can be passed straight through.
-    """
-    data: dict[str, Any] = {}
-    where = "config"
-    if path is not None:
-        where = str(path)
-        data = read_yaml_mapping(path, "training config")
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        *parents, leaf = key.replace("__", ".").split(".")
-        node = data
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise DiffmixError(f"{where}: {part}: expected a mapping to set {key!r}, got {child!r}")
-            node = child
-        node[leaf] = value
+    """Read a YAML training config (defaults when `path` is None) and apply `overrides`
+    (see `with_overrides`: dotted or double-underscore names for nested fields)."""
+    where = str(path) if path is not None else "config"
+    data = with_overrides(read_yaml_mapping(path, "training config") if path is not None else {}, overrides, where)
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:

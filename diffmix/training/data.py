@@ -169,26 +169,28 @@ class MixtureBatches(Dataset):
         src = np.broadcast_to(d.source[rows, None], (len(rows), L))
         return {"x": seq[:, :-1], "y": seq[:, 1:], "mask": label_ok, "source": src, "tokens": int(n.sum() - len(n))}
 
-    def _pack_batch(self, k: int) -> dict[str, np.ndarray]:
+    def _pack_labels(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Token positions of pack-mode global batch k (B x T+1, wrapped), each label's row, the loss mask."""
         d = self.data
-        total = len(d.tokens)
         windows = np.arange(k * self.B, (k + 1) * self.B, dtype=np.int64)
-        pos = windows[:, None] * self.T + np.arange(self.T + 1)[None, :]  # unwrapped token positions
-        wrapped = pos % total
-        seq = d.tokens[wrapped]
-        row = np.searchsorted(d.offsets, wrapped, side="right") - 1
-        label_row, label_pos = row[:, 1:], wrapped[:, 1:]
+        wrapped = (windows[:, None] * self.T + np.arange(self.T + 1)[None, :]) % len(d.tokens)
+        label_row = np.searchsorted(d.offsets, wrapped[:, 1:], side="right") - 1
         if self.loss_on == "target":
-            mask = label_pos - d.offsets[label_row] >= d.target_start[label_row]
+            mask = wrapped[:, 1:] - d.offsets[label_row] >= d.target_start[label_row]
         else:
             mask = np.ones_like(label_row, dtype=bool)
-        return {"x": seq[:, :-1], "y": seq[:, 1:], "mask": mask, "source": d.source[label_row], "tokens": self.B * self.T}
+        return wrapped, label_row, mask
+
+    def _pack_batch(self, k: int) -> dict[str, np.ndarray]:
+        wrapped, label_row, mask = self._pack_labels(k)
+        seq = self.data.tokens[wrapped]
+        return {"x": seq[:, :-1], "y": seq[:, 1:], "mask": mask, "source": self.data.source[label_row], "tokens": self.B * self.T}
 
     def global_batch(self, k: int) -> dict[str, np.ndarray]:
         return self._pad_batch(k) if self.batching == "pad" else self._pack_batch(k)
 
     def info(self, k: int) -> BatchInfo:
-        """Rows and tokens of global batch k without building it in full."""
+        """Rows and tokens of global batch k without gathering its tokens (the loop's per-step accounting)."""
         d = self.data
         if self.batching == "pad":
             rows = self._rows(k)
@@ -205,9 +207,8 @@ class MixtureBatches(Dataset):
         # Rows whose first token lies in [start, stop): counted as consumed by this batch.
         first = epoch_lo[0] * d.rows + int(np.searchsorted(d.offsets[:-1], epoch_lo[1], side="left"))
         end = epoch_hi[0] * d.rows + int(np.searchsorted(d.offsets[:-1], epoch_hi[1], side="left"))
-        batch = self._pack_batch(k)
         last = (max(end, first + 1) - 1) % d.rows
-        return BatchInfo(first, end, self.B * self.T, int(batch["mask"].sum()), int(d.phase[last]))
+        return BatchInfo(first, end, self.B * self.T, int(self._pack_labels(k)[2].sum()), int(d.phase[last]))
 
     # --- this rank's slice -------------------------------------------------------
 

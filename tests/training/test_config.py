@@ -66,3 +66,18 @@ def test_digest_covers_the_numbers_not_the_execution() -> None:
     assert base.digest() == load_train_config(None, device="cpu", threads=1, progress=False, stop_after=5).digest()
     assert base.digest() != load_train_config(None, lr=2e-3).digest()
     assert base.digest() != load_train_config(None, steps=10).digest()
+
+
+@pytest.mark.parametrize(("item", "expected"), [("lr=3e-4", ("lr", 3e-4)), ("model.n_layer=2", ("model.n_layer", 2)), ("name=abc", ("name", "abc"))])
+def test_train_set_values_are_yaml(item: str, expected: tuple[str, object]) -> None:
+    from diffmix.training.__main__ import _parse_set
+
+    assert _parse_set(item) == expected
+
+
+@pytest.mark.parametrize(("item", "message"), [("lr", "expected KEY=VALUE"), ("lr=[1", "not valid YAML")])
+def test_a_bad_train_set_is_one_line(item: str, message: str) -> None:
+    from diffmix.training.__main__ import _parse_set
+
+    with pytest.raises(DiffmixError, match=message):
+        _parse_set(item)
