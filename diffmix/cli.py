@@ -105,6 +105,8 @@ def _failed_runs_status(result: dict[str, Any]) -> int:
 
 def format_comparison(result: dict[str, Any]) -> str:
     """The per-skill tables of a comparison, as text, then where the report is."""
+    from diffmix.inspection import text_table
+
     lines = []
     tables = result["tables"]
     # The headline probe per source is exact match; the report has every probe.
@@ -113,9 +115,7 @@ def format_comparison(result: dict[str, Any]) -> str:
         lines.append(f"\n{skill}  (baseline: {result['baseline']})")
         if rows:
             columns = ["recipe", "runs", "censored", "steps_to_tau", "tokens_to_tau", "unique_examples_to_tau", "final", "speedup_steps", "speedup_tokens"]
-            widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-            lines.append("  ".join(c.ljust(widths[c]) for c in columns))
-            lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+            lines += text_table(columns, [[str(r.get(c, "")) for c in columns] for r in rows])
     failed = [r for r in result["runs"] if r["status"] != "ok"]
     lines += [f"\nfailed: {r['run_id']}: {r['error']}" for r in failed]
     lines.append(f"\nreport: {result['report_html']}  (markdown: {result['report_md']}; table: {result['comparison']})")

@@ -179,18 +179,20 @@ def _mean_spread(values: list[float]) -> tuple[float, float]:
 
 
 def speedup(baseline: list[float | None], treatment: list[float | None], seed: int = 0) -> dict[str, Any]:
-    """Baseline / treatment ratio of mean steps-to-threshold, with a seed-bootstrap 95% interval.
+    """Baseline / treatment ratio of the mean steps (or tokens) to threshold, with a seed-bootstrap
+    95% interval.
 
     None entries are censored runs. Censoring is never averaged away: with a
-    censored run on either side there is no ratio (`skill_table` turns a fully
-    censored baseline into a lower bound from the baseline's run length).
+    censored run on either side there is no ratio (kind `censored` or
+    `baseline_censored`; `skill_table` turns a fully censored baseline into a
+    lower bound from where its runs last stood below the threshold).
     """
     base = [b for b in baseline if b is not None]
     treat = [t for t in treatment if t is not None]
     if len(treat) < len(treatment) or not treat:
         return {"kind": "censored", "text": "n/a (censored)"}
     if len(base) < len(baseline):
-        return {"kind": "censored", "text": "n/a (baseline censored)"}
+        return {"kind": "baseline_censored", "text": "n/a (baseline censored)"}
     ratio = float(np.mean(base) / np.mean(treat))
     if len(base) < 2 or len(treat) < 2:
         return {"kind": "point", "ratio": ratio, "text": f"{ratio:.2f}x (1 seed: no interval)"}
@@ -254,7 +256,7 @@ def _speedup_text(base_rows: pl.DataFrame, runs: pl.DataFrame, col: str, axis: s
         return "n/a (reached by the first eval)"
     result = speedup(base, treat)
     reached = [v for v in treat if v is not None]
-    if result["text"] == "n/a (baseline censored)" and all(v is None for v in base) and len(reached) == len(treat):
+    if result["kind"] == "baseline_censored" and all(v is None for v in base) and len(reached) == len(treat):
         # Where each baseline run's last eval below tau stood (older summaries: the run's length).
         bound = f"{col}/{axis}_lower_bound"
         column = bound if bound in base_rows.columns and base_rows[bound].null_count() == 0 else run_length

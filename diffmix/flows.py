@@ -630,7 +630,7 @@ def find_repository() -> Path:
 def demo(out: str, steps: int = DEMO_STEPS) -> dict[str, Any]:
     """Build a corpus from this repository's history and the addition sources, then compare the formats."""
     root = Path(out).resolve()  # recipe paths are read relative to the recipe file: write them absolute
-    corpus = build_corpus([str(find_repository())], str(root / "corpus"), config_overrides=DEMO_CORPUS)
+    commits = build_corpus([str(find_repository())], str(root / "corpus"), config_overrides=DEMO_CORPUS)
     additions = {}
     for fmt in DEMO_FORMATS:
         additions[fmt] = root / f"addition-{fmt}"
@@ -642,7 +642,7 @@ def demo(out: str, steps: int = DEMO_STEPS) -> dict[str, Any]:
         return_state=True,
     )  # fmt: skip
     result = _comparison(state)
-    return {**result, "corpus": {"dir": str(root / "corpus"), "counts": corpus["counts"], "splits": corpus["splits"]}}
+    return {**result, "corpus": {"dir": str(root / "corpus"), "counts": commits["counts"], "splits": commits["splits"]}}
 
 
 def run_demo(out: str, steps: int = DEMO_STEPS) -> dict[str, Any]:

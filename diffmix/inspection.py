@@ -64,6 +64,12 @@ def describe_run(directory: Path) -> str:
     return "\n".join(lines)
 
 
+def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Lines of a plain-text table, each column as wide as its widest cell."""
+    widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in enumerate(header)]
+    return ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+
+
 def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 

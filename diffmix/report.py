@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from diffmix.pipelines.io import atomic_open  # noqa: E402
+from diffmix.training.plots import save_png  # noqa: E402
 
 HOW_TO_READ = """\
 **How to read this.** Each skill is a probe on held-out documents of one source
@@ -112,9 +113,7 @@ def plot_proportions(proportions: dict[str, tuple[list[str], np.ndarray]], path:
 
 def _save(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
-    with atomic_open(path) as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
 
 
 def markdown_table(table: pl.DataFrame) -> str:

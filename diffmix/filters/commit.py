@@ -13,7 +13,7 @@ after secret redaction; its subject is the first line.
 | trivial        | trivial_message                                | exact subjects, case- and punctuation-insensitive (CommitPack SQL, CommitPackFT `BAD_MESSAGE`) + CommitChronicle's prefixes |
 | version_bump   | version_bump                                   | bumps and releases, 10% kept (CommitPackFT drops 90%) |
 | hash_only      | hash_only_message                              | a subject that is only a hex hash (CommitPackFT) |
-| message        | subject_too_short, subject_too_few_words, message_too_long | subject > 10 chars (CarperAI), >= 3 words, message < 1,000 chars (CommitPackFT) |
+| message        | subject_too_short, subject_too_few_words, message_too_long | subject > 10 chars (CarperAI), >= 3 words, message < 1,000 chars (CommitPackFT's bound on the subject, here on the whole message) |
 | english        | non_english_message                            | off; CommitChronicle keeps ASCII-only messages (1.0) |
 """
 
@@ -260,7 +260,7 @@ class Message(Filter):
 
     min_subject_chars: int | None = 11  # "longer than 10 characters" (CarperAI diff models)
     min_subject_words: int | None = 3
-    max_message_chars: int | None = 999  # "fewer than 1,000" (CommitPackFT's subject bound)
+    max_message_chars: int | None = 999  # CommitPackFT's "< 1,000" bound on the subject, applied to the whole message
 
     def scores(self, frame: pl.DataFrame) -> dict[str, pl.Expr | pl.Series]:
         subject = pl.col("subject").str.strip_chars()

@@ -39,6 +39,7 @@ import polars as pl
 import xxhash
 
 from diffmix.filters.base import utf8_bytes
+from diffmix.pipelines.apply import HUNK_NUMBERS
 
 _FMIX1 = np.uint64(0xFF51AFD7ED558CCD)
 _FMIX2 = np.uint64(0xC4CEB9FE1A85EC53)
@@ -46,7 +47,7 @@ _BAND_PRIME = np.uint64(0x9E3779B97F4A7C15)
 EMPTY = np.uint32(0xFFFFFFFF)
 # Hunk headers lose their line numbers before shingling: the same change at
 # another position (a cherry-pick onto a branch that moved) is still the same change.
-_HUNK_NUMBERS = r"(?m)^@@ -[0-9]+(?:,[0-9]+)? \+[0-9]+(?:,[0-9]+)? @@"
+_HUNK_NUMBERS = "(?m)^" + HUNK_NUMBERS
 
 
 # --- exact ---------------------------------------------------------------------------

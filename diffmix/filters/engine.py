@@ -75,8 +75,7 @@ CORPUS_SCHEMA = pa.schema([*DOCUMENT_SCHEMA, *SCORE_FIELDS])
 def configured_rules(config: BuildConfig) -> list[Filter]:
     """The rules that decide, in the order they run: decontamination, the configured
     rules in config order, then the lazy ones (their scores need the others' verdicts)."""
-    exclude = config.split.exclude
-    rules: list[Filter] = [Decontaminate(repos=exclude.repos, commits=exclude.commits, files=exclude.files)]
+    rules: list[Filter] = [_decontamination(config)]
     listed = [make_rule(name, settings) for item in config.filters.rules for name, settings in item.items()]
     return rules + [r for r in listed if not r.lazy] + [r for r in listed if r.lazy]
 
@@ -85,9 +84,14 @@ def scoring_rules(config: BuildConfig) -> list[Filter]:
     """Every rule, with its configured settings or its defaults: all scores are always stored."""
     load_rules()
     listed = {name: settings for item in config.filters.rules for name, settings in item.items()}
-    exclude = config.split.exclude
-    rules: list[Filter] = [Decontaminate(repos=exclude.repos, commits=exclude.commits, files=exclude.files)]
+    rules: list[Filter] = [_decontamination(config)]
     return rules + [make_rule(name, listed.get(name, {})) for name in sorted(RULES, key=_rule_order)]
+
+
+def _decontamination(config: BuildConfig) -> Decontaminate:
+    """The first rule of every build: the split's excluded repos, commits and files."""
+    exclude = config.split.exclude
+    return Decontaminate(repos=exclude.repos, commits=exclude.commits, files=exclude.files)
 
 
 def _rule_order(name: str) -> tuple[int, str]:

@@ -3,7 +3,7 @@
 | rule       | reasons | default and source |
 |------------|---------|--------------------|
 | language   | language_not_allowed | every language `schemas/languages.py` names (the extension must be known: CommitPackFT) |
-| generated  | vendored_path, lock_file, generated_path, generated_header | GitHub linguist / go-enry vendor and generated paths; "Code generated ... DO NOT EDIT", "@generated" in the first 5 lines |
+| generated  | vendored_path, lock_file, generated_path, generated_header | GitHub linguist / go-enry vendor and generated paths; "Code generated ... DO NOT EDIT", "@generated", "auto-generated", "automatically generated" or "do not edit" in the first 5 lines |
 | content    | long_line, long_mean_line, low_alnum, xml_file, data_file_size | BigCode's filters: max line > 1,000, mean line > 100, alphanumeric < 0.25, `<?xml` header, JSON/YAML outside 50-5,000 chars |
 | file_size  | old_file_too_large | old file > 50,000 characters (CommitPackFT) |
 

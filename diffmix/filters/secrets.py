@@ -33,6 +33,7 @@ import polars as pl
 import pyarrow as pa
 
 from diffmix.filters.base import Check, Filter, register
+from diffmix.pipelines.apply import HUNK_NUMBERS
 from diffmix.pipelines.diff import BinaryDiffError, diff_texts
 
 
@@ -190,8 +191,6 @@ DETECTORS: tuple[Detector, ...] = (
         prefilter=r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]", judge=_judge_ip,
     ),
 )  # fmt: skip
-DETECTOR_KINDS = tuple(d.kind for d in DETECTORS)
-PLACEHOLDERS = tuple(sorted({d.placeholder for d in DETECTORS}))
 
 
 def detectors(secrets: bool = True, emails: bool = True, ip_addresses: bool = True) -> tuple[Detector, ...]:
@@ -324,7 +323,7 @@ def secret_in_change(old: str, new: str, found: tuple[Detector, ...] = DETECTORS
     old_no = new_no = 0
     for line in diff.split("\n"):
         if line.startswith("@@ -"):
-            header = re.match(r"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@", line)
+            header = re.match(HUNK_NUMBERS, line)
             assert header is not None
             old_no, new_no = int(header[1]) - 1, int(header[3]) - 1  # 0-based first line of each side
         elif line.startswith("-"):

@@ -37,7 +37,7 @@ import xxhash
 from tokenizers import Tokenizer
 
 from diffmix.filters.base import Check, Filter, register
-from diffmix.pipelines.tokenize import load_tokenizer
+from diffmix.pipelines.tokenize import encode_ids, load_tokenizer
 
 DEFAULT_TOKENIZER = Path(__file__).resolve().parent / "data" / "tokenizer.json"
 # Places where the ByteLevel pre-tokenizer always starts a new piece (see the module docstring).
@@ -67,10 +67,7 @@ def count_tokens(texts: list[str], tokenizer: Tokenizer) -> list[int]:
         for piece, key in zip(pieces, hashes):
             todo.setdefault(key, piece)
     order = list(todo)
-    # encode_batch_fast (tokenizers >= 0.21) skips the offsets, which a count never reads.
-    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
-    encoded = encode([todo[k] for k in order], add_special_tokens=False)
-    counts = {k: len(e.ids) for k, e in zip(order, encoded)}
+    counts = {k: len(ids) for k, ids in zip(order, encode_ids(tokenizer, [todo[k] for k in order]))}
     return [sum(counts[k] for k in hashes) for hashes in keys]
 
 

@@ -51,6 +51,13 @@ class Format(ABC):
     name: ClassVar[str]  # versioned, e.g. "openelm_v1"
     task: ClassVar[str]  # the kind of record it renders: "edit", "addition", "copy"
 
+    @property
+    def family(self) -> str:
+        """The name without its version (`openelm_v1` -> `openelm`)."""
+        match = _VERSIONED.match(self.name)
+        assert match is not None  # `register` refuses other names
+        return match["family"]
+
     @abstractmethod
     def render(self, record: Any) -> Rendered:
         """Record -> text with its prompt/target split."""

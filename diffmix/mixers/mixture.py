@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from diffmix.errors import DiffmixError
+from diffmix.inspection import text_table
 from diffmix.mixers.blend import blend, check_repetition, runs_for_plan, source_rows
 from diffmix.mixers.recipe import (
     Plan,
@@ -760,9 +761,7 @@ def describe_mixture(directory: str | os.PathLike[str]) -> str:
                 "" if row["realised_tokens"] is None else f"{row['realised_tokens']:,}",
             )
         )
-    widths = [max(len(h), *(len(r[c]) for r in table)) for c, h in enumerate(header)]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in table]
+    lines += text_table(list(header), [list(r) for r in table])
     lines += ["", "source   available  epochs  unique  max uses"]
     for row in reports["sources"]:
         lines.append(

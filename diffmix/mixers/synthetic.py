@@ -275,10 +275,6 @@ def _draw_unique(
 # --- addition ------------------------------------------------------------------------------
 
 
-def _count_with_digits(length: int) -> int:
-    return 10 if length == 1 else 9 * 10 ** (length - 1)
-
-
 def _number_with_digits(stream: Stream, length: int) -> int:
     return stream.below(10) if length == 1 else 10 ** (length - 1) + stream.below(9 * 10 ** (length - 1))
 

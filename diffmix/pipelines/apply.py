@@ -20,7 +20,9 @@ from enum import StrEnum
 import numpy as np
 
 NO_EOL = "\\ No newline at end of file"
-_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(?: (.*))?$")
+# A hunk header's line numbers (old start, old length, new start, new length); both regex engines read it.
+HUNK_NUMBERS = r"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@"
+_HEADER = re.compile("^" + HUNK_NUMBERS + r"(?: (.*))?$")
 
 
 class DiffState(StrEnum):

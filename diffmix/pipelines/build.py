@@ -38,7 +38,7 @@ from tokenizers import Tokenizer
 from diffmix.errors import DiffmixError
 from diffmix.filters import engine
 from diffmix.filters.base import uniform
-from diffmix.filters.dedup import band_keys, bucket_pairs, components
+from diffmix.filters.dedup import band_keys, bucket_pairs, components, estimated_jaccard
 from diffmix.formats.base import format_names, get_format
 from diffmix.formats.window import WindowSpec
 from diffmix.pipelines.document import (
@@ -106,6 +106,11 @@ REJECT_SCHEMA = reject_schema(CORPUS_SCHEMA)
 DOCUMENT_STAGES = PIPELINE_STAGES[2:]  # filter, dedup, cap
 
 
+def partition_key(index: int) -> str:
+    """A partition's name in the work directory and in task names: `p-00003`."""
+    return f"p-{index:05d}"
+
+
 @dataclass(frozen=True)
 class Partition:
     """A fixed slice of one input."""
@@ -120,7 +125,7 @@ class Partition:
 
     @property
     def key(self) -> str:
-        return f"p-{self.index:05d}"
+        return partition_key(self.index)
 
 
 @dataclass
@@ -588,12 +593,14 @@ def _mark(state: pl.DataFrame, nodes: pl.Series, stage: str, reason: str, detail
     """Set stage / reason / detail of `nodes` (node == row position in `state`)."""
     if not len(nodes):
         return state
-    index = nodes.to_numpy()
-    stages, reasons, details = (state[c].to_list() for c in ("stage", "reason", "detail"))
-    detail_values = detail.to_list() if detail is not None else [None] * len(index)
-    for i, d in zip(index.tolist(), detail_values):
-        stages[i], reasons[i], details[i] = stage, reason, d
-    return state.with_columns(pl.Series("stage", stages, dtype=pl.String), pl.Series("reason", reasons, dtype=pl.String), pl.Series("detail", details, dtype=pl.String))
+    hit = np.zeros(state.height, dtype=bool)
+    hit[nodes.to_numpy()] = True
+    details = pl.Series("detail", [None] * len(nodes), dtype=pl.String) if detail is None else detail.cast(pl.String)
+    return state.with_columns(
+        pl.when(pl.Series(hit)).then(pl.lit(stage)).otherwise(pl.col("stage")).alias("stage"),
+        pl.when(pl.Series(hit)).then(pl.lit(reason)).otherwise(pl.col("reason")).alias("reason"),
+        state["detail"].cast(pl.String).scatter(nodes, details).alias("detail"),
+    )
 
 
 def near_dedup_group(plan: BuildPlan, parts: list[Partition], group: int) -> str:
@@ -646,7 +653,7 @@ def _verified(plan: BuildPlan, parts: list[Partition], state: pl.DataFrame, pair
         mine = where.with_row_index("at").filter(pl.col("part") == number)
         signatures[mine["at"].to_numpy()] = _signatures(plan, parts[number], mine["row"].to_numpy(), permutations)
     u, v = np.searchsorted(involved, pairs[:, 0]), np.searchsorted(involved, pairs[:, 1])
-    similar = (signatures[u] == signatures[v]).mean(axis=1) >= threshold
+    similar = estimated_jaccard(signatures[u], signatures[v]) >= threshold
     return pairs[similar]
 
 
@@ -690,8 +697,7 @@ def _near_dedup(state: pl.DataFrame, edge_tables: list[pa.Table]) -> pl.DataFram
     label = components(len(rank), rank[edges])  # in rank space: each component's label is its best rank
     keeper = node_of_rank[label[rank]]
     dropped = np.flatnonzero(keeper != np.arange(len(rank)))
-    doc_ids_ = state["doc_id"]
-    return _mark(state, pl.Series(dropped), "dedup", "duplicate_near", doc_ids_.gather(keeper[dropped]))
+    return _mark(state, pl.Series(dropped), "dedup", "duplicate_near", state["doc_id"].gather(keeper[dropped]))
 
 
 def _whitespace_cap(state: pl.DataFrame, config: BuildConfig) -> pl.DataFrame:
@@ -710,7 +716,7 @@ def _whitespace_cap(state: pl.DataFrame, config: BuildConfig) -> pl.DataFrame:
 
 
 # The corpus tokenizer is trained on at most this much kept text, taken in output order.
-TOKENIZER_SAMPLE_CHARS = 32 << 20
+CORPUS_TOKENIZER_CHARS = 32 << 20
 
 
 def prepare_tokenizer(plan: BuildPlan, specs: list[ShardSpec]) -> None:
@@ -737,7 +743,7 @@ def _tokenizer_for(config: BuildConfig, texts: Iterable[str]) -> Tokenizer:
     if config.tokenize.file is not None:
         return load_tokenizer(config.tokenize.file)
     assert config.tokenize.kind is not None and config.tokenize.vocab_size is not None  # filled when no file is given
-    return build_tokenizer(config.tokenize.kind, texts, config.tokenize.vocab_size, max_chars=TOKENIZER_SAMPLE_CHARS)
+    return build_tokenizer(config.tokenize.kind, texts, config.tokenize.vocab_size, max_chars=CORPUS_TOKENIZER_CHARS)
 
 
 def write_data_shard(plan: BuildPlan, spec: ShardSpec) -> FileEntry:
@@ -1007,7 +1013,7 @@ def _stage_stored_rows(plan: BuildPlan, src: Path, source: Manifest) -> list[Par
         hi = np.iinfo(np.int64).max if last else int(input_rows[start + size])
         first = index == 0
         in_range = (structural_rows >= (np.iinfo(np.int64).min if first else lo)) & (structural_rows < hi)
-        key = f"p-{index:05d}"
+        key = partition_key(index)
         chunk = plan.work / "refilter" / f"{key}.arrow"
         write_ipc_stream(chunk, stored_table.take(take))
         _, rejects_path, _ = _partition_files(plan, key)

@@ -45,11 +45,6 @@ TRAILER_KEYS = (
 _TRAILER_SYNTAX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(?: [A-Za-z0-9_-]+)?\s*:")
 _LISTED_TRAILER = re.compile(r"(?i)(?:" + "|".join(k.replace(" ", r"\s") for k in TRAILER_KEYS) + r")\s*:")
 
-STRUCTURAL_REASONS = (
-    "missing_field", "binary", "bad_encoding", "too_large", "null_contents", "deleted_file", "pure_rename",
-    "no_change", "bad_path", "empty_message", "literal_tag", "redacted_no_change", "diff_roundtrip_failed",
-)  # fmt: skip
-
 
 def normalized_message(message: pl.Expr) -> pl.Expr:
     """CRLF -> LF, trailing whitespace stripped, listed trailers removed, blank-line runs collapsed."""

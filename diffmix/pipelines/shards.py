@@ -11,7 +11,6 @@ Corpora and mixtures share this layout and these functions.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -162,10 +161,3 @@ def load_table(
         raise DiffmixError(f"{directory}: the manifest lists no shards")
     return pa.concat_tables(tables)
 
-
-def iter_batches(directory: str | os.PathLike[str], columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-    """Stream record batches of every shard in order (bounded memory)."""
-    for path in shard_paths(directory):
-        with pa.memory_map(str(path)) as source:
-            for batch in pa.ipc.open_stream(source):
-                yield batch.select(columns) if columns is not None else batch

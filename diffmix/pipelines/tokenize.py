@@ -101,7 +101,8 @@ def tokenizer_kind(tokenizer: Tokenizer) -> str:
     return {"WordLevel": "char", "BPE": "bpe"}.get(type(tokenizer.model).__name__, type(tokenizer.model).__name__)
 
 
-def _encode(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+def encode_ids(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, no special tokens."""
     # encode_batch_fast (tokenizers >= 0.21) skips offset tracking, which we never read.
     encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
     return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
@@ -155,8 +156,8 @@ def _encode_table(
         batch = table.slice(offset, batch_size)
         texts = batch.column("text").to_pylist()
         cuts = batch.column("target_start").to_pylist()
-        prompts = _encode(tokenizer, [text[:cut] for text, cut in zip(texts, cuts)])
-        targets = _encode(tokenizer, [text[cut:] for text, cut in zip(texts, cuts)])
+        prompts = encode_ids(tokenizer, [text[:cut] for text, cut in zip(texts, cuts)])
+        targets = encode_ids(tokenizer, [text[cut:] for text, cut in zip(texts, cuts)])
         lengths = np.fromiter((len(p) + len(t) + len(tail) for p, t in zip(prompts, targets)), np.int64, len(texts))
         offsets = np.zeros(len(texts) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])

@@ -7,7 +7,8 @@ Three tables move through diffmix:
 * **documents** (`DOCUMENT_SCHEMA`): one rendered training document per row,
   with the character spans trainers need. Filter score columns are appended
   (see `diffmix.filters`), so a corpus can be re-filtered without recomputing.
-* **mixture rows** (`MIXTURE_SCHEMA`): documents in training order.
+* **mixture rows** (`MIXTURE_FIELDS`, then `TOKEN_FIELDS` for a tokenised corpus): documents
+  in training order.
 
 Character offsets are Python `str` indices (code points), the unit a user of
 `datasets` sees.
@@ -125,7 +126,6 @@ MIXTURE_FIELDS = [
     pa.field("format", pa.string(), nullable=False),
     pa.field("target_start", pa.int32(), nullable=False),
 ]
-MIXTURE_SCHEMA = pa.schema(MIXTURE_FIELDS)
 
 
 def reject_schema(document_schema: pa.Schema) -> pa.Schema:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from diffmix.errors import DiffmixError
 from diffmix.pipelines.io import sha256_json
+from diffmix.pipelines.shards import DEFAULT_SHARD_BYTES
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "build.yaml"
 
@@ -191,7 +192,7 @@ class BuildConfig(StrictModel):
     window_seed: int = 0
     # Rows per input partition (the unit of parallel work and of resume).
     partition_rows: int = Field(2000, gt=0)
-    shard_bytes: int = Field(128 * 1024 * 1024, gt=0)
+    shard_bytes: int = Field(DEFAULT_SHARD_BYTES, gt=0)
     # A side over this many bytes is `too_large` (CommitPack-style data stores it as null).
     max_file_bytes: int = Field(1024 * 1024, gt=0)
     split: SplitConfig = Field(default_factory=SplitConfig)

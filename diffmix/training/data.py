@@ -273,8 +273,8 @@ def env_rank() -> tuple[int, int]:
 # --- reading a mixture -----------------------------------------------------------
 
 # Columns the trainer reads from a mixture (the token columns only when it is pre-tokenised).
-MIXTURE_COLUMNS = ("position", "source", "phase", "source_row", "text", "format", "target_start")
-TOKEN_COLUMNS = ("input_ids", "target_token_start")
+READ_COLUMNS = ("position", "source", "phase", "source_row", "text", "format", "target_start")
+READ_TOKEN_COLUMNS = ("input_ids", "target_token_start")
 
 
 @dataclass(frozen=True)
@@ -288,7 +288,7 @@ class SourceRef:
 def open_mixture(data_dir: str | os.PathLike[str]) -> tuple[pa.Table, list[SourceRef], dict[str, Any]]:
     """All rows of a mixture in training order (through `MixtureReader`), its sources and its manifest."""
     reader = MixtureReader(data_dir)
-    wanted = [c for c in (*MIXTURE_COLUMNS, *TOKEN_COLUMNS) if c in reader.columns]
+    wanted = [c for c in (*READ_COLUMNS, *READ_TOKEN_COLUMNS) if c in reader.columns]
     table = reader.rows(0, len(reader), columns=wanted)
     sources = [SourceRef(s.name, str(s.path)) for s in reader.sources]
     return table, sources, reader.manifest.to_json_dict()
@@ -305,14 +305,14 @@ def source_documents(source: SourceRef) -> pa.Table | None:
 
 
 # Characters of training text a tokenizer is built from (the first rows up to this many).
-TOKENIZER_SAMPLE_CHARS = 50_000_000
+RUN_TOKENIZER_CHARS = 50_000_000
 
 
 def _sample(texts: pa.ChunkedArray) -> pa.Array:
-    """The first rows of `texts` holding about `TOKENIZER_SAMPLE_CHARS` characters."""
+    """The first rows of `texts` holding about `RUN_TOKENIZER_CHARS` characters."""
     array = texts.combine_chunks()
     lengths = pc.utf8_length(array).to_numpy(zero_copy_only=False)
-    rows = int(np.searchsorted(np.cumsum(lengths), TOKENIZER_SAMPLE_CHARS)) + 1
+    rows = int(np.searchsorted(np.cumsum(lengths), RUN_TOKENIZER_CHARS)) + 1
     return array.slice(0, rows)
 
 
@@ -325,7 +325,7 @@ def alphabet(texts: pa.Array) -> str:
 def build_tokenizer_for(texts: pa.ChunkedArray, config: TokenizerConfig) -> Tokenizer:
     """A char tokenizer for small-alphabet (synthetic) text, byte-level BPE otherwise (`kind: auto`).
 
-    Both are built from a prefix of the training text (`TOKENIZER_SAMPLE_CHARS`);
+    Both are built from a prefix of the training text (`RUN_TOKENIZER_CHARS`);
     a character outside it maps to <unk> under the char tokenizer.
     """
     sample = _sample(texts)

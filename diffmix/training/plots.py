@@ -23,9 +23,11 @@ import polars as pl  # noqa: E402
 from diffmix.pipelines.io import atomic_open  # noqa: E402
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def save_png(fig: plt.Figure, path: Path, dpi: int = 100) -> None:
+    """Write and close a figure; the PNG's bytes depend on the figure alone (no matplotlib
+    version in its metadata), and the file appears whole or not at all."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
     plt.close(fig)
     with atomic_open(path) as f:
         f.write(buffer.getvalue())
@@ -54,7 +56,7 @@ def plot_loss(frame: pl.DataFrame, summary: dict[str, Any], path: Path) -> None:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_skills(frame: pl.DataFrame, summary: dict[str, Any], tau: float, path: Path) -> None:
@@ -82,7 +84,7 @@ def plot_skills(frame: pl.DataFrame, summary: dict[str, Any], tau: float, path: 
     for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_run(frame: pl.DataFrame, summary: dict[str, Any], tau: float, run: Path) -> None:

@@ -63,10 +63,6 @@ EDIT_SCORES = (
 )
 
 
-def _family(fmt: Format) -> str:
-    return fmt.name.rsplit("_v", 1)[0]
-
-
 def cut_at_stop(fmt: Format, prompt: str, generated: str) -> str:
     """The generation up to its first stop sequence, cut where the format can parse it.
 
@@ -113,7 +109,7 @@ def score_generation(fmt: Format, prompt: str, reference: str, generated: str) -
                 final = None
             scores["answer_match"] = float(final == want)
         scores["digit_accuracy"] = digit_accuracy(final, want)
-    splitter = DIFF_SPLITTERS.get(_family(fmt)) if fmt.task == "edit" else None
+    splitter = DIFF_SPLITTERS.get(fmt.family) if fmt.task == "edit" else None
     if splitter is not None:
         scores.update(score_diff(splitter, prompt, generated, want))
     return scores
@@ -226,7 +222,7 @@ def build_probe_set(
 
 
 def _score_names(fmt: Format) -> tuple[str, ...]:
-    if fmt.task == "edit" and _family(fmt) in DIFF_SPLITTERS:
+    if fmt.task == "edit" and fmt.family in DIFF_SPLITTERS:
         return EDIT_SCORES
     if fmt.task == "addition":
         extra = ("answer_match",) if hasattr(fmt, "final_answer") else ()
