@@ -62,7 +62,7 @@ from pydantic import (
 )
 
 from diffmix.errors import DiffmixError, first_line
-from diffmix.schemas.config import read_yaml_mapping
+from diffmix.schemas.config import first_error, read_yaml_mapping
 
 HELPERS = ("uniform", "proportional")
 TEMPERATURE = "temperature"
@@ -291,18 +291,6 @@ class Recipe(_Strict):
         return [(f"schedule.points[{j}].weights", p.weights) for j, p in enumerate(s.points or [])]
 
 
-def _format_error(error: dict[str, Any]) -> str:
-    """One pydantic error as `field: problem (got value)`."""
-    message = error["msg"].removeprefix("Value error, ")
-    loc = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
-    if loc and not message.startswith(loc.split(".")[0].split("[")[0]):
-        message = f"{loc}: {message}"
-    if "(got " not in message and error["type"] != "missing":
-        value = repr(error.get("input"))
-        message += f" (got {value if len(value) <= 80 else value[:77] + '...'})"
-    return message
-
-
 def parse_recipe(data: Any, base_dir: str | os.PathLike[str] | None = None, origin: str = "recipe") -> Recipe:
     """Validate a recipe mapping; `origin` names it in errors."""
     if not isinstance(data, dict):
@@ -310,7 +298,7 @@ def parse_recipe(data: Any, base_dir: str | os.PathLike[str] | None = None, orig
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise DiffmixError(f"{origin}: {_format_error(exc.errors()[0])}") from None
+        raise DiffmixError(f"{origin}: {first_error(exc)}") from None
     recipe._base_dir = Path(base_dir).resolve() if base_dir is not None else Path.cwd()
     recipe._origin = origin
     return recipe

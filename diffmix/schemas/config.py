@@ -320,9 +320,14 @@ def config_error(exc: ValidationError, source: object, given: dict[str, Any]) ->
 
 
 def first_error(exc: ValidationError) -> str:
-    """'field.path: message (got value)' for the first pydantic error."""
+    """'field.path[0]: message (got value)' for the first pydantic error (a long value is cut; one the
+    message already shows is not repeated)."""
     err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "config"
-    got = err.get("input")
-    shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-    return f"{where}: {err['msg'].removeprefix('Value error, ')}{shown}"
+    message = err["msg"].removeprefix("Value error, ")
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in err["loc"]).lstrip(".") or "config"
+    if not message.startswith(where.split(".")[0].split("[")[0]):
+        message = f"{where}: {message}"
+    if "(got " not in message and err["type"] != "missing":
+        value = repr(err.get("input"))
+        message += f" (got {value if len(value) <= 80 else value[:77] + '...'})"
+    return message
