@@ -4,12 +4,16 @@ A mixture is read once into flat NumPy arrays (`MixtureTokens`): every
 document's token ids back to back, each followed by EOS, with per-row offsets,
 target starts, source and phase. Batch `k` is then a pure function of `k`:
 
-* **pad**: global batch k holds rows `k*B .. k*B+B-1` (modulo the mixture
-  length, so epochs wrap without dropping a remainder), one document per
-  sequence, right-padded to the longest in the global batch and cut at the
-  context;
+* **pad**: a pass over the mixture is `ceil(rows / B)` global batches, as the
+  recipe planned its steps: batch j of a pass holds rows `j*B .. j*B+B-1`, one
+  document per sequence, right-padded to the longest in the global batch and
+  cut at the context. The last batch of a pass is short when B does not divide
+  the rows (its empty slots are padding, masked out), so a pass trains each row
+  once and the next pass starts again at row 0;
 * **pack**: the token stream is cut into windows of `block_size + 1` tokens
-  with stride `block_size`; global batch k holds windows `k*B .. k*B+B-1`.
+  with stride `block_size`; batch j of a pass holds windows `j*B .. j*B+B-1`,
+  a pass is `ceil((tokens - 1) / (B * block_size))` batches, and what lies past
+  the end of the stream in its last batch is padding, masked out.
 
 Each DDP rank takes its contiguous slice of every global batch. Because a batch
 depends on nothing but its index, resuming is just starting from a batch index,
@@ -149,17 +153,28 @@ class MixtureBatches(Dataset):
 
     # --- the global batch ------------------------------------------------------
 
-    def _rows(self, k: int) -> np.ndarray:
-        """Unwrapped stream positions of the rows of global batch k (pad mode)."""
-        return np.arange(k * self.B, (k + 1) * self.B, dtype=np.int64)
+    @property
+    def steps_per_pass(self) -> int:
+        """Global batches in one pass over the mixture."""
+        return steps_per_pass(self.data, self.B, self.T, self.batching)
+
+    def _pad_rows(self, k: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """Pad-mode global batch k: its rows (B, an empty slot repeats the last row), which slots
+        hold a row, and the unwrapped stream positions of its first row and one past its last."""
+        total = self.data.rows
+        epoch, j = divmod(k, self.steps_per_pass)
+        slots = j * self.B + np.arange(self.B, dtype=np.int64)
+        real = slots < total
+        start = epoch * total + j * self.B
+        return np.minimum(slots, total - 1), real, start, epoch * total + min((j + 1) * self.B, total)
 
     def _pad_batch(self, k: int) -> dict[str, np.ndarray]:
         d = self.data
-        rows = self._rows(k) % d.rows
-        n = self._row_len[rows]  # tokens per sequence incl. the last label
+        rows, real, _, _ = self._pad_rows(k)
+        n = np.where(real, self._row_len[rows], 1)  # tokens per sequence incl. the last label
         L = int(n.max()) - 1  # padded input length of the global batch
         j = np.arange(L + 1)[None, :]
-        inside = j < n[:, None]
+        inside = (j < n[:, None]) & real[:, None]
         flat = np.where(inside, d.offsets[rows, None] + j, 0)
         seq = np.where(inside, d.tokens[flat], self.pad_id)
         # label j+1 is trained on when it exists and (loss_on target) lies in the target
@@ -169,22 +184,27 @@ class MixtureBatches(Dataset):
         src = np.broadcast_to(d.source[rows, None], (len(rows), L))
         return {"x": seq[:, :-1], "y": seq[:, 1:], "mask": label_ok, "source": src, "tokens": int(n.sum() - len(n))}
 
-    def _pack_labels(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Token positions of pack-mode global batch k (B x T+1, wrapped), each label's row, the loss mask."""
+    def _pack_labels(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Pack-mode global batch k: token positions in the pass (B x T+1, clipped to the stream),
+        which of them lie in the stream, each label's row, and the loss mask."""
         d = self.data
-        windows = np.arange(k * self.B, (k + 1) * self.B, dtype=np.int64)
-        wrapped = (windows[:, None] * self.T + np.arange(self.T + 1)[None, :]) % len(d.tokens)
-        label_row = np.searchsorted(d.offsets, wrapped[:, 1:], side="right") - 1
+        total = len(d.tokens)
+        j = k % self.steps_per_pass
+        windows = np.arange(j * self.B, (j + 1) * self.B, dtype=np.int64)
+        pos = windows[:, None] * self.T + np.arange(self.T + 1)[None, :]
+        inside = pos < total
+        clipped = np.minimum(pos, total - 1)
+        label_row = np.searchsorted(d.offsets, clipped[:, 1:], side="right") - 1
+        mask = inside[:, 1:]
         if self.loss_on == "target":
-            mask = wrapped[:, 1:] - d.offsets[label_row] >= d.target_start[label_row]
-        else:
-            mask = np.ones_like(label_row, dtype=bool)
-        return wrapped, label_row, mask
+            mask = mask & (clipped[:, 1:] - d.offsets[label_row] >= d.target_start[label_row])
+        return clipped, inside, label_row, mask
 
     def _pack_batch(self, k: int) -> dict[str, np.ndarray]:
-        wrapped, label_row, mask = self._pack_labels(k)
-        seq = self.data.tokens[wrapped]
-        return {"x": seq[:, :-1], "y": seq[:, 1:], "mask": mask, "source": self.data.source[label_row], "tokens": self.B * self.T}
+        clipped, inside, label_row, mask = self._pack_labels(k)
+        seq = np.where(inside, self.data.tokens[clipped], self.pad_id)
+        tokens = int(inside[:, :-1].sum())
+        return {"x": seq[:, :-1], "y": seq[:, 1:], "mask": mask, "source": self.data.source[label_row], "tokens": tokens}
 
     def global_batch(self, k: int) -> dict[str, np.ndarray]:
         return self._pad_batch(k) if self.batching == "pad" else self._pack_batch(k)
@@ -193,22 +213,22 @@ class MixtureBatches(Dataset):
         """Rows and tokens of global batch k without gathering its tokens (the loop's per-step accounting)."""
         d = self.data
         if self.batching == "pad":
-            rows = self._rows(k)
-            wrapped = rows % d.rows
-            n = self._row_len[wrapped]
+            rows, real, first, stop = self._pad_rows(k)
+            n = self._row_len[rows[real]]
             if self.loss_on == "target":
-                loss = np.clip(n - np.maximum(d.target_start[wrapped], 1), 0, None)
+                loss = np.clip(n - np.maximum(d.target_start[rows[real]], 1), 0, None)
             else:
                 loss = n - 1
-            return BatchInfo(int(rows[0]), int(rows[-1]) + 1, int((n - 1).sum()), int(loss.sum()), int(d.phase[wrapped[-1]]))
-        total = len(d.tokens)
-        start, stop = k * self.B * self.T, (k + 1) * self.B * self.T  # unwrapped token range of the inputs
-        epoch_lo, epoch_hi = divmod(start, total), divmod(stop, total)
+            return BatchInfo(first, stop, int((n - 1).sum()), int(loss.sum()), int(d.phase[rows[real][-1]]))
+        epoch, j = divmod(k, self.steps_per_pass)
+        span = self.B * self.T
+        start, stop = j * span, min((j + 1) * span, len(d.tokens))  # the pass's token range of the inputs
         # Rows whose first token lies in [start, stop): counted as consumed by this batch.
-        first = epoch_lo[0] * d.rows + int(np.searchsorted(d.offsets[:-1], epoch_lo[1], side="left"))
-        end = epoch_hi[0] * d.rows + int(np.searchsorted(d.offsets[:-1], epoch_hi[1], side="left"))
-        last = (max(end, first + 1) - 1) % d.rows
-        return BatchInfo(first, end, self.B * self.T, int(self._pack_labels(k)[2].sum()), int(d.phase[last]))
+        first = int(np.searchsorted(d.offsets[:-1], start, side="left"))
+        end = int(np.searchsorted(d.offsets[:-1], stop, side="left"))
+        last = max(end, first + 1) - 1
+        _, inside, _, mask = self._pack_labels(k)
+        return BatchInfo(epoch * d.rows + first, epoch * d.rows + end, int(inside[:, :-1].sum()), int(mask.sum()), int(d.phase[last]))
 
     # --- this rank's slice -------------------------------------------------------
 
@@ -226,6 +246,13 @@ class MixtureBatches(Dataset):
             "weight": torch.from_numpy(np.ascontiguousarray(mask[part], dtype=np.float32) / n_loss),
             "source": torch.from_numpy(np.ascontiguousarray(batch["source"][part], dtype=np.int64)),
         }
+
+
+def steps_per_pass(data: MixtureTokens, batch_size: int, block_size: int, batching: str) -> int:
+    """Global batches in one pass over the mixture: its rows (pad) or its labels (pack), the last batch short."""
+    if batching == "pad":
+        return -(-data.rows // batch_size)
+    return max(1, -(-(len(data.tokens) - 1) // (batch_size * block_size)))
 
 
 def make_loader(batches: MixtureBatches, start: int, stop: int, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:

@@ -78,6 +78,7 @@ from diffmix.training.data import (
     make_loader,
     open_mixture,
     source_documents,
+    steps_per_pass,
     stream_stats,
 )
 from diffmix.training.metrics import metrics_frame, summarize
@@ -109,18 +110,27 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def resolve_config(config: TrainConfig, manifest: Manifest) -> TrainConfig:
-    """Take `batch_size` and `steps` from the mixture's plan (its global batch, its steps) unless set explicitly.
+    """Take `batch_size` from the mixture's plan unless set explicitly, and (pad mode) `steps`:
+    one pass over the mixture, `ceil(rows / batch_size)` (the recipe's own steps at its batch size).
 
     A recipe schedules its phases by step at its global batch size, so that is
-    the batch size under which its schedule means what it says.
+    the batch size under which its schedule means what it says. Pack mode's one
+    pass depends on the token count: `steps_for_pack` sets it once the mixture is tokenised.
     """
     plan = manifest.reports
     update = {}
     if "batch_size" not in config.model_fields_set and plan.get("global_batch_size"):
         update["batch_size"] = int(plan["global_batch_size"])
-    if "steps" not in config.model_fields_set and plan.get("n_steps"):
-        update["steps"] = int(plan["n_steps"])
+    if "steps" not in config.model_fields_set and config.batching == "pad" and manifest.counts.kept:
+        update["steps"] = -(-manifest.counts.kept // update.get("batch_size", config.batch_size))
     return config.model_copy(update=update) if update else config
+
+
+def steps_for_pack(config: TrainConfig, data: MixtureTokens) -> TrainConfig:
+    """Pack mode without explicit `steps`: one pass over the mixture's tokens."""
+    if config.batching != "pack" or "steps" in config.model_fields_set:
+        return config
+    return config.model_copy(update={"steps": steps_per_pass(data, config.batch_size, config.model.block_size, "pack")})
 
 
 def _init_distributed(device_name: str) -> tuple[int, int, int]:
@@ -262,6 +272,21 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 # --- the run ------------------------------------------------------------------------
 
 
+def _write_config(run: Path, digest: str, config: TrainConfig) -> None:
+    write_json(run / "config.json", {"digest": digest, "config_digest": config.digest(), "config": config.model_dump(mode="json")})
+
+
+def _warn_if_replayed(run: Path, config: TrainConfig, data: MixtureTokens, rank: int) -> None:
+    """One line when the run is longer than one pass over the mixture: its rows, and its curriculum, repeat."""
+    one_pass = steps_per_pass(data, config.batch_size, config.model.block_size, config.batching)
+    if rank == 0 and config.steps > one_pass:
+        print(
+            f"warning: {run}: {config.steps} steps make {config.steps / one_pass:.2f} passes over the mixture "
+            f"({one_pass} steps of {config.batch_size} each): its rows and its stages repeat",
+            file=sys.stderr,
+        )
+
+
 def _claim_run(run: Path, digest: str) -> None:
     """Create the run directory, or fail in one line before anything in it is overwritten:
     `run` is a file, or it holds a checkpoint of another config (config.json says whose)."""
@@ -333,10 +358,15 @@ def _train(data_dir: Path, run: Path, config: TrainConfig, new_run: bool) -> dic
     try:
         if rank == 0:
             _claim_run(run, digest)
-            write_json(run / "config.json", {"digest": digest, "config_digest": config.digest(), "config": config.model_dump(mode="json")})
+            _write_config(run, digest, config)
         if world > 1:
             dist.barrier()
         data, tokenizer, sources, manifest = load_tokens(data_dir, config, run, rank, world)
+        if (packed := steps_for_pack(config, data)) is not config:  # the digest covers it: the same mixture and config give the same steps
+            config = packed
+            if rank == 0:
+                _write_config(run, digest, config)
+        _warn_if_replayed(run, config, data, rank)
         _check_some_loss(data, config)
         probes = load_probe_sets(sources, tokenizer, config) if rank == 0 else []
         _check_stop_when(config, probes)
@@ -355,7 +385,7 @@ def _train(data_dir: Path, run: Path, config: TrainConfig, new_run: bool) -> dic
     model = GPT(config.model, tokenizer.get_vocab_size()).to(device)
     optimizer = configure_optimizer(model, config, device)
     batches = MixtureBatches(data, config.batch_size, config.model.block_size, config.batching, config.loss_on, pad, rank, world)
-    steps_per_epoch = data.rows / config.batch_size if config.batching == "pad" else len(data.tokens) / (config.batch_size * config.model.block_size)
+    steps_per_epoch = batches.steps_per_pass
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, config, steps_per_epoch))
 
     state = _Progress()

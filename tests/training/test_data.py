@@ -18,14 +18,16 @@ from diffmix.training.data import (
 EOS = 1
 
 
-def _tokens(rows: list[list[int]], target_start: list[int], sources: list[str] | None = None, source_rows: list[int] | None = None) -> MixtureTokens:
+def _tokens(
+    rows: list[list[int]], target_start: list[int], sources: list[str] | None = None, source_rows: list[int] | None = None, phases: list[int] | None = None
+) -> MixtureTokens:
     n = len(rows)
     return MixtureTokens.from_columns(
         pa.array(rows, pa.list_(pa.int32())),
         np.array(target_start),
         pa.array(sources or ["s"] * n),
         np.array(source_rows if source_rows is not None else range(n)),
-        np.zeros(n),
+        np.array(phases if phases is not None else [0] * n),
         EOS,
     )
 
@@ -44,7 +46,7 @@ STARTS = [2, 1, 3]
 
 
 @pytest.mark.parametrize(
-    ("loss_on", "k", "x", "y", "mask"),
+    ("loss_on", "k", "x", "y", "mask", "rows"),
     [
         # batch 0: rows 0 and 1, padded (pad id 0) to the longer one; loss on targets and EOS only
         (
@@ -53,27 +55,34 @@ STARTS = [2, 1, 3]
             [[10, 11, 12, 13], [20, 21, 1, 0]],
             [[11, 12, 13, 1], [21, 1, 0, 0]],
             [[0, 1, 1, 1], [1, 1, 0, 0]],
+            (0, 2),
         ),
-        ("all", 0, [[10, 11, 12, 13], [20, 21, 1, 0]], [[11, 12, 13, 1], [21, 1, 0, 0]], [[1, 1, 1, 1], [1, 1, 0, 0]]),
-        # batch 1: row 2 cut at block_size + 1 = 6 tokens, then row 0 again (epoch 2)
+        ("all", 0, [[10, 11, 12, 13], [20, 21, 1, 0]], [[11, 12, 13, 1], [21, 1, 0, 0]], [[1, 1, 1, 1], [1, 1, 0, 0]], (0, 2)),
+        # batch 1, the last of the pass: row 2 cut at block_size + 1 = 6 tokens, and an empty slot
+        # (padding, masked out: the pass trains each of the 3 rows once, as the recipe planned)
         (
             "target",
             1,
-            [[30, 31, 32, 33, 34], [10, 11, 12, 13, 1]],
-            [[31, 32, 33, 34, 35], [11, 12, 13, 1, 0]],
-            [[0, 0, 1, 1, 1], [0, 1, 1, 1, 0]],
+            [[30, 31, 32, 33, 34], [0, 0, 0, 0, 0]],
+            [[31, 32, 33, 34, 35], [0, 0, 0, 0, 0]],
+            [[0, 0, 1, 1, 1], [0, 0, 0, 0, 0]],
+            (2, 3),
         ),
+        # batch 2: the second pass starts again at row 0 (stream positions 3 and 4)
+        ("target", 2, [[10, 11, 12, 13], [20, 21, 1, 0]], [[11, 12, 13, 1], [21, 1, 0, 0]], [[0, 1, 1, 1], [1, 1, 0, 0]], (3, 5)),
     ],
 )
-def test_pad_batches(loss_on: str, k: int, x: list, y: list, mask: list) -> None:
-    batches = MixtureBatches(_tokens(ROWS, STARTS), batch_size=2, block_size=5, batching="pad", loss_on=loss_on)
+def test_pad_batches(loss_on: str, k: int, x: list, y: list, mask: list, rows: tuple[int, int]) -> None:
+    batches = MixtureBatches(_tokens(ROWS, STARTS, phases=[0, 0, 1]), batch_size=2, block_size=5, batching="pad", loss_on=loss_on)
     batch = batches.global_batch(k)
     assert batch["x"].tolist() == x
     assert batch["y"].tolist() == y
     assert batch["mask"].astype(int).tolist() == mask
     info = batches.info(k)
     assert info.loss_tokens == int(np.sum(mask))
-    assert info.first_row == 2 * k and info.stop_row == 2 * k + 2
+    assert info.tokens == {0: 4 + 2, 1: 5, 2: 4 + 2}[k]  # inputs of the rows in the batch (row 2 cut at the context)
+    assert (info.first_row, info.stop_row) == rows
+    assert info.phase == (1 if k == 1 else 0)  # the phase of the batch's last row, never of a wrapped one
 
 
 def test_pack_batches_cut_the_stream_into_windows() -> None:
@@ -86,10 +95,15 @@ def test_pack_batches_cut_the_stream_into_windows() -> None:
     assert batch["mask"].astype(int).tolist() == [[0, 1, 1, 1], [0, 1, 1, 0]]
     info = batches.info(0)
     assert (info.first_row, info.stop_row, info.tokens, info.loss_tokens) == (0, 2, 8, 5)
-    # the second batch wraps past the 15-token stream: the rows are unwrapped positions
+    # the second batch ends the pass (14 labels in windows of 4: 2 batches); what lies past the
+    # 15-token stream is padding, masked out, and the next pass starts again at token 0
+    assert batches.steps_per_pass == 2
     second = batches.global_batch(1)
-    assert second["x"].tolist() == [[30, 31, 32, 33], [34, 35, 1, 10]]
-    assert batches.info(1).first_row == 2 and batches.info(1).stop_row == 4
+    assert second["x"].tolist() == [[30, 31, 32, 33], [34, 35, 1, 0]]
+    assert second["mask"].astype(int).tolist() == [[0, 0, 1, 1], [1, 1, 0, 0]]
+    info = batches.info(1)
+    assert (info.first_row, info.stop_row, info.tokens, info.loss_tokens) == (2, 3, 7, 4)
+    assert batches.global_batch(2)["x"].tolist() == batch["x"].tolist() and batches.info(2).first_row == 3
 
 
 @pytest.mark.parametrize("batching", ["pad", "pack"])

@@ -291,3 +291,33 @@ def test_a_stop_when_that_no_probe_reports_is_refused(copy_mixture: Path, tmp_pa
     with pytest.raises(DiffmixError, match="stop_when: 'parsd' is no probe score here \\(scores: exact_match, parsed\\)"):
         train(copy_mixture, tmp_path / "run", tiny_config(steps=5, stop_when="parsd"))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("batching", ["pad", "pack"])
+def test_default_steps_are_one_pass_and_the_loss_is_the_masked_mean(tmp_path: Path, batching: str, capsys: pytest.CaptureFixture) -> None:
+    source = synthetic_corpus(COPY_URI.replace("n=1000", "n=100"), tmp_path / "copy")
+    mixture = mix(tmp_path / "mix", {"copy": source}, samples=40, global_batch_size=16)  # steps of 16, 16 and 8 rows
+    config = tiny_config(steps=None, batch_size=None, batching=batching, eval_interval=1000, checkpoint_interval=1000)
+    summary = train(mixture, tmp_path / "run", config)
+    rows = _train_rows(tmp_path / "run")
+    if batching == "pad":  # the recipe's 3 steps; the last one holds the 8 remaining rows, none repeated
+        assert rows["examples"].to_list() == [16, 32, 40] and summary["steps"] == 3
+    else:  # as many windows of the block as one pass over the tokens takes
+        assert summary["steps"] == rows.height and rows["examples"][-1] == 40 and rows["examples"][-2] < 40
+    # one source: the step's loss (weighted over the loss mask) is that source's mean loss
+    assert rows["loss"].to_list() == pytest.approx(rows["loss/copy"].to_list(), rel=1e-5)
+    assert "passes over the mixture" not in capsys.readouterr().err
+
+
+def test_a_larger_batch_takes_fewer_steps_and_a_longer_run_says_it_replays(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from diffmix.pipelines.shards import read_manifest
+    from diffmix.training.loop import resolve_config
+
+    source = synthetic_corpus(COPY_URI.replace("n=1000", "n=100"), tmp_path / "copy")
+    mixture = mix(tmp_path / "mix", {"copy": source}, samples=40, global_batch_size=16)
+    manifest = read_manifest(mixture)
+    mixture_plan = resolve_config(tiny_config(steps=None, batch_size=None), manifest)
+    assert (mixture_plan.steps, mixture_plan.batch_size) == (3, 16)
+    assert resolve_config(tiny_config(steps=None, batch_size=32), manifest).steps == 2  # not the mixture's 3 steps of 16
+    train(mixture, tmp_path / "run", tiny_config(steps=5, batch_size=16, eval_interval=1000, checkpoint_interval=1000))
+    assert "5 steps make 1.67 passes over the mixture (3 steps of 16 each)" in capsys.readouterr().err
