@@ -83,6 +83,7 @@ def test_build_is_deterministic_across_workers_and_skips_when_complete(tmp_path:
     rejects = load_table(outs[0], manifest=manifest.model_copy(update={"shards": manifest.rejects}))
     (rename,) = [r for r in rejects.to_pylist() if r["reason"] == "pure_rename"]
     assert rename["old_path"] and rename["old_path"] != rename["path"]  # where it came from
+    assert rename["source"].startswith("git:") and rename["parent"] and rename["author_date"] and rename["license"]  # which input and commit
     assert manifest.counts.dropped["duplicate_exact"] > 0  # the Parquet repeats edits: dedup ran, the same on 1 and 2 workers
     assert len(manifest.shards) == 1 and not (outs[0] / ".work").exists()
     before = {p: p.stat().st_mtime_ns for p in outs[0].rglob("*")}

@@ -443,12 +443,13 @@ def process_partition(plan: BuildPlan, part: Partition) -> PartitionStats:
     rendered, failures = render_rows(ready, get_format(plan.config.format), window)
     ready = ready.with_columns(pl.Series("reason", failures, dtype=pl.String))
     clock.lap("diff_render")
-    documents, sources = _documents(ready.filter(pl.col("reason").is_null()), rendered, plan, source_label(plan.inputs[part.source]))
+    label = source_label(plan.inputs[part.source])
+    documents, sources = _documents(ready.filter(pl.col("reason").is_null()), rendered, plan, label)
     clock.lap("scores")
     # A windowed document shows the window: its MinHash text is the window's, as a refilter recovers it.
     documents, verdicts = engine.decide_rows(documents, plan.config, sources if window.whole_file else None)
     clock.lap("rules_lazy")
-    rejected = pl.concat([_structural_rejects(f.filter(pl.col("reason").is_not_null())) for f in (frame, alive, ready)])
+    rejected = pl.concat([_structural_rejects(f.filter(pl.col("reason").is_not_null()), label) for f in (frame, alive, ready)])
     write_ipc_stream(docs_path, _staged_documents(documents))
     write_ipc_stream(_verdicts_path(plan, part.key), verdicts.to_frame("reason").to_arrow())
     write_ipc_stream(rejects_path, _as_rejects(rejected.to_arrow()))
@@ -503,9 +504,11 @@ def _with_split(frame: pl.DataFrame, config: BuildConfig) -> pl.DataFrame:
     return frame.with_columns(split_expr(pl.col(split_on), config.split, frame[split_on].unique().to_list()).alias("split"))
 
 
-def _structural_rejects(frame: pl.DataFrame) -> pl.DataFrame:
+def _structural_rejects(frame: pl.DataFrame, source: str) -> pl.DataFrame:
+    """A structural reject: its ids and metadata (which input, commit and file it was), no text."""
     return frame.select(
         *REJECT_ID_FIELDS, "old_path", "input_row",  # old_path: where a pure_rename came from
+        "parent", "license", "author_date", pl.lit(source).alias("source"),
         pl.lit("structural").alias("stage"), "reason", pl.lit(None, dtype=pl.String).alias("detail"),
     )  # fmt: skip
 

@@ -1,15 +1,23 @@
 """A local git repository -> CommitPack-style rows, through libgit2 (pygit2).
 
 Every non-merge commit reachable from HEAD, newest first (topological, then
-time order), one row per changed file with git's A/M/D/R status (renames found
-as `git -M` does, whatever the user's `diff.renames` setting; a file that
-becomes a symlink or the other way round is one modified row), binary and size
-flags, and both blob texts. All in one process through libgit2: no subprocess
-per commit or file.
+time order), one row per changed file with git's A/M/D/R status, binary and
+size flags, and both blob texts. All in one process through libgit2: no
+subprocess per commit or file.
+
+The rows depend on the commits alone: no git configuration or attributes file
+is read (not the user's `~/.gitconfig` or `~/.config/git/attributes`, not the
+repository's `.git/config`, `.git/info/attributes` or `.gitattributes`), so a
+clone, a bare clone and another user's machine give the same rows. Renames are
+libgit2's `-M` (50% similarity; its score differs from git's for some heavily
+edited files, so a few pairs git shows as A + D come out R), over at most 1,000
+files of a commit (git then skips inexact detection; libgit2 still pairs the
+first ones). A file that becomes a symlink or the other way round is one
+modified row. Replace refs (`git replace`) and `.mailmap` are not applied.
 
 What is not file text counts as binary: a blob with a NUL in its first 8,000
-bytes or that is not UTF-8, a submodule (its "content" is a commit id) and a
-symlink (its target path). A message, author or path that is not text in the
+bytes (git's own test) or that is not UTF-8, a submodule (its "content" is a
+commit id) and a symlink (its target path); a `binary` or `-diff` attribute does not. A message, author or path that is not text in the
 commit's declared encoding (UTF-8 when none) is decoded with U+FFFD and marks
 the row `bad_encoding`. In a shallow clone, the commits at the boundary are
 skipped: their parents are missing, so their diffs would invent added files.
@@ -26,7 +34,7 @@ from typing import Any
 
 import pyarrow as pa
 import pygit2
-from pygit2.enums import DiffFind, DiffOption, RepositoryOpenFlag, SortMode
+from pygit2.enums import ConfigLevel, DiffFind, DiffOption, RepositoryOpenFlag, SortMode
 
 from diffmix.errors import DiffmixError, first_line
 from diffmix.schemas.columns import COMMIT_SCHEMA
@@ -38,12 +46,21 @@ _SYMLINK_MODE = 0o120000
 _STATUS = {"A": "A", "M": "M", "D": "D", "R": "R", "T": "M"}  # T: file <-> symlink (binary: a link is no file text)
 _REMOTE = re.compile(r"(?:[:/])([^/:]+/[^/]+?)(?:\.git)?/?$")
 _LICENSE_FILES = ("LICENSE", "LICENSE.md", "LICENSE.txt", "LICENCE", "COPYING", "COPYING.md")
+_RENAME_LIMIT = 1000  # git's default diff.renameLimit; given explicitly, libgit2 reads no config for it
+
+
+def _read_no_git_config() -> None:
+    """Point libgit2's global, XDG and system config (and attributes) search paths nowhere:
+    the rows must not depend on who runs the build (libgit2 reads them from HOME and /etc)."""
+    for level in (ConfigLevel.GLOBAL, ConfigLevel.XDG, ConfigLevel.SYSTEM, ConfigLevel.PROGRAMDATA):
+        pygit2.settings.search_path[level] = ""
 
 
 def open_repository(path: str | Path) -> pygit2.Repository:
     """Open a repository at exactly `path` (its top level, its .git or a bare repository) or fail in one line."""
     if not Path(path).exists():
         raise DiffmixError(f"{path}: no such file or directory")
+    _read_no_git_config()
     try:
         repo = pygit2.Repository(str(path), flags=RepositoryOpenFlag.NO_SEARCH)
     except pygit2.GitError:
@@ -54,7 +71,14 @@ def open_repository(path: str | Path) -> pygit2.Repository:
             f"{path}: not a git repository" + (f" (a directory inside {top.rstrip('/')}: give that one)" if top else "")
         ) from None
     if repo.head_is_unborn:
-        raise DiffmixError(f"{path}: git repository has no commits")
+        branches = sorted(repo.branches.local)
+        if not branches:
+            raise DiffmixError(f"{path}: git repository has no commits")
+        head = str(repo.references["HEAD"].target).removeprefix("refs/heads/")
+        raise DiffmixError(
+            f"{path}: HEAD names branch {head!r}, which has no commits; the commits are on {', '.join(branches)} "
+            f"(point HEAD at one: git -C {path} symbolic-ref HEAD refs/heads/{branches[0]})"
+        )
     if _is_partial_clone(repo):
         raise DiffmixError(f"{path}: a partial clone (blobs fetched on demand, which libgit2 cannot do); use a full clone")
     return repo
@@ -195,9 +219,12 @@ def _shallow_boundary(repo: pygit2.Repository) -> set[pygit2.Oid]:
 def _commit_rows(repo: pygit2.Repository, commit: pygit2.Commit, name: str, spdx: str, max_file_bytes: int) -> Iterator[dict[str, Any]]:
     """One row per changed file of a non-merge commit."""
     parent = commit.parents[0] if commit.parents else None
-    flags = DiffOption.INCLUDE_TYPECHANGE  # file <-> symlink: one delta, not a deletion plus an addition
+    # file <-> symlink: one delta, not a deletion plus an addition; FORCE_TEXT: no attribute makes
+    # a file binary (the NUL probe of `_blob_text` decides, the same everywhere)
+    flags = DiffOption.INCLUDE_TYPECHANGE | DiffOption.FORCE_TEXT
     diff = repo.diff(parent, commit, flags=flags) if parent is not None else commit.tree.diff_to_tree(flags=flags, swap=True)
-    diff.find_similar(flags=DiffFind.FIND_RENAMES)  # `git -M` (50% similarity); explicit flags ignore diff.renames
+    # `-M` (50% similarity); explicit flags and limit: neither diff.renames nor diff.renameLimit is read
+    diff.find_similar(flags=DiffFind.FIND_RENAMES, rename_limit=_RENAME_LIMIT)
     message, bad_message = _decoded(commit.raw_message, commit.message_encoding)
     message = message.rstrip("\n")
     author = commit.author
@@ -213,14 +240,16 @@ def _commit_rows(repo: pygit2.Repository, commit: pygit2.Commit, name: str, spdx
         "author_email_hash": hashlib.sha1(_decoded(author.raw_email, commit.message_encoding)[0].lower().encode()).hexdigest(),
         "author_name": author_name,
     }
-    for patch in diff:
-        delta = patch.delta
+    for index, delta in enumerate(diff.deltas):
         old_path, bad_old_path = _decoded(delta.old_file.raw_path)
         new_path, bad_new_path = _decoded(delta.new_file.raw_path)
         old_text, old_bin, old_big = _blob_text(repo, delta.old_file, max_file_bytes)
         new_text, new_bin, new_big = _blob_text(repo, delta.new_file, max_file_bytes)
-        binary = old_bin or new_bin or delta.is_binary
-        _, added, deleted = patch.line_stats
+        binary = old_bin or new_bin
+        # --numstat, for text within the size limit only (a 20 MB file would cost seconds of diffing for a reject)
+        added = deleted = None
+        if not binary and not (old_big or new_big):
+            _, added, deleted = diff[index].line_stats
         yield {
             **common,
             "old_file": old_path,
@@ -229,8 +258,8 @@ def _commit_rows(repo: pygit2.Repository, commit: pygit2.Commit, name: str, spdx
             "new_contents": new_text,
             "lang": language_of(new_path),
             "change_type": _STATUS.get(delta.status_char(), "M"),
-            "lines_added": None if binary else added,
-            "lines_deleted": None if binary else deleted,
+            "lines_added": added,
+            "lines_deleted": deleted,
             "is_binary": binary,
             "too_large": old_big or new_big,
             "bad_encoding": bad_message or bad_old_path or bad_new_path,

@@ -108,6 +108,42 @@ def test_git_rows_ignore_the_users_rename_settings(git_repo: Path) -> None:
         assert rows[(c3, "moved.py")]["change_type"] == "R" and (c3, "src.py") not in rows
 
 
+def test_git_rows_depend_on_the_commits_alone(git_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No attributes file or git config changes the rows: not the user's, not the repository's."""
+    files = {f"f{i}.txt": "".join(f"line {i}.{j}\n" for j in range(20)) for i in range(4)}
+    commit_files(git_repo, {**files, "tail.bin": "x" * 9000 + "\x00\n"}, "Add four text files")
+    for i in range(4):
+        git(git_repo, "mv", f"f{i}.txt", f"g{i}.txt")
+    commit_files(git_repo, {f"g{i}.txt": files[f"f{i}.txt"] + "one more\n" for i in range(4)}, "Rename and extend them")
+    plain = _rows(git_repo)
+    home = tmp_path / "home"
+    (home / ".config" / "git").mkdir(parents=True)
+    (home / ".config" / "git" / "attributes").write_text("*.txt binary\n")
+    (home / ".gitconfig").write_text("[diff]\n\trenameLimit = 1\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    (git_repo / ".git" / "info").mkdir(exist_ok=True)
+    (git_repo / ".git" / "info" / "attributes").write_text("g1.txt -diff\n")
+    (git_repo / ".gitattributes").write_text("g2.txt binary\n")  # in the work tree, not committed
+    git(git_repo, "config", "diff.renameLimit", "1")
+    assert _rows(git_repo) == plain
+    renamed = [r for r in plain if r["change_type"] == "R"]
+    assert len(renamed) == 4 and not any(r["is_binary"] for r in renamed)
+    assert all(r["lines_added"] == 1 and r["lines_deleted"] == 0 for r in renamed)
+    # git's binary test: a NUL in the first 8,000 bytes; one after them is text (as `git diff` shows it)
+    (tail,) = [r for r in plain if r["new_file"] == "tail.bin"]
+    assert not tail["is_binary"] and tail["new_contents"].endswith("\x00\n")
+
+
+def test_git_unborn_head_names_the_branches_with_commits(git_repo: Path, tmp_path: Path) -> None:
+    commit_files(git_repo, {"a.py": "a = 1\n"}, "Add a module")
+    bare = tmp_path / "bare.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "master", str(bare))
+    git(git_repo, "push", "-q", str(bare), "HEAD:refs/heads/main")
+    with pytest.raises(DiffmixError, match=r"HEAD names branch 'master', which has no commits; the commits are on main"):
+        list(iter_repository_rows(bare))
+
+
 def _commit_raw(repo: Path, files: dict[str, str], message: bytes, encoding: str) -> str:
     """A commit object with exactly these message bytes and `encoding` header (git's own
     commands would re-encode a message that is not UTF-8), made the new HEAD."""
