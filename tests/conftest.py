@@ -23,7 +23,8 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
-DEV_PARQUET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "commits-dev.parquet"
+# Beside the checkout (../shared, as CI has it), or wherever DIFFMIX_DEV_PARQUET says (a clone elsewhere).
+DEV_PARQUET = Path(os.environ.get("DIFFMIX_DEV_PARQUET") or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "commits-dev.parquet")
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +40,7 @@ def prefect_harness():
 def dev_parquet() -> Path:
     """The real commit sample beside the checkout; tests that need it skip where it is absent."""
     if not DEV_PARQUET.is_file():
-        pytest.skip(f"{DEV_PARQUET} not present")
+        pytest.skip(f"{DEV_PARQUET} not present (set DIFFMIX_DEV_PARQUET to its path)")
     return DEV_PARQUET
 
 

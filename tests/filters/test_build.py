@@ -119,3 +119,21 @@ def test_shard_bytes_do_not_depend_on_how_documents_were_chunked(tmp_path: Path,
             assert piece.equals(staged.take(rows))
             hashes.add(write_shard(tmp_path, f"shard-{pick}-{name}.arrow", pa.concat_tables([piece, piece])).sha256)
         assert len(hashes) == 1, pick
+
+
+def test_a_change_only_to_a_secret_is_rejected_after_redaction(tmp_path: Path, permissive: BuildConfig) -> None:
+    from tests.filters.conftest import commit_row
+    from tests.filters.test_dedup import module
+    from tests.filters.test_secrets import AWS_KEY
+
+    base = module(7)
+    before = base + f"KEY = '{AWS_KEY}'\n"
+    rows = [
+        commit_row("rotate", before, before.replace(AWS_KEY, AWS_KEY[:-1] + "Q"), message="Rotate the deploy key for the handlers"),
+        commit_row("keep", base, base + "extra = 1\n", message="Add the extra handler setting value"),
+    ]
+    out = tmp_path / "out"
+    manifest = run_build([str(write_commits(tmp_path / "in.parquet", rows))], out, permissive)
+    assert manifest.counts.by_stage["structural"]["dropped"] == {"redacted_no_change": 1}
+    assert rejects(out)["reason"].to_list() == ["redacted_no_change"]
+    assert manifest.counts.rows_in == manifest.counts.kept + sum(manifest.counts.dropped.values())

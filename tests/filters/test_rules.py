@@ -160,6 +160,13 @@ SPREAD = "".join(f"def step_{i}():\n" + "".join(f"    value_{i}_{j} = {j}\n" for
         (Change(rewrite_min_old_chars=1000), {"new_contents": BEFORE.replace("respond", "reply")}, None),
         (Change(), {"new_contents": BEFORE.replace("    return respond(request, 3)", "\treturn respond(request, 3)")}, None),
         (Change(), {}, None),
+        # each bound is inclusive: the default edit changes 2 lines in 1 hunk
+        (Change(max_changed_lines=2), {}, None),
+        (Change(max_changed_lines=1), {}, "too_many_changed_lines"),
+        (Change(max_hunks=1), {}, None),
+        (Change(max_hunks=0), {}, "too_many_hunks"),
+        (Change(rewrite_min_old_chars=len(BEFORE)), {"new_contents": BEFORE.replace("respond", "reply")}, "near_rewrite"),
+        (Change(rewrite_min_old_chars=len(BEFORE) + 1), {"new_contents": BEFORE.replace("respond", "reply")}, None),
         # a secret on a changed line (the flag comes from redaction)
         (Secrets(), {"f_secret_in_change": True}, "secret_in_change"),
         (Secrets(drop_secret_in_change=False), {"f_secret_in_change": True}, None),

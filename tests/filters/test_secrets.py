@@ -143,7 +143,8 @@ def test_planted_secrets_never_reach_the_corpus(tmp_path: Path, git_repo: Path) 
         assert needle not in everything
     fmt = get_format("openelm_v1")
     for text, start in zip(docs["text"].to_list(), docs["target_start"].to_list()):
-        fmt.parse(text[:start], text[start:])  # the redacted diff applies to the redacted BEF
+        after = fmt.parse(text[:start], text[start:])  # the redacted diff applies to the redacted BEF (else ParseError)
+        assert not any(needle in after for needle in (AWS_KEY, AWS_SECRET, GITHUB, SLACK, STRIPE, JWT, EMAIL, IP))  # the new file it gives too
     # Credentials on a changed line are dropped; PII is only redacted.
     reasons = dict(zip(dropped["doc_id"].to_list(), dropped["reason"].to_list()))
     secret_kinds = [k for k in PLANTED if k not in ("email", "ip_address")]

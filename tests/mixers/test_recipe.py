@@ -220,6 +220,8 @@ def test_token_budget_is_the_fewest_steps_that_reach_it(schedule) -> None:
     assert (p.requested() * mean_tokens).sum() >= budget
     shorter = plan(schedule, {"samples": (p.n_steps - 1) * 10})
     assert (shorter.requested() * mean_tokens).sum() < budget
+    exact = int((p.requested() * mean_tokens).sum())  # a budget met exactly at p.n_steps needs no more steps
+    assert plan(schedule, {"tokens": exact}, mean_tokens=mean_tokens).n_steps == p.n_steps
 
 
 def test_token_budget_needs_tokenised_sources() -> None:

@@ -63,6 +63,8 @@ def test_strict_and_lenient_round_trip(name: str) -> None:
         ("@@ -4,1 +5,1 @@\n-d\n+D\n", DiffState.WRONG_LINE_NUMBERS),  # new start inconsistent
         ("@@ -4,1 +4,1 @@\n-zzz\n+D\n", DiffState.CONTEXT_NOT_FOUND),
         ("@@ -6,1 +6,1 @@\n-f\n+F\n@@ -2,1 +2,1 @@\n-b\n+B\n", DiffState.WRONG_LINE_NUMBERS),  # out of order
+        ("@@ -7,0 +8,1 @@\n+h\n", DiffState.VALID),  # an insertion after the last of the 7 lines
+        ("@@ -8,0 +9,1 @@\n+h\n", DiffState.WRONG_LINE_NUMBERS),  # after a line the file does not have
     ],
 )
 def test_verify_diff_states(diff: str, state: DiffState) -> None:

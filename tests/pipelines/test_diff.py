@@ -26,6 +26,7 @@ CASES = {
     "one-line file": ("only\n", "changed\n"),
     "insertion in blank-line block (indent heuristic)": ("a\n\nb\nc\n\nd\n", "a\n\nb\nc\n\nx\n\nd\n"),
     "contains a literal <MSG> line": ("x\n<MSG> not a tag\n", "y\n<MSG> not a tag\n"),
+    "closing braces after a blank line (indent heuristic)": ("a\nx\n\n}\n", "a\nx\n\n}\n    c\n}\n"),
 }
 
 
@@ -54,6 +55,8 @@ def test_diff_matches_git(tmp_path: Path, name: str) -> None:
         ("", "new\n", "@@ -0,0 +1 @@\n+new\n"),
         ("a\nb", "a\nc", "@@ -1,2 +1,2 @@\n a\n-b\n\\ No newline at end of file\n+c\n\\ No newline at end of file\n"),
         ("same\n", "same\n", ""),
+        # git's indent heuristic slides the insertion up to the blank line (without it: `@@ -2,3 +2,5 @@ a`, added at the end)
+        ("a\nx\n\n}\n", "a\nx\n\n}\n    c\n}\n", "@@ -1,4 +1,6 @@\n a\n x\n \n+}\n+    c\n }\n"),
     ],
 )
 def test_diff_text(old: str, new: str, expected: str) -> None:

@@ -8,6 +8,7 @@ import pytest
 from diffmix.formats.base import get_format
 from diffmix.formats.edit import EditRecord, split_openelm
 from diffmix.pipelines.document import (
+    doc_ids,
     normalized_message,
     render_rows,
     structural_reason,
@@ -32,6 +33,8 @@ from diffmix.pipelines.document import (
         ("Fix\n\nBug: 1234\nChange-Id: I1\nReviewed-on: https://x/1\nCommit-Queue: A <a@b.c>\n", "Fix\n\nBug: 1234\nCommit-Queue: A <a@b.c>"),
         ("Fix\n\nBody\n\nDifferential Revision: https://r/D1\nCo-authored-by: B <b@c.d>\n  (pairing)\nFixes: #2\n", "Fix\n\nBody\n\nFixes: #2"),
         ("Fix\r\n\r\nSigned-off-by: A <a@b.c>  \r\n", "Fix"),
+        ("Fix\n\nBody\n\n\nMore\n", "Fix\n\nBody\n\nMore"),  # two blank lines become one
+        ("Fix a\rb\n", "Fix a\rb"),  # CRLF -> LF only: a lone CR is the message's own
     ],
 )
 def test_normalized_message(raw: str, clean: str) -> None:
@@ -131,3 +134,25 @@ def test_render_rows_flags_roundtrip_failures_and_binary() -> None:
     rendered, failures = render_rows(frame, get_format("openelm_v1"))
     assert failures == [None, "binary"]
     assert rendered.height == 1 and rendered["n_hunks"].to_list() == [1]
+
+
+def test_an_empty_old_file_is_addfile_only_when_the_file_is_new() -> None:
+    frame = pl.DataFrame(
+        {
+            "new_file": ["m.py", "a.py"],
+            "old_contents": ["", ""],
+            "message": ["Fill m", "Add a"],
+            "new_contents": ["x = 1\n", "x = 1\n"],
+            "change_type": ["M", "A"],  # an empty file filled in, a new file
+            "doc_id": ["m", "a"],
+        }
+    )
+    rendered, failures = render_rows(frame, get_format("openelm_v1"))
+    assert failures == [None, None]
+    assert [text.split("\n")[1] for text in rendered["text"].to_list()] == ["<BEF> ", "<BEF> ADDFILE"]
+
+
+def test_doc_ids_hash_repo_commit_and_path() -> None:
+    ids = doc_ids(["org/a", "org/b", "org/a", "org/a"], ["c1", "c1", "c2", "c1"], ["x.py", "x.py", "x.py", "y.py"])
+    assert len(set(ids)) == 4 and all(len(i) == 16 for i in ids)  # each part changes the id
+    assert doc_ids(["org/a"], ["c1"], ["x.py"]) == ids[:1]  # and nothing else does

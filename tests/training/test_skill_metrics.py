@@ -107,6 +107,8 @@ def test_aulc_on_a_common_token_span() -> None:
     slow = aulc(steps * 50, np.minimum(1.0, steps / 900), (5_000.0, 35_000.0))
     assert fast > slow
     assert aulc(cheap, curve, (1_000.0, 50_000.0)) is None  # before its first eval: not covered
+    assert aulc(cheap, curve, (10_000.0, 50_001.0)) is None  # past its last eval: not covered either
+    assert aulc(cheap, curve, (5_000.0, 50_000.0)) is not None  # exactly its first and last evals
     flat = aulc(np.array([10, 100, 1000]), np.array([0.5, 0.5, 0.5]), (20.0, 500.0))
     assert flat == pytest.approx(0.5)
 

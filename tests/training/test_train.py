@@ -55,7 +55,9 @@ def test_a_tiny_model_learns_the_copy_task(copy_mixture: Path, tmp_path: Path) -
     assert train_rows["epoch"].max() > 1
     first, last = train_rows["loss_ema"][0], train_rows["loss_ema"][-1]
     assert last < first / 5
-    assert summary["effective_params"]["clamped"] in (True, False)
+    n_eff = summary["effective_params"]
+    assert n_eff["ema_loss"] == pytest.approx(summary["final_loss_ema"])  # from the run's own final EMA loss
+    assert n_eff["clamped"] == (n_eff["ema_loss"] < n_eff["loss_floor"]) and n_eff["loss_used"] == max(n_eff["ema_loss"], n_eff["loss_floor"])
     assert summary["model"]["params"] < 1_000_000
 
     # a finished run of the same config is not run again
