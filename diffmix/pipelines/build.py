@@ -546,6 +546,17 @@ def prepare_dedup(plan: BuildPlan, parts: list[Partition]) -> list[int]:
     return list(range(len(_band_groups(plan.config))))
 
 
+def _row_bytes(config: BuildConfig) -> pl.Expr:
+    """A kept row's estimated bytes in a data shard, for cutting shards at about `shard_bytes`:
+    its text, the other columns (~256), its MinHash signature and its token ids when the
+    build stores them (int32 ids: about 2 bytes per text byte with a BPE, 4 with characters)."""
+    text = pl.col("text").str.len_bytes().cast(pl.Int64)
+    fixed = 256 + (4 * config.filters.dedup.near.permutations if config.filters.dedup.near is not None else 0)
+    token_bytes = 0 if config.tokenize is None else 4 if config.tokenize.kind == "char" else 2
+    per_text_byte = 1 + token_bytes
+    return text * per_text_byte + fixed
+
+
 def _initial_state(plan: BuildPlan, parts: list[Partition]) -> pl.DataFrame:
     frames = []
     for number, part in enumerate(parts):
@@ -560,7 +571,7 @@ def _initial_state(plan: BuildPlan, parts: list[Partition]) -> pl.DataFrame:
                 "input_row", "doc_id",
                 pl.col("author_date").str.to_datetime("%Y-%m-%dT%H:%M:%S%#z", time_zone="UTC", strict=False, time_unit="us").alias("date"),
                 "f_exact_bd", "f_exact_d", pl.col("f_whitespace_only").fill_null(False).alias("ws_only"),
-                (pl.col("text").str.len_bytes().cast(pl.Int64) + 256).alias("size"),
+                _row_bytes(plan.config).alias("size"),
                 pl.Series("reason", verdicts.to_pylist(), dtype=pl.String),
             )  # fmt: skip
         )

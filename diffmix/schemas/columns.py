@@ -69,7 +69,8 @@ DOCUMENT_SCHEMA = pa.schema(
         pa.field("format", pa.string(), nullable=False),
         # text[:target_start] is the prompt, text[target_start:] the target.
         pa.field("target_start", pa.int32(), nullable=False),
-        # openelm sections: offsets of the `<BEF> `, `<MSG> `, `<DFF> ` tags (null in other formats).
+        # Edit formats: offsets of the `<BEF> ` and `<MSG> ` tags and of the answer's tag (`<DFF> `,
+        # `<EDT> ` or `<AFT> `; after a scratchpad plan, inside the target). Null for arithmetic and copy.
         pa.field("bef_start", pa.int32()),
         pa.field("msg_start", pa.int32()),
         pa.field("dff_start", pa.int32()),

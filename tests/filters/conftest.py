@@ -134,6 +134,7 @@ def run_build(inputs: list[str], out: Path, config: BuildConfig, workers: int = 
         groups = build.prepare_dedup(plan, parts)
         edges = client.gather(client.map(build.near_dedup_group, [plan] * len(groups), [parts] * len(groups), groups, pure=False))
         specs = build.decide(plan, parts, edges)
+        build.prepare_tokenizer(plan, specs)
         shards = client.gather(client.map(build.write_data_shard, [plan] * len(specs), specs, pure=False))
         reject_specs = build.plan_reject_shards(plan, parts)
         rejected = client.gather(client.map(build.write_reject_shard, [plan] * len(reject_specs), reject_specs, pure=False))

@@ -137,3 +137,11 @@ def test_a_change_only_to_a_secret_is_rejected_after_redaction(tmp_path: Path, p
     assert manifest.counts.by_stage["structural"]["dropped"] == {"redacted_no_change": 1}
     assert rejects(out)["reason"].to_list() == ["redacted_no_change"]
     assert manifest.counts.rows_in == manifest.counts.kept + sum(manifest.counts.dropped.values())
+
+
+def test_tokenised_shards_stay_near_their_target_size(tmp_path: Path) -> None:
+    parquet = write_commits(tmp_path / "in.parquet", mixed_rows(), row_group_size=8)
+    config = BuildConfig.model_validate({"partition_rows": 8, "shard_bytes": 40_000, "tokenize": {"kind": "bpe", "vocab_size": 300}})
+    manifest = run_build([str(parquet)], tmp_path / "out", config)
+    sizes = [entry.bytes for entry in manifest.shards]
+    assert len(sizes) > 2 and max(sizes[:-1]) < 1.6 * 40_000, sizes  # token ids and signatures are counted, not only the text
