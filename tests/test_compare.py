@@ -236,7 +236,7 @@ def test_deployments_register_with_schedules(tmp_path: Path) -> None:
     ("body", "message"),
     [
         ({"deployments": [{"flow": "build_corpus", "name": "x", "cron": "61 * * * *"}]}, "not a valid cron"),
-        ({"deployments": [{"flow": "nope", "name": "x", "cron": "0 * * * *"}]}, "deployments.0.flow"),
+        ({"deployments": [{"flow": "nope", "name": "x", "cron": "0 * * * *"}]}, r"deployments\[0\]\.flow"),
         ({"deployments": []}, "deployments"),
     ],
 )

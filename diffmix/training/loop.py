@@ -388,18 +388,8 @@ def _train(data_dir: Path, run: Path, config: TrainConfig, new_run: bool) -> dic
     steps_per_epoch = batches.steps_per_pass
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, config, steps_per_epoch))
 
-    state = _Progress()
     checkpoint_path = run / CHECKPOINT
-    if checkpoint_path.is_file():
-        ckpt = load_checkpoint(checkpoint_path)
-        _check_same_config(checkpoint_path, ckpt["digest"], digest)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"][rank if rank < len(ckpt["rng"]) else 0], device)
-        state = _Progress.from_dict(ckpt["progress"])
-    else:
-        torch.manual_seed(config.seed + rank)  # dropout streams differ per rank
+    state = _resume(checkpoint_path, digest, model, optimizer, scheduler, rank, device, config.seed)
 
     ddp = DistributedDataParallel(model, device_ids=[local_rank] if cuda else None) if world > 1 else model
     forward = torch.compile(ddp) if config.compile else ddp
@@ -431,15 +421,7 @@ def _train(data_dir: Path, run: Path, config: TrainConfig, new_run: bool) -> dic
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            # [loss, per-source loss sums, per-source loss-token counts], summed over ranks
-            on = (weight > 0).float()
-            stats = torch.zeros(1 + 2 * n_sources, device=device)
-            stats[0] = loss.detach()
-            stats[1 : 1 + n_sources].index_add_(0, source, token_loss.detach() * on)
-            stats[1 + n_sources :].index_add_(0, source, on)
-            if world > 1:
-                dist.all_reduce(stats)
-            pending.append((k + 1, batches.info(k), lr, stats))
+            pending.append((k + 1, batches.info(k), lr, _step_stats(loss, token_loss, weight, source, n_sources, world)))
             step = k + 1
             evaluate = step % config.eval_interval == 0 or step == config.steps
             if len(pending) >= 10 or evaluate or step % config.checkpoint_interval == 0 or step == last:
@@ -475,6 +457,34 @@ def _train(data_dir: Path, run: Path, config: TrainConfig, new_run: bool) -> dic
         if rank != 0:
             summary = read_json(run / SUMMARY)
     return summary
+
+
+def _resume(
+    path: Path, digest: str, model: GPT, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int, device: torch.device, seed: int
+) -> _Progress:
+    """Model, optimiser, scheduler, RNG and progress from the run's checkpoint, else a fresh start."""
+    if not path.is_file():
+        torch.manual_seed(seed + rank)  # dropout streams differ per rank
+        return _Progress()
+    ckpt = load_checkpoint(path)
+    _check_same_config(path, ckpt["digest"], digest)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    _set_rng_state(ckpt["rng"][rank if rank < len(ckpt["rng"]) else 0], device)
+    return _Progress.from_dict(ckpt["progress"])
+
+
+def _step_stats(loss: torch.Tensor, token_loss: torch.Tensor, weight: torch.Tensor, source: torch.Tensor, n_sources: int, world: int) -> torch.Tensor:
+    """[loss, per-source loss sums, per-source loss-token counts] of a step, summed over ranks."""
+    on = (weight > 0).float()
+    stats = torch.zeros(1 + 2 * n_sources, device=loss.device)
+    stats[0] = loss.detach()
+    stats[1 : 1 + n_sources].index_add_(0, source, token_loss.detach() * on)
+    stats[1 + n_sources :].index_add_(0, source, on)
+    if world > 1:
+        dist.all_reduce(stats)
+    return stats
 
 
 def _save(path: Path, digest: str, model: GPT, optimizer: torch.optim.Optimizer, scheduler: Any, state: _Progress, rank: int, world: int, device: torch.device) -> None:
