@@ -11,15 +11,12 @@ workers; otherwise each worker process would start a temporary server of its own
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import yaml
 
 from diffmix.settings import apply_defaults
 
@@ -40,9 +37,11 @@ from rich.progress import (  # noqa: E402
     TimeElapsedColumn,
 )
 
+from diffmix.demo import DEMO_ADDITION, DEMO_CORPUS, DEMO_FORMATS, DEMO_STEPS, DEMO_TRAIN, demo_recipes, find_repository  # noqa: E402
 from diffmix.errors import DiffmixError, first_line  # noqa: E402
 from diffmix.pipelines import build as corpus  # noqa: E402
 from diffmix.pipelines.io import output_lock, remove_stale_temporaries  # noqa: E402
+from diffmix.prefect_server import prefect_api  # noqa: E402
 from diffmix.schemas.config import BuildConfig, load_build_config  # noqa: E402
 
 if TYPE_CHECKING:  # imported where used: torch and the training stack cost seconds to import
@@ -72,88 +71,6 @@ def dask_runner(workers: int = 2, dask_address: str | None = None) -> DaskTaskRu
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"},
     )
-
-
-@contextlib.contextmanager
-def prefect_api() -> Iterator[str | None]:
-    """Use the configured Prefect API, or run one local server for this process and its workers."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    if PREFECT_API_URL.value():
-        yield PREFECT_API_URL.value()
-        return
-    server = _local_server()
-    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")))
-    previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.api_url  # inherited by Dask worker processes
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield server.api_url
-    finally:
-        _flush_run_logs()  # send buffered run logs while the server is still up
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
-        server.stop()
-
-
-def _local_server() -> Any:
-    """Prefect's temporary server (`SubprocessASGIServer`), started in its own process group and,
-    on Linux, ended with its parent.
-
-    In the terminal's group, a Ctrl-C reached the server too: it died before the flow
-    could record its end, and the engine's retries printed a wall of connection errors.
-    Now only diffmix gets it, and stops the server on the way out. The parent-death
-    signal covers a SIGKILLed diffmix, which cannot stop its server itself.
-    """
-    import subprocess
-    import types
-
-    import prefect.server.api.server as server_module
-
-    prctl = _parent_death_signal()
-
-    def detach() -> None:  # runs in the child between fork and exec: two system calls, nothing else
-        os.setpgid(0, 0)
-        if prctl is not None:
-            prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM: sent when the thread that started it (the main one) ends
-
-    class LocalServer(server_module.SubprocessASGIServer):
-        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-            popen = functools.partial(subprocess.Popen, preexec_fn=detach)
-            server_module.subprocess = types.SimpleNamespace(Popen=popen)  # type: ignore[assignment]
-            try:
-                return super()._run_uvicorn_command()
-            finally:
-                server_module.subprocess = subprocess
-
-    return LocalServer()
-
-
-def _parent_death_signal() -> Callable[[int, int], int] | None:
-    """libc's prctl, looked up before any fork (None off Linux)."""
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-def _flush_run_logs() -> None:
-    import logging
-
-    from prefect.logging.handlers import APILogHandler
-
-    for name in ("prefect.flow_runs", "prefect.task_runs"):
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, APILogHandler):
-                handler.flush()
 
 
 def _progress(futures: list[Any], label: str, keep_errors: bool = False) -> list[Any]:
@@ -575,56 +492,6 @@ def serve(path: str) -> None:
 
 
 # --- the demo --------------------------------------------------------------------
-
-# Demo-sized settings, measured on 2 CPU cores (see README "The demo"): on the same
-# 2,000 unique 3-digit additions a 0.4M-parameter model reaches 90% exact match with
-# the simplified scratchpad in about 1,000 steps, while plain and reverse stay lower.
-DEMO_ADDITION = "synthetic:addition?digits=3&format={fmt}&n=2000&test=200&seed=0&operands=balanced"
-DEMO_FORMATS = ("simplified_scratchpad", "plain", "reverse")  # the slowest run first: it starts first
-# One repository: split by commit, so that the corpus has a test split.
-DEMO_CORPUS = {"split": {"by": "commit", "seed": 0, "fractions": {"train": 0.8, "test": 0.2}}, "git": {"repo_name": "diffmix"}}
-DEMO_TRAIN = {
-    "batch_size": 64,
-    "eval_interval": 100,
-    "probes.samples": 200,
-    "model.block_size": 96,
-    "stop_when": "exact_match",
-}
-DEMO_STEPS = 2000
-
-
-def demo_recipes(root: Path, additions: dict[str, Path], steps: int) -> list[Path]:
-    """One recipe per addition format on the same 2,000 problems (the format lever)."""
-    samples = steps * DEMO_TRAIN["batch_size"]
-    paths = []
-    for fmt, source in additions.items():
-        body = {
-            "name": fmt.replace("simplified_scratchpad", "scratchpad"),
-            "seed": 0,
-            "global_batch_size": DEMO_TRAIN["batch_size"],
-            "budget": {"samples": samples},
-            # every problem is seen about samples / 2,000 times
-            "sources": [{"name": "addition", "path": str(source), "max_repetition": samples / 2000 + 1}],
-            "schedule": {"type": "constant", "weights": "uniform"},
-        }
-        path = root / "recipes" / f"{body['name']}.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(body, sort_keys=False))
-        paths.append(path)
-    return paths
-
-
-def find_repository() -> Path:
-    """The git work tree diffmix runs from (the checkout), else the current directory's."""
-    import pygit2
-
-    for start in (Path(__file__).resolve().parents[1], Path.cwd()):
-        found = pygit2.discover_repository(str(start))
-        if found:
-            repo = pygit2.Repository(found)
-            return Path(repo.workdir or found)
-    raise DiffmixError("diffmix demo reads its own git history: run it from a git checkout of diffmix")
-
 
 @flow(name="demo", flow_run_name=_named_by_out("demo"))
 def demo(out: str, steps: int = DEMO_STEPS) -> dict[str, Any]:
