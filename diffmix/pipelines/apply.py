@@ -2,8 +2,10 @@
 
 The build applies every emitted DFF *strictly* to its BEF and requires the new
 file back byte for byte. The training stage scores model generations with the
-same code: `verify_diff` classifies a diff the way OpenELM's `verify_diff`
-does, and `apply_lenient` applies by content, ignoring line numbers (OpenELM's
+same code: `verify_diff` classifies a diff in the states OpenELM's `verify_diff`
+names (stricter: a hunk whose text sits a few lines from where its header says
+is wrong_line_numbers, where `git apply` would take the offset), and
+`apply_lenient` applies by content, ignoring line numbers (after OpenELM's
 `apply_diff(use_line_number=False)`), so strict and lenient apply rates can be
 reported side by side.
 
@@ -81,8 +83,9 @@ def parse_diff(diff: str, strict: bool = True) -> list[Hunk]:
     """Parse hunks. Strict: every header count must match its lines exactly.
 
     Lenient (`strict=False`, for model output): an empty line counts as a blank
-    context line, lines after the last complete hunk are ignored, and header
-    counts are not checked.
+    context line, header counts are not checked, and text after a hunk that
+    adds or removes a line is ignored (a closing remark, or output cut inside
+    the next header); a bad line in a hunk that has changed nothing yet is an error.
     """
     hunks: list[Hunk] = []
     raw = diff.split("\n")
@@ -95,6 +98,8 @@ def parse_diff(diff: str, strict: bool = True) -> list[Hunk]:
         if line.startswith("@@"):
             match = _HEADER.match(line)
             if match is None:
+                if not strict and _has_change(hunks[-1:]):
+                    break  # model output cut inside a header: the hunks before it count
                 raise DiffError(DiffState.BAD_HEADER, f"line {number}: {line[:60]!r}")
             a, b, c, d, section = match.groups()
             current = Hunk(int(a), 1 if b is None else int(b), int(c), 1 if d is None else int(d), section)
@@ -112,6 +117,8 @@ def parse_diff(diff: str, strict: bool = True) -> list[Hunk]:
             current.lines[-1] = (prev_op, prev_text[:-1] if prev_text.endswith("\n") else prev_text)
         elif line == "" and not strict:
             current.lines.append((" ", "\n"))
+        elif not strict and _has_change([current]):
+            break  # text after a hunk that changed something (a model's closing remark): ignored
         else:
             raise DiffError(DiffState.BAD_HUNK_LINE, f"line {number}: {line[:60]!r}")
     if not hunks:
@@ -127,8 +134,12 @@ def parse_diff(diff: str, strict: bool = True) -> list[Hunk]:
     return hunks
 
 
+def _has_change(hunks: list[Hunk]) -> bool:
+    return any(op != " " for hunk in hunks for op, _ in hunk.lines)
+
+
 def apply_strict(before: str, diff: str) -> str:
-    """Apply exactly as stated (`git apply` without fuzz): every line where its header says."""
+    """Apply exactly as stated (`git apply` without fuzz or offset): every line where its header says."""
     applied = _apply_strict_fast(before, diff)
     # Anything unusual (or wrong) goes line by line, which also classifies the error.
     return applied if applied is not None else apply_strict_by_lines(before, diff)
@@ -228,7 +239,11 @@ def apply_lenient(before: str, diff: str) -> tuple[str, int]:
 
     Each hunk's old side is searched from the end of the previous applied hunk
     onwards; a hunk whose text is not found is skipped (as OpenELM does) and
-    counted. A missing final newline marker is forgiven.
+    counted. A no-newline marker is forgiven either way: one the file does not
+    need, and one that is missing where the file's last line has no newline. A
+    hunk with no old side (nothing to find) applies only to an empty file: in a
+    file with text, a diff always carries context, and a run of `+` lines alone
+    is not an edit of it.
     """
     hunks = parse_diff(diff, strict=False)
     old = split_lines(before)
@@ -237,12 +252,14 @@ def apply_lenient(before: str, diff: str) -> tuple[str, int]:
     failed = 0
     for hunk in hunks:
         old_side = hunk.old_side()
-        at = _find_block(old, old_side, cursor)
-        if at < 0 and old_side and not old_side[-1].endswith("\n"):
+        at = _find_block(old, old_side, cursor) if old_side else (0 if not old else -1)
+        if at < 0 and old_side and not old_side[-1].endswith("\n"):  # a marker the file does not need
             old_side = [*old_side[:-1], old_side[-1] + "\n"]
             at = _find_block(old, old_side, cursor)
-        if at < 0 and not old_side:  # pure insertion: trust the header
-            at = min(max(cursor, hunk.old_start), len(old))
+        if at < 0 and old_side and old and not old[-1].endswith("\n"):  # the marker missing at the file's end
+            bare = [*old_side[:-1], old_side[-1].removesuffix("\n")]
+            at = len(old) - len(bare) if len(bare) <= len(old) - cursor and old[len(old) - len(bare) :] == bare else -1
+            old_side = bare
         if at < 0:
             failed += 1
             continue

@@ -78,6 +78,31 @@ def test_lenient_ignores_line_numbers_and_counts() -> None:
     assert apply_lenient(FILE, diff) == (FILE.replace("d\n", "D\n"), 0)
 
 
+@pytest.mark.parametrize(
+    ("before", "diff", "expected"),
+    [
+        # a missing no-newline marker where the file's last line has none: forgiven
+        ("a\nb\nc\nd", "@@ -2,3 +2,3 @@\n b\n c\n-d\n+e\n", ("a\nb\nc\ne\n", 0)),
+        # a marker the file does not need: forgiven too
+        ("a\nb\n", "@@ -1,2 +1,2 @@\n a\n-b\n\\ No newline at end of file\n+B\n", ("a\nB\n", 0)),
+        # text after a hunk that changed something, or a header cut short: ignored
+        (FILE, "@@ -3,3 +3,3 @@\n c\n-d\n+D\n e\nDone.\n", (FILE.replace("d\n", "D\n"), 0)),
+        (FILE, "@@ -3,3 +3,3 @@\n c\n-d\n+D\n e\n@@ -9,3 +9", (FILE.replace("d\n", "D\n"), 0)),
+        # added lines alone apply to an empty file only
+        ("", "@@ -0,0 +1,2 @@\n+x\n+y\n", ("x\ny\n", 0)),
+        (FILE, "@@ -1,7 +1,7 @@\n+\n+\n", (FILE, 1)),
+    ],
+)
+def test_lenient_forgives_what_model_output_gets_wrong(before: str, diff: str, expected: tuple[str, int]) -> None:
+    assert apply_lenient(before, diff) == expected
+
+
+def test_lenient_refuses_a_bad_line_before_any_change() -> None:
+    with pytest.raises(DiffError) as caught:
+        apply_lenient(FILE, "@@ -3,3 +3,3 @@\n c\n*d\n")
+    assert caught.value.state is DiffState.BAD_HUNK_LINE
+
+
 def test_lenient_counts_failed_hunks() -> None:
     diff = "@@ -2 +2 @@\n-b\n+B\n@@ -9 +9 @@\n-nope\n+x\n"
     assert apply_lenient(FILE, diff) == (FILE.replace("b\n", "B\n"), 1)

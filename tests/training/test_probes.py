@@ -52,6 +52,14 @@ CASES = [
     ("openelm_v1", "@@ -1,5 +1,5 @@\n a\n b\n-c\n+C\n d\n e\n f\n", _edit(**_NOT_EXACT, hunk_grammar=0.0)),
     # cut before the final newline (ran out of tokens)
     ("openelm_v1", "@@ -1,6 +1,6 @@\n a\n b\n-c\n+C\n d\n e\n f", _edit(**_NOT_EXACT, hunk_grammar=0.0)),
+    # a closing remark after the diff: the lenient reading ignores it, the strict one does not
+    ("openelm_v1", "@@ -1,6 +1,6 @@\n a\n b\n-c\n+C\n d\n e\n f\nDone.\n", _edit(**_NOT_EXACT, hunk_grammar=0.0)),
+    # a hunk of blank `+` lines: nothing of the file in it, so it applies nowhere (not even leniently)
+    (
+        "openelm_v1",
+        "@@ -1,7 +1,7 @@\n+\n+\n+\n",
+        _edit(**_NOT_EXACT, hunk_grammar=0.0, lenient_apply=0.0, context_at_line=NAN, context_anywhere=NAN),
+    ),
     # prose instead of a diff
     ("openelm_v1", "I made c upper case.\n", dict.fromkeys(EDIT_SCORES, 0.0) | {"context_at_line": NAN, "context_anywhere": NAN}),
     # --- the other edit formats: their parser and the new file ------------------------
@@ -68,6 +76,7 @@ CASES = [
     ("udiff_nolines_v1", None, _RIGHT),
     ("udiff_nolines_v1", "@@ @@\n a\n b\n-c\n+D\n d\n e\n f\n", _PARSES_WRONG),
     ("udiff_nolines_v1", "@@ @@\n a\n b\n-q\n+C\n", _BROKEN),
+    ("udiff_nolines_v1", "@@ @@\n+\n+\n", _BROKEN),  # only added blank lines: not an edit of a file with text
     ("whole_file_v1", None, _RIGHT),
     ("whole_file_v1", "a\nb\nD\nd\ne\nf\ng\n", _PARSES_WRONG),
     # --- addition: exact match of the parsed answer, digits right from the right --------
