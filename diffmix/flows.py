@@ -40,9 +40,11 @@ from rich.progress import (  # noqa: E402
 from diffmix.demo import DEMO_ADDITION, DEMO_CORPUS, DEMO_FORMATS, DEMO_STEPS, DEMO_TRAIN, demo_recipes, find_repository  # noqa: E402
 from diffmix.errors import DiffmixError, first_line  # noqa: E402
 from diffmix.pipelines import build as corpus  # noqa: E402
+from diffmix.pipelines.ingest import resolve_source  # noqa: E402
 from diffmix.pipelines.io import output_lock, remove_stale_temporaries  # noqa: E402
 from diffmix.prefect_server import prefect_api  # noqa: E402
 from diffmix.schemas.config import BuildConfig, load_build_config  # noqa: E402
+from diffmix.schemas.manifest import PIPELINE_STAGES  # noqa: E402
 
 if TYPE_CHECKING:  # imported where used: torch and the training stack cost seconds to import
     from diffmix.compare import RunSpec
@@ -211,8 +213,17 @@ def build_corpus(
 ) -> dict[str, Any]:
     """Commits -> filtered, formatted documents -> sharded Arrow dataset with a manifest."""
     config = load_build_config(config_path, **(config_overrides or {}))
+    inputs, out = [resolve_source(uri).canonical_uri() for uri in inputs], _absolute(out)
     with output_lock(out):  # this process holds `out` until the build is done (its Dask workers write into it)
-        return _build_corpus(inputs, out, config, overwrite)
+        manifest = _build_corpus(inputs, out, config, overwrite)
+    _publish_build_counts(manifest, out)
+    return manifest
+
+
+def _absolute(path: str) -> str:
+    """A path as the flow's process sees it: a deployment's relative paths are the serve
+    process's working directory's, and the Dask workers that use them may run elsewhere."""
+    return os.path.abspath(path)
 
 
 def _build_corpus(inputs: list[str], out: str, config: BuildConfig, overwrite: bool) -> dict[str, Any]:
@@ -303,7 +314,7 @@ measure_task = _task(_train, "train", task_run_name=_named_by_out("train", "task
 @flow(name="build_mixture", flow_run_name=_named_by_out("mix"))
 def build_mixture(recipe: str, out: str, index_only: bool = False) -> dict[str, Any]:
     """A recipe -> a mixed dataset in training order (deterministic, resumable by position)."""
-    return build_mixture_task(recipe, out, index_only)
+    return build_mixture_task(_absolute(recipe), _absolute(out), index_only)
 
 
 @flow(name="measure_mixture", flow_run_name=_named_by_out("train"))
@@ -354,6 +365,7 @@ def compare_recipes(
     from diffmix import compare
     from diffmix.training import load_train_config
 
+    recipes, out = [_absolute(r) for r in recipes], _absolute(out)
     base_config = load_train_config(train_config, steps=steps, **(train_overrides or {}))
     recipe_list, runs = compare.plan_comparison(recipes, out, seeds, baseline, base_config.digest())
     fresh = not Path(out).exists()
@@ -406,7 +418,7 @@ def _compare_recipes(
         rows.append(compare.run_row(run, by_name[run.recipe], status, error))
     mixture_dirs = {run.recipe: run.mixture_dir for run in runs}
     result = compare.write_comparison(root, rows, baseline, base_config, title or ", ".join(by_name), mixture_dirs)
-    _publish_artifacts(result)
+    _publish_artifacts(result, root)
     failed = [r for r in result["runs"] if r["status"] != "ok"]
     if failed:  # the flow run shows Failed (a scheduled comparison must not look healthy), the report covers the rest
         return Failed(message=f"{len(failed)} of {len(rows)} runs failed; first: {failed[0]['run_id']}: {failed[0]['error']}", data=result)
@@ -421,14 +433,33 @@ def _comparison(state: State) -> dict[str, Any]:
     return result
 
 
-def _publish_artifacts(result: dict[str, Any]) -> None:
-    """The skill tables and the report, as Prefect artifacts (they show in the UI)."""
+def _artifact_key(*parts: str) -> str:
+    """A Prefect artifact key (lower-case letters, digits and dashes) from its parts."""
+    return "-".join("".join(c if c.isalnum() else "-" for c in part.lower()).strip("-") for part in parts)
+
+
+def _publish_artifacts(result: dict[str, Any], root: Path) -> None:
+    """The skill tables and the report, as Prefect artifacts (they show in the UI), keyed by the
+    comparison's folder so that two comparisons keep their own histories."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     for skill, rows in result["tables"].items():
-        key = "comparison-" + "".join(c if c.isalnum() else "-" for c in skill.lower()).strip("-")
-        create_table_artifact(table=rows, key=key, description=f"Skill {skill}: speed to threshold per recipe")
-    create_markdown_artifact(markdown=Path(result["report_md"]).read_text(encoding="utf-8"), key="comparison-report", description="diffmix recipe comparison")
+        create_table_artifact(table=rows, key=_artifact_key("comparison", root.name, skill), description=f"Skill {skill}: speed to threshold per recipe")
+    report = Path(result["report_md"]).read_text(encoding="utf-8")
+    create_markdown_artifact(markdown=report, key=_artifact_key("comparison", root.name, "report"), description=f"diffmix recipe comparison in {root}")
+
+
+def _publish_build_counts(manifest: dict[str, Any], out: str) -> None:
+    """A build's rows in / kept / dropped per stage and reason, as a table artifact (a nightly
+    build's numbers in the UI)."""
+    from prefect.artifacts import create_table_artifact
+
+    counts = manifest["counts"]
+    rows = [{"stage": "all", "reason": "kept", "rows": counts["kept"]}]
+    by_stage = counts.get("by_stage", {})
+    for stage in [s for s in PIPELINE_STAGES if s in by_stage]:
+        rows += [{"stage": stage, "reason": reason, "rows": n} for reason, n in sorted(by_stage[stage].get("dropped", {}).items())]
+    create_table_artifact(table=rows, key=_artifact_key("build", Path(out).name), description=f"diffmix build of {out}: {counts['in']:,} rows in")
 
 
 def run_compare_recipes(
@@ -465,14 +496,34 @@ SCHEDULABLE = {"build_corpus": build_corpus, "build_mixture": build_mixture, "co
 
 
 def deployments_from_config(path: str) -> list[Any]:
-    """Deployments (with cron schedules and parameters) of the flows a serve config names."""
+    """Deployments (with cron schedules and parameters) of the flows a serve config names.
+
+    Parameters are checked against the flow's signature here, not when the schedule fires;
+    the entrypoint is the module path (`diffmix.flows.build_corpus`), so the runs' tasks
+    pickle by a name every Dask worker can import (a file path loads as a module `flows`).
+    """
+    import inspect
+
+    from prefect.deployments.runner import EntrypointType
+
     from diffmix.schemas.serve import load_serve_config
 
     config = load_serve_config(path)
-    return [
-        SCHEDULABLE[d.flow].to_deployment(name=d.name, cron=d.cron, parameters=d.parameters, description=d.description, tags=["diffmix", d.flow])
-        for d in config.deployments
-    ]
+    deployments = []
+    for index, d in enumerate(config.deployments):
+        flow_fn = SCHEDULABLE[d.flow]
+        try:
+            inspect.signature(flow_fn.fn).bind(**d.parameters)
+        except TypeError as exc:
+            names = ", ".join(inspect.signature(flow_fn.fn).parameters)
+            raise DiffmixError(f"{path}: deployments[{index}] ({d.name}): parameters: {exc} ({d.flow} takes: {names})") from None
+        deployments.append(
+            flow_fn.to_deployment(
+                name=d.name, cron=d.cron, parameters=d.parameters, description=d.description, tags=["diffmix", d.flow],
+                entrypoint_type=EntrypointType.MODULE_PATH,
+            )  # fmt: skip
+        )
+    return deployments
 
 
 def serve(path: str) -> None:

@@ -227,6 +227,7 @@ def test_deployments_register_with_schedules(tmp_path: Path) -> None:
         for deployment_id in ids:
             deployment = client.read_deployment(deployment_id)
             found[deployment.name] = ([s.schedule.cron for s in deployment.schedules], deployment.parameters)
+            assert deployment.entrypoint.startswith("diffmix.flows.")  # importable by name on any Dask worker
     assert found["nightly-corpus"] == (["0 3 * * *"], {"inputs": ["/data/repo"], "out": "/data/corpus"})
     assert found["nightly-mix"][0] == ["30 3 * * *"]
     assert found["weekly-compare"][0] == ["0 5 * * 1"]
@@ -247,6 +248,22 @@ def test_bad_serve_config(tmp_path: Path, body: dict, message: str) -> None:
     path.write_text(yaml.safe_dump(body))
     with pytest.raises(DiffmixError, match=message):
         load_serve_config(path)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"inputs": ["/data/repo"], "out": "/data/corpus", "workers": 4}, r"got an unexpected keyword argument 'workers' \(build_corpus takes: inputs, out, config_path"),
+        ({"inputs": ["/data/repo"]}, r"missing a required argument: 'out'"),
+    ],
+)
+def test_deployment_parameters_are_checked_when_served(tmp_path: Path, parameters: dict, message: str) -> None:
+    from diffmix.flows import deployments_from_config
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"deployments": [{"flow": "build_corpus", "name": "nightly", "cron": "0 3 * * *", "parameters": parameters}]}))
+    with pytest.raises(DiffmixError, match=r"deployments\[0\] \(nightly\): parameters: " + message):
+        deployments_from_config(str(path))
 
 
 def test_mean_spread_of_one_value() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -107,13 +108,26 @@ def test_datasets_reads_shards(tmp_path: Path, history: Path) -> None:
 
 def test_runs_are_named_by_what_they_do(tmp_path: Path, history: Path) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, TaskRunFilter, TaskRunFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        ArtifactCollectionFilter,
+        ArtifactCollectionFilterKey,
+        FlowRunFilter,
+        FlowRunFilterName,
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
+    )
 
     run_build_corpus([str(history)], str(tmp_path / "named-build"), workers=1, config_overrides=SMALL)
     with get_client(sync_client=True) as client:
         (flow_run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["build named-build"])))
         tasks = {t.name for t in client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run.id])))}
     assert {"stage input 0", "documents p-00000", "data shard 0", "rejects shard 0"} <= tasks
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=["build-named-build"])))
+    table = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    manifest = read_manifest(tmp_path / "named-build")
+    assert table[0] == {"stage": "all", "reason": "kept", "rows": manifest.counts.kept}  # a nightly build's numbers, in the UI
+    assert sum(row["rows"] for row in table) == manifest.counts.rows_in
 
 
 def test_resume_after_sigkill_gives_identical_bytes(tmp_path: Path) -> None:

@@ -227,13 +227,13 @@ def _claim_output(plan: BuildPlan, overwrite: bool) -> Manifest | None:
                 verify_files(out, manifest.shards + manifest.rejects, check_hashes=False)
             except DiffmixError as exc:
                 if not overwrite:
-                    raise DiffmixError(f"{exc}; pass --overwrite to build it again") from None
+                    raise DiffmixError(f"{exc}; pass --overwrite (a deployment: overwrite: true) to build it again") from None
             else:
                 _remove_scratch(plan)  # a build killed after its manifest and before its cleanup left it behind
                 remove_stale_temporaries(out)
                 return manifest
         elif not overwrite:
-            raise DiffmixError(f"{out}: holds a different build (config or inputs differ); pass --overwrite or choose another --out")
+            raise DiffmixError(f"{out}: holds a different build (config or inputs differ); pass --overwrite (a deployment: overwrite: true) or choose another --out")
         shutil.rmtree(previous, ignore_errors=True)
         previous.mkdir()
         for entry in out.iterdir():

@@ -58,7 +58,7 @@ def test_overwrite_repairs_a_damaged_build_of_the_same_config(tmp_path: Path) ->
     first = shard_paths(out)[0]
     good = first.read_bytes()
     first.unlink()
-    with pytest.raises(DiffmixError, match="listed in the manifest but missing; pass --overwrite to build it again"):
+    with pytest.raises(DiffmixError, match=r"listed in the manifest but missing; pass --overwrite \(a deployment: overwrite: true\) to build it again"):
         build(out)
     build(out, overwrite=True)
     assert first.read_bytes() == good and open_dataset(out).counts.kept == 44
