@@ -25,7 +25,7 @@ import polars as pl
 
 from diffmix.errors import DiffmixError
 from diffmix.mixers.recipe import Recipe, load_recipe
-from diffmix.pipelines.io import atomic_open, check_output_dir, read_json, sha256_file, sha256_json
+from diffmix.pipelines.io import atomic_open, check_output_dir, foreign_entries, read_json, sha256_file, sha256_json
 from diffmix.pipelines.shards import MANIFEST
 
 AXES = ("steps", "tokens", "examples", "unique_examples")
@@ -80,6 +80,8 @@ def plan_comparison(
         raise DiffmixError(f"--baseline {baseline!r} is not one of the recipes ({', '.join(names)})")
     root = Path(out)
     check_output_dir(root)
+    if foreign := foreign_entries(root, _is_comparison_file):
+        raise DiffmixError(f"{root}: not empty and not a diffmix comparison ({', '.join(foreign[:5])}); use another --out")
     runs = []
     for path, recipe in zip(recipe_paths, recipes):
         key = recipe_key(recipe)
@@ -88,6 +90,13 @@ def plan_comparison(
             run_key = sha256_json({"recipe": key, "train": train_digest})[:12]
             runs.append(RunSpec(recipe.name, str(path), key, seed, str(mixture), str(root / "runs" / f"{recipe.name}-{run_key}-s{seed}")))
     return recipes, runs
+
+
+def _is_comparison_file(path: Path) -> bool:
+    """What a comparison writes into its folder (its mixtures and runs, the tables, the report)."""
+    if path.is_dir():
+        return path.name in ("mixtures", "runs")
+    return path.name in ("comparison.parquet", "report.md", "report.html") or path.suffix == ".png"
 
 
 def _flat(prefix: str, value: Any, out: dict[str, Any]) -> None:

@@ -200,6 +200,13 @@ def test_compare_refuses_bad_out_and_steps_before_anything_is_written(tmp_path: 
     with pytest.raises(DiffmixError, match="--baseline 'nosuch' is not one of the recipes \\(alpha\\)"):
         run_compare_recipes([str(recipe)], str(tmp_path / "out"), baseline="nosuch")  # not after every run trained
     assert not (tmp_path / "out").exists()
+    mine = tmp_path / "mine"
+    (mine / "notes").mkdir(parents=True)
+    (mine / "report.md").write_text("my report")
+    (mine / "notes" / ".draft.tmp-5").write_text("mine")
+    with pytest.raises(DiffmixError, match=r"not empty and not a diffmix comparison \(notes\)"):
+        run_compare_recipes([str(recipe)], str(mine))
+    assert (mine / "report.md").read_text() == "my report" and (mine / "notes" / ".draft.tmp-5").is_file()
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -52,6 +52,7 @@ from diffmix.mixers.recipe import (
 from diffmix.pipelines.io import (
     atomic_open,
     check_output_dir,
+    foreign_entries,
     output_lock,
     read_ipc_stream,
     remove_stale_temporaries,
@@ -62,6 +63,7 @@ from diffmix.pipelines.shards import (
     DATA_DIR,
     DEFAULT_SHARD_BYTES,
     MANIFEST,
+    SHARD_NAME,
     load_table,
     open_dataset,
     plan_shards,
@@ -299,11 +301,15 @@ def _prepare_out(out: Path, config_hash: str) -> Manifest | None:
             "choose another --out or remove it"
         )
     check_output_dir(out)
-    if out.exists():
-        leftovers = {p.name for p in out.iterdir() if not p.name.startswith(".")}
-        if leftovers - {DATA_DIR, TOKENIZER_FILE}:
-            raise DiffmixError(f"{out}: not empty and not a diffmix dataset ({', '.join(sorted(leftovers))})")
+    # What a killed mix leaves: shards under data/ and the tokenizer (they are replaced); anything else is the user's.
+    foreign = foreign_entries(out, lambda p: p.name == TOKENIZER_FILE or (p.name == DATA_DIR and not foreign_entries(p, _is_shard_file)))
+    if foreign:
+        raise DiffmixError(f"{out}: not empty and not a diffmix dataset ({', '.join(foreign[:5])})")
     return None
+
+
+def _is_shard_file(path: Path) -> bool:
+    return bool(SHARD_NAME.match(path.name)) and path.is_file()
 
 
 def _document_table(sources: list[_Source], columns: list[pa.Field]) -> pa.Table:

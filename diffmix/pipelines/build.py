@@ -58,6 +58,7 @@ from diffmix.pipelines.ingest import (
 )
 from diffmix.pipelines.io import (
     check_output_dir,
+    foreign_entries,
     output_lock,
     read_ipc_stream,
     read_json,
@@ -218,7 +219,7 @@ def _claim_output(plan: BuildPlan, overwrite: bool) -> Manifest | None:
     """The manifest when `out` already holds this exact build; else make `out` this build's (or fail)."""
     out = plan.out
     previous = out / PREVIOUS_DIR
-    if previous.is_dir() and not (out / WORK_DIR).is_dir() and not (out / MANIFEST).is_file():
+    if (previous / MANIFEST).is_file() and not (out / WORK_DIR).is_dir() and not (out / MANIFEST).is_file():
         _put_back_previous(out)  # an --overwrite killed while it moved the old build aside
     if (out / MANIFEST).is_file():
         manifest = read_manifest(out)
@@ -240,9 +241,14 @@ def _claim_output(plan: BuildPlan, overwrite: bool) -> Manifest | None:
             if entry.name not in (WORK_DIR, PREVIOUS_DIR):
                 entry.rename(previous / entry.name)
         shutil.rmtree(out / WORK_DIR, ignore_errors=True)
-    elif out.is_dir() and any(out.iterdir()) and not (out / WORK_DIR).is_dir():
-        raise DiffmixError(f"{out}: directory is not empty and is not a diffmix build")
+    elif foreign := foreign_entries(out, lambda p: p.name == WORK_DIR and _is_build_work(p)):
+        raise DiffmixError(f"{out}: directory is not empty and is not a diffmix build ({', '.join(foreign[:5])})")
     return None
+
+
+def _is_build_work(work: Path) -> bool:
+    """A build's work directory (its plan written first), or one a kill left before it was."""
+    return (work / "plan.json").is_file() or (work.is_dir() and not any(work.iterdir()))
 
 
 def _is_this_build(manifest: Manifest, config: BuildConfig, config_hash: str, inputs: list[InputEntry]) -> bool:

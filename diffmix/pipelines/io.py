@@ -13,7 +13,8 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -156,10 +157,29 @@ def output_lock(directory: str | os.PathLike[str]) -> Iterator[None]:
                 path.rmdir()  # only when empty: nothing left behind by a run that wrote nothing
 
 
+_TEMPORARY = re.compile(r"^\..+\.tmp-[0-9]+$")
+
+
+def is_temporary(name: str) -> bool:
+    """A `.name.tmp-PID` file of `atomic_open`: never valid output."""
+    return bool(_TEMPORARY.match(name))
+
+
 def remove_stale_temporaries(directory: str | os.PathLike[str]) -> None:
-    """Delete `.name.tmp-PID` leftovers of a killed writer (they are never valid output)."""
+    """Delete `.name.tmp-PID` leftovers of a killed writer in a directory diffmix owns
+    (its callers check that first: a user's folder is never swept)."""
     root = Path(directory)
     if not root.is_dir():
         return
     for tmp in root.rglob(".*.tmp-*"):
-        tmp.unlink(missing_ok=True)
+        if is_temporary(tmp.name) and tmp.is_file():
+            tmp.unlink(missing_ok=True)
+
+
+def foreign_entries(directory: str | os.PathLike[str], ours: Callable[[Path], bool]) -> list[str]:
+    """Names in `directory` that diffmix did not write there (`ours` says which it did), sorted;
+    a killed writer's temporaries count as ours."""
+    root = Path(directory)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if not is_temporary(p.name) and not ours(p))

@@ -11,6 +11,7 @@ Corpora and mixtures share this layout and these functions.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,9 @@ REJECTS_DIR = "rejects"
 DEFAULT_SHARD_BYTES = 128 * 1024 * 1024
 # Record batches inside a shard: small enough for bounded-memory streaming readers.
 BATCH_ROWS = 1024
+
+
+SHARD_NAME = re.compile(r"^part-[0-9]{5,}-of-[0-9]{5,}\.arrow$")
 
 
 def shard_name(index: int, count: int) -> str:

@@ -50,6 +50,7 @@ from diffmix.errors import DiffmixError, first_line
 from diffmix.pipelines.io import (
     atomic_open,
     check_output_dir,
+    foreign_entries,
     output_lock,
     read_json,
     remove_stale_temporaries,
@@ -289,15 +290,28 @@ def _warn_if_replayed(run: Path, config: TrainConfig, data: MixtureTokens, rank:
 
 def _claim_run(run: Path, digest: str) -> None:
     """Create the run directory, or fail in one line before anything in it is overwritten:
-    `run` is a file, or it holds a checkpoint of another config (config.json says whose)."""
+    `run` is a file, a folder of something else, or a run of another config or mixture
+    (config.json, written first, says whose: its checkpoint and tokenizer are not this run's)."""
     check_output_dir(run)
     if (run / MANIFEST).is_file():
         raise DiffmixError(f"{run}: holds a dataset ({MANIFEST}), not a run; use another --out")
-    recorded = run / "config.json"
-    if (run / CHECKPOINT).is_file() and recorded.is_file():
-        _check_same_config(run / CHECKPOINT, read_json(recorded).get("digest", ""), digest)
+    recorded = _recorded_digest(run)
+    if recorded is not None:
+        if recorded != digest:
+            raise DiffmixError(f"{run}: holds a run of another config or mixture (digest {recorded[:12]}, now {digest[:12]}); use another --out")
+    elif foreign := foreign_entries(run, lambda p: False):
+        raise DiffmixError(f"{run}: not empty and not a diffmix run ({', '.join(foreign[:5])}); use another --out")
     run.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(run)  # a killed run's half-written files
+
+
+def _recorded_digest(run: Path) -> str | None:
+    """The digest in a run's config.json; None when there is none (or it is not a run's)."""
+    try:
+        recorded = read_json(run / "config.json")
+    except (OSError, ValueError):
+        return None
+    return recorded.get("digest") if isinstance(recorded, dict) and isinstance(recorded.get("digest"), str) else None
 
 
 def _check_same_config(checkpoint: Path, recorded: str, digest: str) -> None:
@@ -608,11 +622,12 @@ def _bar(enabled: bool, total: int, completed: int) -> Progress:
 
 def _finished_summary(run: Path, digest: str) -> dict[str, Any] | None:
     """The summary of a finished run of the same config in `run`, if there is one."""
-    if not (run / SUMMARY).is_file() or not (run / "config.json").is_file():
+    if not (run / SUMMARY).is_file() or _recorded_digest(run) != digest:
         return None
-    if read_json(run / "config.json").get("digest") != digest:
+    try:
+        return read_json(run / SUMMARY)
+    except ValueError:  # damaged: the run is finished again
         return None
-    return read_json(run / SUMMARY)
 
 
 def _finish(run: Path, config: TrainConfig, digest: str, data: MixtureTokens, model: GPT, state: _Progress, probes: list[ProbeSet], manifest: dict, world: int) -> dict[str, Any]:

@@ -344,6 +344,14 @@ def test_an_out_dir_holding_something_else_is_left_alone(built, source_dirs, tmp
     (tmp_path / "notes" / "todo.txt").write_text("mine")
     with pytest.raises(DiffmixError, match="not empty and not a diffmix dataset"):
         build_mixture(tmp_path / "r.yaml", tmp_path / "notes")
+    # a data/ folder, or dot files, of the user's: not what a killed mix leaves, so not swept
+    for name, content in (("data/important.csv", "mine"), (".config/app/.settings.tmp-7", "mine"), (".bashrc", "mine")):
+        folder = tmp_path / f"user-{name.split('/')[0].strip('.')}"
+        (folder / name).parent.mkdir(parents=True)
+        (folder / name).write_text(content)
+        with pytest.raises(DiffmixError, match="not empty and not a diffmix dataset"):
+            build_mixture(tmp_path / "r.yaml", folder)
+        assert (folder / name).read_text() == content
 
 
 def test_a_mixture_being_written_is_not_written_twice(source_dirs, tmp_path: Path) -> None:

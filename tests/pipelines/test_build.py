@@ -98,3 +98,23 @@ def test_an_overwrite_killed_while_moving_the_old_build_aside_is_undone(tmp_path
     (out / "manifest.json").rename(out / ".previous" / "manifest.json")
     build(out, overwrite=True, split={"by": "commit", "seed": 1})  # another config, as the killed run asked
     assert open_dataset(out).config["split"]["seed"] == 1 and not (out / ".previous").exists()
+
+
+def _users_folder(root: Path, hidden: str) -> Path:
+    """A folder of the user's that happens to hold a `.work` or `.previous` of their own."""
+    (root / hidden).mkdir(parents=True)
+    (root / hidden / "todo.txt").write_text("mine")
+    (root / "docs").mkdir()
+    (root / "docs" / "thesis.txt").write_text("mine")
+    (root / "docs" / ".draft.tmp-42").write_text("mine")  # named like a killed writer's temporary
+    return root
+
+
+@pytest.mark.parametrize("hidden", [".work", ".previous"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_of_the_users_is_never_taken_or_swept(tmp_path: Path, hidden: str, overwrite: bool) -> None:
+    out = _users_folder(tmp_path / "d", hidden)
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(DiffmixError, match=r"not empty and is not a diffmix build \((\.work, |\.previous, )?docs\)"):
+        build(out, overwrite=overwrite)
+    assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

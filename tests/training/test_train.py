@@ -323,3 +323,20 @@ def test_a_larger_batch_takes_fewer_steps_and_a_longer_run_says_it_replays(tmp_p
     assert resolve_config(tiny_config(steps=None, batch_size=32), manifest).steps == 2  # not the mixture's 3 steps of 16
     train(mixture, tmp_path / "run", tiny_config(steps=5, batch_size=16, eval_interval=1000, checkpoint_interval=1000))
     assert "5 steps make 1.67 passes over the mixture (3 steps of 16 each)" in capsys.readouterr().err
+
+
+def test_a_run_folder_is_only_ever_this_run(copy_mixture: Path, tmp_path: Path) -> None:
+    # a folder of the user's: refused, nothing in it touched (not even files named like temporaries)
+    folder = tmp_path / "mine"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text('{"theme": "dark"}')
+    (folder / "sub" / ".draft.tmp-42").write_text("mine")
+    with pytest.raises(DiffmixError, match=r"not empty and not a diffmix run \(config.json, sub\)"):
+        train(copy_mixture, folder, tiny_config(steps=2))
+    assert (folder / "config.json").read_text() == '{"theme": "dark"}' and (folder / "sub" / ".draft.tmp-42").is_file()
+    # a run of another config killed before its first checkpoint: its tokenizer is not this run's
+    run = tmp_path / "run"
+    train(copy_mixture, run, tiny_config(steps=2, eval_interval=1000, checkpoint_interval=1000, stop_after=1))
+    (run / CHECKPOINT).unlink()
+    with pytest.raises(DiffmixError, match="holds a run of another config or mixture"):
+        train(copy_mixture, run, tiny_config(steps=3, eval_interval=1000, checkpoint_interval=1000))
