@@ -127,7 +127,7 @@ def _named_by_out(verb: str, runtime: str = "flow_run") -> Callable[[], str]:
         from prefect import runtime as prefect_runtime
 
         out = getattr(prefect_runtime, runtime).parameters.get("out")
-        return f"{verb} {Path(out).resolve().name}" if out else verb
+        return f"{verb} {os.path.basename(os.path.abspath(out))}" if out else verb
 
     return name
 
@@ -147,7 +147,7 @@ def _env_count(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         raise DiffmixError(f"{name}={raw!r}: expected a whole number of at least 1")
     return int(raw)
 

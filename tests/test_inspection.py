@@ -105,3 +105,23 @@ def test_an_unfinished_run_says_so_and_how_to_resume(built: dict[str, Path], tmp
     assert "stopped at step 5 of 20 (stop_after); the same command resumes it" in capsys.readouterr().out
     assert main(["inspect", str(run)]) == 2
     assert "a training run that has not finished" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("escape", ["/etc/passwd", "../elsewhere/part-00000-of-00001.arrow", "link"])
+def test_a_manifest_cannot_point_outside_its_directory(built: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture, escape: str) -> None:
+    import shutil
+
+    copy = tmp_path / "corpus"
+    shutil.copytree(built["corpus"], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    shard = copy / manifest["shards"][0]["path"]
+    if escape == "link":  # a shard that is a symbolic link to a file outside, with matching bytes
+        outside = tmp_path / "outside.arrow"
+        shard.rename(outside)
+        shard.symlink_to(outside)
+    else:
+        manifest["shards"][0]["path"] = escape
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["inspect", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("is not inside the dataset directory" in err or "a link to a file outside the dataset directory" in err), err

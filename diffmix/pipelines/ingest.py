@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -114,7 +115,7 @@ def _conform_types(table: pa.Table) -> pa.Table:
             column = column.cast(pa.timestamp("us"))
         if pa.types.is_timestamp(column.type):  # a naive one is taken as UTC
             column = pc.strftime(column.cast(pa.timestamp("s", "UTC"), safe=False), format="%Y-%m-%dT%H:%M:%SZ")
-        if pa.types.is_string(wanted) and not any(is_text(column.type) for is_text in _TEXT_TYPES):
+        if (pa.types.is_string(wanted) or pa.types.is_large_string(wanted)) and not any(is_text(column.type) for is_text in _TEXT_TYPES):
             column = column.cast(wanted)  # a number or a flag where text belongs (a numeric commit id)
         if pa.types.is_integer(wanted) and pa.types.is_integer(column.type) and column.type.bit_width > wanted.bit_width:
             info = np.iinfo(wanted.to_pandas_dtype())  # a count too large for its column: unknown, not a failed build
@@ -275,9 +276,9 @@ class JsonlSource(StreamSource):
                     raise self._too_long(f"line {number}")
                 try:
                     record = json.loads(line.decode("utf-8", "replace"))  # bad bytes in a value: that row's problem (bad_encoding)
-                except ValueError as exc:
+                except (ValueError, RecursionError) as exc:
                     if seen == 0:
-                        raise DiffmixError(f"{self.path}: line {number} is not JSON ({exc})") from None
+                        raise DiffmixError(f"{self.path}: line {number} is not JSON ({_json_problem(exc)})") from None
                     break  # the reader names a broken later line
                 if not isinstance(record, dict):
                     if seen == 0:
@@ -343,8 +344,8 @@ class JsonlSource(StreamSource):
                 raise self._too_long(f"line {number}")
             try:  # surrogateescape: bytes that are not UTF-8 come back as they were (that row's problem)
                 record = json.loads(line.decode("utf-8", "surrogateescape"))
-            except ValueError as exc:
-                raise DiffmixError(f"{self.path}: broken JSON line {number} ({exc})") from None
+            except (ValueError, RecursionError) as exc:
+                raise DiffmixError(f"{self.path}: broken JSON line {number} ({_json_problem(exc)})") from None
             if not isinstance(record, dict):
                 raise DiffmixError(f"{self.path}: line {number} is not a JSON object")
             yield record
@@ -434,7 +435,9 @@ class HuggingFaceSource(StreamSource):
         if not self._is_local():
             return f"hf:{self.name}:{self.split}"
         root = Path(self.name)
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = [root] if root.is_file() else sorted(itertools.islice(_dataset_files(root), _MAX_LOCAL_DATASET_FILES + 1))
+        if len(files) > _MAX_LOCAL_DATASET_FILES:  # `hf:/usr` would hash gigabytes before load_dataset refused it
+            raise DiffmixError(f"{self.uri}: more than {_MAX_LOCAL_DATASET_FILES:,} files under {root}: not a dataset folder")
         listing = "".join(f"{p.relative_to(root) if p != root else p.name}\0{sha256_file(p)}\n" for p in files)
         return f"hf-local:{self.split}:{hashlib.sha256(listing.encode()).hexdigest()}"
 
@@ -489,6 +492,13 @@ class SyntheticSource(Source):
         from diffmix.mixers.synthetic import synthetic_documents
 
         return synthetic_documents(self.spec)
+
+
+_MAX_LOCAL_DATASET_FILES = 10_000
+
+
+def _dataset_files(root: Path) -> Iterator[Path]:
+    return (p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
 def resolve_source(uri: str) -> Source:
@@ -635,6 +645,10 @@ def _decode_each(column: pa.ChunkedArray, replace: bool) -> tuple[pa.Array, list
 # pyarrow's JSON reader on a value whose JSON type is not its column's, or on an escaped lone
 # surrogate ("\udcff", valid JSON but not text): read record by record, that row's problem.
 _JSON_PER_RECORD = re.compile(r"changed from \w+ to \w+|Failed to convert JSON to|surrogate")
+
+
+def _json_problem(exc: Exception) -> str:
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
 
 
 def _json_records_table(records: list[dict[str, Any]]) -> pa.Table:

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 import pyarrow as pa
 
-from diffmix.errors import DiffmixError
+from diffmix.errors import DiffmixError, first_line
 
 _HASH_CHUNK = 1 << 22
 
@@ -66,6 +66,10 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
 
 def check_output_dir(path: str | os.PathLike[str]) -> None:
     """Fail in one line when an output path, or a folder above it, exists and is not a directory."""
+    try:
+        Path(path).resolve()
+    except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError on a symbolic link loop
+        raise DiffmixError(f"{path}: a symbolic link loop") from None
     for where in (Path(path), *Path(path).parents):
         if where.exists() and not where.is_dir():
             raise DiffmixError(f"{where}: exists and is not a directory" + ("" if where == Path(path) else f" (in --out {path})"))
@@ -118,10 +122,19 @@ def _compact(batch: pa.Table) -> pa.Table:
 
 
 def read_ipc_stream(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
-    """Memory-map an Arrow IPC stream file (zero copy for the columns read)."""
-    with pa.memory_map(str(path)) as source:
-        table = pa.ipc.open_stream(source).read_all()
-    return table.select(columns) if columns is not None else table
+    """Memory-map an Arrow IPC stream file (zero copy for the columns read); a file that is not
+    one, or lacks a column asked for, fails in one line naming it."""
+    try:
+        with pa.memory_map(str(path)) as source:
+            table = pa.ipc.open_stream(source).read_all()
+    except pa.ArrowInvalid as exc:
+        raise DiffmixError(f"{path}: not an Arrow IPC stream ({first_line(exc)})") from None
+    if columns is not None:
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise DiffmixError(f"{path}: no column {', '.join(missing)}")
+        return table.select(columns)
+    return table
 
 
 @contextlib.contextmanager

@@ -109,18 +109,25 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
         raise DiffmixError(f"{directory}: no manifest.json (not a diffmix dataset, or its build did not finish)")
     try:
         return Manifest.model_validate(read_json(path))
-    except (ValueError, ValidationError) as exc:
-        first = str(exc).splitlines()[0]
+    except ValidationError as exc:
+        from diffmix.schemas.config import first_error  # (that module imports this one)
+
+        raise DiffmixError(f"{path}: invalid manifest ({first_error(exc)})") from None
+    except (ValueError, RecursionError) as exc:
+        first = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
         raise DiffmixError(f"{path}: invalid manifest ({first})") from None
 
 
 def verify_files(directory: str | os.PathLike[str], entries: list[FileEntry], check_hashes: bool = True) -> None:
     """Check that every listed file exists with its size (and sha256); fail naming the first that does not."""
     root = Path(directory)
+    inside = root.resolve()
     for entry in entries:
         path = root / entry.path
         if not path.is_file():
             raise DiffmixError(f"{path}: listed in the manifest but missing")
+        if not path.resolve().is_relative_to(inside):
+            raise DiffmixError(f"{path}: a link to a file outside the dataset directory")
         if path.stat().st_size != entry.bytes:
             raise DiffmixError(f"{path}: size {path.stat().st_size} does not match the manifest ({entry.bytes})")
         if check_hashes and sha256_file(path) != entry.sha256:
@@ -141,7 +148,10 @@ def verify_tokenizer(directory: str | os.PathLike[str], manifest: Manifest, chec
     tokenizer = manifest.tokenizer or {}
     if "sha256" not in tokenizer:
         return
-    path = Path(directory) / tokenizer.get("file", "tokenizer.json")
+    name = tokenizer.get("file", "tokenizer.json")
+    path = Path(directory) / name
+    if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
+        raise DiffmixError(f"{Path(directory) / MANIFEST}: tokenizer file {name!r} is not a file of the dataset directory")
     if not path.is_file():
         raise DiffmixError(f"{path}: named by the manifest's tokenizer but missing")
     if check_hashes and sha256_file(path) != tokenizer["sha256"]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import reprlib
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -269,6 +270,10 @@ def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> dict[str, Any]
         data = load_yaml(source.read_text(encoding="utf-8"))
     except (FileNotFoundError, IsADirectoryError):
         raise DiffmixError(f"{source}: {what} file not found") from None
+    except UnicodeDecodeError as exc:
+        raise DiffmixError(f"{source}: {what} is not UTF-8 text (byte {exc.start})") from None
+    except RecursionError:
+        raise DiffmixError(f"{source}: {what} is nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -328,6 +333,16 @@ def first_error(exc: ValidationError) -> str:
     if not message.startswith(where.split(".")[0].split("[")[0]):
         message = f"{where}: {message}"
     if "(got " not in message and err["type"] != "missing":
-        value = repr(err.get("input"))
+        value = _SHORT.repr(err.get("input"))  # bounded: a YAML alias bomb expands to billions of items
         message += f" (got {value if len(value) <= 80 else value[:77] + '...'})"
     return message
+
+
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()  # (Python 3.11 takes no limits in the constructor)
+    short.maxlevel, short.maxdict, short.maxlist, short.maxtuple, short.maxset = 3, 4, 6, 6, 6
+    short.maxstring = short.maxother = short.maxlong = 80
+    return short
+
+
+_SHORT = _short_repr()

@@ -7,9 +7,10 @@ and whose shards match it is complete.
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from diffmix.schemas.columns import SCHEMA_VERSION
 
@@ -21,6 +22,15 @@ class FileEntry(BaseModel):
     rows: int
     bytes: int
     sha256: str
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_dataset(cls, value: str) -> str:
+        """A manifest from elsewhere must not point outside its own directory (`/etc/passwd`, `../x`)."""
+        parts = PurePosixPath(value).parts
+        if not parts or PurePosixPath(value).is_absolute() or ".." in parts or "\\" in value:
+            raise ValueError(f"file path {value!r} is not inside the dataset directory")
+        return value
 
 
 class InputEntry(BaseModel):

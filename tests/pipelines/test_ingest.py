@@ -610,3 +610,17 @@ def test_jsonl_escaped_lone_surrogate_is_that_rows_problem(tmp_path: Path) -> No
     table = pa.concat_tables(source.iter_tables(BuildConfig()))
     assert table.column("commit").to_pylist() == ["c0", "c1", "c2"]
     assert table.column("bad_encoding").to_pylist() == [False, True, False]
+
+
+def test_jsonl_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "deep.jsonl"
+    path.write_text(json.dumps(COMMITPACK_ROWS[0])[:-1] + ', "extra": ' + "[" * 5000 + "]" * 5000 + "}\n")
+    with pytest.raises(DiffmixError, match="line 1 is not JSON \\(nested too deeply\\)"):
+        JsonlSource(str(path)).validate()
+
+
+def test_parquet_contents_of_another_type_are_read_as_text() -> None:
+    rows = pa.Table.from_pylist(COMMITPACK_ROWS[:1]).set_column(
+        pa.Table.from_pylist(COMMITPACK_ROWS[:1]).column_names.index("old_contents"), "old_contents", pa.array([7], pa.int64())
+    )
+    assert normalize_commits(rows, "x.parquet").column("old_contents").to_pylist() == ["7"]

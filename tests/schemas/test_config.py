@@ -61,3 +61,22 @@ def test_exponent_floats_are_numbers(tmp_path: Path) -> None:
     config = load_train_config(path)
     assert (config.lr, config.steps) == (3e-4, 100)
 
+
+
+def test_hostile_yaml_is_one_line(tmp_path: Path) -> None:
+    from diffmix.training import load_train_config
+
+    levels = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"  # 9^9 strings once expanded: the error shows a few of them
+    bomb.write_text("zzz:\n" + "\n".join("  " + line for line in levels) + "\n")
+    with pytest.raises(DiffmixError, match=r"zzz: Extra inputs are not permitted \(got \{'a0': \['lol'"):
+        load_train_config(bomb)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("steps: 5  # by René\n".encode("latin-1"))
+    with pytest.raises(DiffmixError, match="training config is not UTF-8 text"):
+        load_train_config(latin)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(DiffmixError, match="nested too deeply"):
+        load_build_config(deep)
