@@ -13,10 +13,20 @@ _MAX_SECTION_LINES = 12
 
 
 def describe(directory: Path, documents: int = 1) -> str:
-    """A training run's skills, a mixture's audit, or a corpus's counts, sizes and documents."""
+    """A training run's skills, a mixture's audit, or a corpus's counts, sizes and documents;
+    a file that parses but lacks what diffmix writes there fails in one line."""
+    try:
+        return _describe(directory, documents)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:  # (a DiffmixError is none of these)
+        raise DiffmixError(f"{directory}: not as diffmix writes it ({type(exc).__name__}: {exc})") from None
+
+
+def _describe(directory: Path, documents: int) -> str:
     if (directory / "summary.json").is_file() and not (directory / "manifest.json").is_file():
         return describe_run(directory)
     if (directory / "config.json").is_file() and not (directory / "manifest.json").is_file():
+        if not isinstance(read_json(directory / "config.json"), dict) or "digest" not in read_json(directory / "config.json"):
+            raise DiffmixError(f"{directory}: not a diffmix dataset or run (its config.json is not a run's)")
         raise DiffmixError(f"{directory}: a training run that has not finished (no summary.json yet); the same `diffmix train` command resumes it")
     if read_manifest(directory).kind == "mixture":
         from diffmix.mixers.mixture import MixtureReader, describe_mixture

@@ -125,3 +125,19 @@ def test_a_manifest_cannot_point_outside_its_directory(built: dict[str, Path], t
     assert main(["inspect", str(copy)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and ("is not inside the dataset directory" in err or "a link to a file outside the dataset directory" in err), err
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"summary.json": "{"}, "not as diffmix writes it (JSONDecodeError"),
+        ({"summary.json": "{}"}, "not as diffmix writes it (KeyError: 'threshold')"),
+        ({"config.json": '{"theme": "dark"}'}, "not a diffmix dataset or run"),
+    ],
+)
+def test_inspect_a_folder_diffmix_did_not_write(tmp_path: Path, capsys: pytest.CaptureFixture, files: dict[str, str], message: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert main(["inspect", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
