@@ -137,10 +137,10 @@ def _open_source(recipe: Recipe, j: int, spec: SourceSpec, origin: str) -> _Sour
         manifest = open_dataset(path, check_hashes=False)
         try:
             table = load_table(path, manifest=manifest)
-        except (pa.ArrowException, OSError) as exc:
+        except (pa.ArrowException, OSError, DiffmixError) as exc:
             # A corrupt shard: name it by its hash if that is what is wrong, else by the read error.
             verify_files(path, manifest.shards, check_hashes=True)
-            raise DiffmixError(f"{path}: unreadable shard ({str(exc).strip().splitlines()[0]})") from None
+            raise DiffmixError(f"unreadable shard: {str(exc).strip().splitlines()[0]}") from None
     except DiffmixError as exc:
         raise DiffmixError(f"{context}: {exc}") from None
     columns = table.column_names

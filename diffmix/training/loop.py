@@ -298,7 +298,7 @@ def _claim_run(run: Path, digest: str) -> None:
     recorded = _recorded_digest(run)
     if recorded is not None:
         if recorded != digest:
-            raise DiffmixError(f"{run}: holds a run of another config or mixture (digest {recorded[:12]}, now {digest[:12]}); use another --out")
+            raise DiffmixError(f"{run}: holds a run of a different config or mixture (digest {recorded[:12]}, now {digest[:12]}); use another --out")
     elif foreign := foreign_entries(run, lambda p: False):
         raise DiffmixError(f"{run}: not empty and not a diffmix run ({', '.join(foreign[:5])}); use another --out")
     run.mkdir(parents=True, exist_ok=True)

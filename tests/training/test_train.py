@@ -338,5 +338,5 @@ def test_a_run_folder_is_only_ever_this_run(copy_mixture: Path, tmp_path: Path) 
     run = tmp_path / "run"
     train(copy_mixture, run, tiny_config(steps=2, eval_interval=1000, checkpoint_interval=1000, stop_after=1))
     (run / CHECKPOINT).unlink()
-    with pytest.raises(DiffmixError, match="holds a run of another config or mixture"):
+    with pytest.raises(DiffmixError, match="holds a run of a different config or mixture"):
         train(copy_mixture, run, tiny_config(steps=3, eval_interval=1000, checkpoint_interval=1000))
