@@ -160,6 +160,9 @@ class StreamSource(Source):
 
 @dataclass(frozen=True)
 class RowGroupSlice:
+    """Rows `start .. stop-1` counted from the start of `row_group`; a slice of small row groups
+    runs on into the groups after it."""
+
     row_group: int
     start: int
     stop: int
@@ -198,14 +201,30 @@ class ParquetSource(Source):
         return f"sha256:{sha256_file(self.path)}"
 
     def slices(self, rows_per_partition: int) -> list[RowGroupSlice]:
-        """Each row group cut into equal pieces of at most `rows_per_partition` rows."""
+        """Each row group cut into equal pieces of at most `rows_per_partition` rows; runs of
+        smaller row groups joined into one piece of at most that many (a file of a million
+        one-row groups is not a million partitions)."""
         meta = self._open().metadata
-        out = []
+        out: list[RowGroupSlice] = []
+        run_start, run_rows = 0, 0  # a run of small groups not yet cut
         for group in range(meta.num_row_groups):
             n = meta.row_group(group).num_rows
+            if n < rows_per_partition and run_rows + n <= rows_per_partition:
+                if run_rows == 0:
+                    run_start = group
+                run_rows += n
+                continue
+            if run_rows:
+                out.append(RowGroupSlice(run_start, 0, run_rows))
+                run_rows = 0
+            if n < rows_per_partition:
+                run_start, run_rows = group, n
+                continue
             pieces = max(1, -(-n // rows_per_partition))
             bounds = [round(i * n / pieces) for i in range(pieces + 1)]
             out.extend(RowGroupSlice(group, a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a)
+        if run_rows:
+            out.append(RowGroupSlice(run_start, 0, run_rows))
         return out
 
     def read_slice(self, piece: RowGroupSlice) -> pa.Table:
@@ -230,8 +249,12 @@ class ParquetSource(Source):
             except (pl.exceptions.PolarsError, pl.exceptions.PanicException, pa.ArrowException, OSError):
                 table = None  # judged below, row by row or with pyarrow's message
         if table is None:
+            groups, rows = [piece.row_group], file.metadata.row_group(piece.row_group).num_rows
+            while rows < piece.stop and groups[-1] + 1 < file.metadata.num_row_groups:  # a slice of small groups
+                groups.append(groups[-1] + 1)
+                rows += file.metadata.row_group(groups[-1]).num_rows
             try:
-                table = file.read_row_group(piece.row_group, columns=columns).slice(piece.start, piece.stop - piece.start)
+                table = file.read_row_groups(groups, columns=columns).slice(piece.start, piece.stop - piece.start)
             except (pa.ArrowException, OSError) as exc:
                 raise DiffmixError(f"{self.path}: row group {piece.row_group} unreadable ({first_line(exc)})") from None
         return normalize_commits(table, str(self.path))

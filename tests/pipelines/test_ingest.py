@@ -624,3 +624,19 @@ def test_parquet_contents_of_another_type_are_read_as_text() -> None:
         pa.Table.from_pylist(COMMITPACK_ROWS[:1]).column_names.index("old_contents"), "old_contents", pa.array([7], pa.int64())
     )
     assert normalize_commits(rows, "x.parquet").column("old_contents").to_pylist() == ["7"]
+
+
+@pytest.mark.parametrize("binary_text", [False, True])  # Polars' slice, and pyarrow's row groups
+def test_small_row_groups_are_read_a_partition_at_a_time(tmp_path: Path, binary_text: bool) -> None:
+    rows = [dict(r, commit=f"{i:040d}", new_contents=f"v{i}\n") for i, r in enumerate(COMMITPACK_ROWS * 10)]
+    table = pa.Table.from_pylist(rows)
+    if binary_text:
+        table = table.set_column(table.column_names.index("old_contents"), "old_contents", table.column("old_contents").cast(pa.binary()))
+    path = tmp_path / "p.parquet"
+    pq.write_table(table, path, row_group_size=1)  # one row per group
+    source = ParquetSource(str(path))
+    pieces = source.slices(rows_per_partition=3)
+    assert [(p.row_group, p.start, p.stop) for p in pieces][:2] == [(0, 0, 3), (3, 0, 3)] and len(pieces) == -(-len(rows) // 3)
+    read = pa.concat_tables(source.read_slice(p) for p in pieces)
+    assert read.column("commit").to_pylist() == [r["commit"] for r in rows]
+    assert read.column("new_contents").to_pylist() == [r["new_contents"] for r in rows]
