@@ -141,3 +141,17 @@ def test_inspect_a_folder_diffmix_did_not_write(tmp_path: Path, capsys: pytest.C
     assert main(["inspect", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_inspect_checks_the_row_counts(built: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A manifest whose hashes match but whose row counts lie (a trainer would plan with them)."""
+    import shutil
+
+    copy = tmp_path / "corpus"
+    shutil.copytree(built["corpus"], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["shards"][0]["rows"] += 99_999
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["inspect", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rows, the manifest says" in err, err

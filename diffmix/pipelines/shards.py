@@ -132,6 +132,17 @@ def verify_files(directory: str | os.PathLike[str], entries: list[FileEntry], ch
             raise DiffmixError(f"{path}: size {path.stat().st_size} does not match the manifest ({entry.bytes})")
         if check_hashes and sha256_file(path) != entry.sha256:
             raise DiffmixError(f"{path}: sha256 does not match the manifest")
+        if check_hashes and path.suffix == ".arrow" and (rows := _stream_rows(path)) != entry.rows:
+            raise DiffmixError(f"{path}: {rows} rows, the manifest says {entry.rows}")
+
+
+def _stream_rows(path: Path) -> int:
+    """Rows of an Arrow IPC stream (its record batches' headers; the data stays mapped, unread)."""
+    try:
+        with pa.memory_map(str(path)) as source:
+            return sum(batch.num_rows for batch in pa.ipc.open_stream(source))
+    except pa.ArrowInvalid as exc:
+        raise DiffmixError(f"{path}: not an Arrow IPC stream ({str(exc).splitlines()[0]})") from None
 
 
 def open_dataset(directory: str | os.PathLike[str], check_hashes: bool = True) -> Manifest:
