@@ -70,6 +70,7 @@ from diffmix.pipelines.shards import (
     DATA_DIR,
     MANIFEST,
     REJECTS_DIR,
+    SHARD_NAME,
     plan_shards,
     read_manifest,
     shard_name,
@@ -79,6 +80,7 @@ from diffmix.pipelines.shards import (
     write_table_shards,
 )
 from diffmix.pipelines.tokenize import (
+    TOKENIZER_FILE,
     build_tokenizer,
     load_tokenizer,
     save_tokenizer,
@@ -241,14 +243,24 @@ def _claim_output(plan: BuildPlan, overwrite: bool) -> Manifest | None:
             if entry.name not in (WORK_DIR, PREVIOUS_DIR):
                 entry.rename(previous / entry.name)
         shutil.rmtree(out / WORK_DIR, ignore_errors=True)
-    elif foreign := foreign_entries(out, lambda p: p.name == WORK_DIR and _is_build_work(p)):
+    elif foreign := foreign_entries(out, _of_a_killed_build):
         raise DiffmixError(f"{out}: directory is not empty and is not a diffmix build ({', '.join(foreign[:5])})")
     return None
 
 
-def _is_build_work(work: Path) -> bool:
-    """A build's work directory (its plan written first), or one a kill left before it was."""
-    return (work / "plan.json").is_file() or (work.is_dir() and not any(work.iterdir()))
+def _of_a_killed_build(path: Path) -> bool:
+    """What a build killed before its manifest leaves in `out`: its work directory (its plan is
+    written first; empty if the kill came before), the build an --overwrite set aside, and,
+    beside a plan, shards and the tokenizer it was writing. Anything else is the user's."""
+    out = path.parent
+    planned = (out / WORK_DIR / "plan.json").is_file()
+    if path.name == WORK_DIR:
+        return planned or (path.is_dir() and not any(path.iterdir()))
+    if path.name == PREVIOUS_DIR:
+        return (path / MANIFEST).is_file()
+    if path.name in (DATA_DIR, REJECTS_DIR):
+        return planned and path.is_dir() and not foreign_entries(path, lambda shard: bool(SHARD_NAME.match(shard.name)) and shard.is_file())
+    return planned and path.name == TOKENIZER_FILE and path.is_file()
 
 
 def _is_this_build(manifest: Manifest, config: BuildConfig, config_hash: str, inputs: list[InputEntry]) -> bool:

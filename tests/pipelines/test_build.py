@@ -118,3 +118,30 @@ def test_a_folder_of_the_users_is_never_taken_or_swept(tmp_path: Path, hidden: s
     with pytest.raises(DiffmixError, match=r"not empty and is not a diffmix build \((\.work, |\.previous, )?docs\)"):
         build(out, overwrite=overwrite)
     assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_build_killed_while_writing_shards_or_overwriting_is_taken_up_again(tmp_path: Path) -> None:
+    first = build(tmp_path / "first")
+    expected = {p.name: p.read_bytes() for p in (first / "data").iterdir()}
+    # killed while writing its shards: its plan, a shard, its tokenizer, a half-written temporary
+    out = tmp_path / "killed"
+    plan = prepare_build([ADDITION], out, load_build_config(None))
+    (out / "data").mkdir()
+    name = next(iter(expected))
+    (out / "data" / name).write_bytes(b"half")
+    (out / "data" / f".{name}.tmp-123").write_bytes(b"half")
+    (out / "tokenizer.json").write_text("{}")
+    assert not plan.complete
+    build(out)
+    assert {p.name: p.read_bytes() for p in (out / "data").iterdir()} == expected
+    # killed during an --overwrite, after the old build went aside and the new one began
+    aside = tmp_path / "aside"
+    build(aside)
+    (aside / ".previous").mkdir()
+    for entry in list(aside.iterdir()):
+        if entry.name != ".previous":
+            entry.rename(aside / ".previous" / entry.name)
+    (aside / ".work").mkdir()
+    (aside / ".work" / "plan.json").write_text("{}")
+    build(aside, overwrite=True)
+    assert (aside / "manifest.json").is_file() and not (aside / ".previous").exists()
