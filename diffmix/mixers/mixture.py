@@ -63,7 +63,7 @@ from diffmix.pipelines.shards import (
     DATA_DIR,
     DEFAULT_SHARD_BYTES,
     MANIFEST,
-    SHARD_NAME,
+    holds_only_shards,
     load_table,
     open_dataset,
     plan_shards,
@@ -302,14 +302,11 @@ def _prepare_out(out: Path, config_hash: str) -> Manifest | None:
         )
     check_output_dir(out)
     # What a killed mix leaves: shards under data/ and the tokenizer (they are replaced); anything else is the user's.
-    foreign = foreign_entries(out, lambda p: p.name == TOKENIZER_FILE or (p.name == DATA_DIR and not foreign_entries(p, _is_shard_file)))
+    foreign = foreign_entries(out, lambda p: p.name == TOKENIZER_FILE or (p.name == DATA_DIR and holds_only_shards(p)))
     if foreign:
         raise DiffmixError(f"{out}: not empty and not a diffmix dataset ({', '.join(foreign[:5])})")
     return None
 
-
-def _is_shard_file(path: Path) -> bool:
-    return bool(SHARD_NAME.match(path.name)) and path.is_file()
 
 
 def _document_table(sources: list[_Source], columns: list[pa.Field]) -> pa.Table:

@@ -59,6 +59,7 @@ from diffmix.pipelines.ingest import (
 from diffmix.pipelines.io import (
     check_output_dir,
     foreign_entries,
+    ipc_stream_rows,
     output_lock,
     read_ipc_stream,
     read_json,
@@ -70,7 +71,7 @@ from diffmix.pipelines.shards import (
     DATA_DIR,
     MANIFEST,
     REJECTS_DIR,
-    SHARD_NAME,
+    holds_only_shards,
     plan_shards,
     read_manifest,
     shard_name,
@@ -259,7 +260,7 @@ def _of_a_killed_build(path: Path) -> bool:
     if path.name == PREVIOUS_DIR:
         return (path / MANIFEST).is_file()
     if path.name in (DATA_DIR, REJECTS_DIR):
-        return planned and path.is_dir() and not foreign_entries(path, lambda shard: bool(SHARD_NAME.match(shard.name)) and shard.is_file())
+        return planned and holds_only_shards(path)
     return planned and path.name == TOKENIZER_FILE and path.is_file()
 
 
@@ -384,15 +385,10 @@ def plan_partitions(plan: BuildPlan, staged: dict[int, list[str]]) -> list[Parti
                 offset += piece.stop - piece.start
         else:
             for chunk in staged[i]:
-                n = _ipc_rows(chunk)
+                n = ipc_stream_rows(chunk)
                 partitions.append(Partition(len(partitions), i, chunk, None, 0, n, offset))
                 offset += n
     return partitions
-
-
-def _ipc_rows(path: str) -> int:
-    with pa.memory_map(path) as source:
-        return sum(batch.num_rows for batch in pa.ipc.open_stream(source))
 
 
 def _read_partition(plan: BuildPlan, part: Partition) -> pa.Table:

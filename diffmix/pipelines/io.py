@@ -137,6 +137,15 @@ def read_ipc_stream(path: str | os.PathLike[str], columns: list[str] | None = No
     return table
 
 
+def ipc_stream_rows(path: str | os.PathLike[str]) -> int:
+    """Rows of an Arrow IPC stream file, from its record batches' headers (the data stays mapped, unread)."""
+    try:
+        with pa.memory_map(str(path)) as source:
+            return sum(batch.num_rows for batch in pa.ipc.open_stream(source))
+    except pa.ArrowInvalid as exc:
+        raise DiffmixError(f"{path}: not an Arrow IPC stream ({first_line(exc)})") from None
+
+
 @contextlib.contextmanager
 def output_lock(directory: str | os.PathLike[str]) -> Iterator[None]:
     """Hold `directory` for one diffmix run: a second run into it fails at once, in one line

@@ -21,6 +21,8 @@ from pydantic import ValidationError
 
 from diffmix.errors import DiffmixError
 from diffmix.pipelines.io import (
+    foreign_entries,
+    ipc_stream_rows,
     read_ipc_stream,
     read_json,
     sha256_file,
@@ -37,7 +39,13 @@ DEFAULT_SHARD_BYTES = 128 * 1024 * 1024
 BATCH_ROWS = 1024
 
 
-SHARD_NAME = re.compile(r"^part-[0-9]{5,}-of-[0-9]{5,}\.arrow$")
+_SHARD_NAME = re.compile(r"^part-[0-9]{5,}-of-[0-9]{5,}\.arrow$")
+
+
+def holds_only_shards(folder: Path) -> bool:
+    """A folder of shard files alone (and a killed writer's temporaries): what a killed build or
+    mix leaves in `data/` or `rejects/`, never a user's folder of the same name."""
+    return folder.is_dir() and not foreign_entries(folder, lambda path: bool(_SHARD_NAME.match(path.name)) and path.is_file())
 
 
 def shard_name(index: int, count: int) -> str:
@@ -132,17 +140,8 @@ def verify_files(directory: str | os.PathLike[str], entries: list[FileEntry], ch
             raise DiffmixError(f"{path}: size {path.stat().st_size} does not match the manifest ({entry.bytes})")
         if check_hashes and sha256_file(path) != entry.sha256:
             raise DiffmixError(f"{path}: sha256 does not match the manifest")
-        if check_hashes and path.suffix == ".arrow" and (rows := _stream_rows(path)) != entry.rows:
+        if check_hashes and path.suffix == ".arrow" and (rows := ipc_stream_rows(path)) != entry.rows:
             raise DiffmixError(f"{path}: {rows} rows, the manifest says {entry.rows}")
-
-
-def _stream_rows(path: Path) -> int:
-    """Rows of an Arrow IPC stream (its record batches' headers; the data stays mapped, unread)."""
-    try:
-        with pa.memory_map(str(path)) as source:
-            return sum(batch.num_rows for batch in pa.ipc.open_stream(source))
-    except pa.ArrowInvalid as exc:
-        raise DiffmixError(f"{path}: not an Arrow IPC stream ({str(exc).splitlines()[0]})") from None
 
 
 def open_dataset(directory: str | os.PathLike[str], check_hashes: bool = True) -> Manifest:
