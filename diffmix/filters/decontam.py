@@ -46,8 +46,6 @@ class Decontaminate(Filter):
 
     def scores(self, frame: pl.DataFrame) -> dict[str, pl.Expr | pl.Series]:
         # The texts as committed: the build keeps them beside the redacted ones until scoring.
-        if all(c in frame.columns for c in ("old_blob", "new_blob")):
-            return {"f_old_blob": _committed_blob_ids(frame, "old"), "f_new_blob": _committed_blob_ids(frame, "new")}
         ids = frame_text_ids(frame)
         old, new = on_distinct([frame["old_original"], frame["new_original"]], lambda texts: git_blob_ids(texts).to_frame("blob"), ids)
         return {"f_old_blob": old["blob"], "f_new_blob": new["blob"]}
@@ -64,14 +62,3 @@ class Decontaminate(Filter):
             hit = hit | pl.col("f_old_blob").is_in(blobs).fill_null(False) | pl.col("f_new_blob").is_in(blobs).fill_null(False)
         return [Check("decontaminated", hit)] if (self.repos or self.commits or self.files) else []
 
-
-def _committed_blob_ids(frame: pl.DataFrame, side: str) -> pl.Series:
-    """`git_blob_ids` of `{side}_original`, taken from the diff engine's id of `{side}_contents`
-    (`{side}_blob`) wherever redaction left the text as committed; hashed here elsewhere."""
-    original = frame[f"{side}_original"]
-    as_committed = (frame[f"{side}_contents"] == original).fill_null(False) & frame[f"{side}_blob"].is_not_null()
-    ids = frame[f"{side}_blob"].set(~as_committed, None)  # type: ignore[arg-type]
-    redacted = (~as_committed).arg_true()
-    if len(redacted):
-        ids = ids.scatter(redacted, git_blob_ids(original.gather(redacted)))
-    return ids.alias("blob")

@@ -216,7 +216,7 @@ def render_rows(frame: pl.DataFrame, fmt: Format, window: WindowSpec | None = No
             continue
         values = (
             doc.text, doc.target_start, doc.sections.get("bef_start"), doc.sections.get("msg_start"), doc.sections.get("dff_start"),
-            len(diff.text), diff.hunks, diff.added, diff.deleted, diff.text, diff.old_id, diff.new_id,
+            len(diff.text), diff.hunks, diff.added, diff.deleted, diff.text,
         )  # fmt: skip
         for column, value in zip(columns.values(), values):
             column.append(value)
@@ -238,8 +238,5 @@ RENDERED_COLUMNS = pl.Schema(
         "lines_added": pl.Int32,
         "lines_deleted": pl.Int32,
         "diff": pl.String,  # for scoring only; not a document column
-        # git's blob ids of the diffed (redacted) texts, from the diff engine; for scoring only.
-        "old_blob": pl.String,
-        "new_blob": pl.String,
     }
 )

@@ -193,25 +193,18 @@ def test_blob_ids_match_git(git_repo) -> None:
     assert git_blob_ids(pl.Series([BEFORE]))[0] == git(git_repo, "hash-object", "f.py").strip()
 
 
-def test_blob_ids_come_from_the_diff_engine_unless_redacted() -> None:
-    """The build hands over libgit2's ids of the diffed texts: taken as they are where the diffed
-    text is the committed one, hashed from the committed text where redaction changed it."""
+def test_blob_ids_are_of_the_committed_texts() -> None:
+    """Files are named by their ids as committed: the scores hash the texts before redaction."""
     import polars as pl
 
-    from diffmix.pipelines.diff import diff_texts
-
-    committed = ["a = 1\n", "key = 'AKIA0123456789ABCDEF'\n", ""]
-    diffed = ["a = 1\n", "key = '<SECRET>'\n", ""]
+    committed = ["a = 1\n", "key = 'AKIA0123456789ABCDEF'\n", None]
+    redacted = ["a = 1\n", "key = '<SECRET>'\n", None]
     new = ["a = 2\n", "key = None\n", "b\n"]
-    engine_ids = [diff_texts(old, after).old_id for old, after in zip(diffed, new)]
-    frame = pl.DataFrame(
-        {"old_original": committed, "old_contents": diffed, "old_blob": ["from-the-engine", engine_ids[1], None],
-         "new_original": new, "new_contents": new, "new_blob": [diff_texts(o, n).new_id for o, n in zip(diffed, new)]}
-    )  # fmt: skip
+    frame = pl.DataFrame({"old_original": committed, "old_contents": redacted, "new_original": new, "new_contents": new})
     scores = Decontaminate().scores(frame)
-    assert scores["f_old_blob"].to_list() == ["from-the-engine", *git_blob_ids(pl.Series(committed[1:])).to_list()]
+    assert scores["f_old_blob"].to_list() == [*git_blob_ids(pl.Series(committed[:2])).to_list(), None]
     assert scores["f_new_blob"].to_list() == git_blob_ids(pl.Series(new)).to_list()
-    assert engine_ids[0] == git_blob_ids(pl.Series(diffed[:1]))[0] and engine_ids[1] != scores["f_old_blob"][1]
+    assert scores["f_old_blob"][1] != git_blob_ids(pl.Series(redacted[1:2]))[0]
 
 
 def test_whitespace_only_score() -> None:
