@@ -15,8 +15,8 @@ export PREFECT_LOGGING_LEVEL ?= WARNING
 
 .PHONY: setup demo test bench clean
 
-# The compiled diff engine (setup.py) is rebuilt when its sources change.
-$(BIN)/diffmix: pyproject.toml setup.py csrc/_xdiff.c $(wildcard vendor/xdiff/*.c vendor/xdiff/*.h)
+# The compiled parts (setup.py) are rebuilt when its sources change.
+$(BIN)/diffmix: pyproject.toml setup.py $(wildcard csrc/*.c vendor/xdiff/*.c vendor/xdiff/*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]' > $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
 	@$(BIN)/python -c "import diffmix, torch, prefect; print('diffmix installed: torch', torch.__version__, 'prefect', prefect.__version__)"

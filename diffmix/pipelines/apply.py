@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-import numpy as np
+from diffmix import _strict_apply
 
 NO_EOL = "\\ No newline at end of file"
 # A hunk header's line numbers (old start, old length, new start, new length); both regex engines read it.
@@ -140,7 +140,7 @@ def _has_change(hunks: list[Hunk]) -> bool:
 
 def apply_strict(before: str, diff: str) -> str:
     """Apply exactly as stated (`git apply` without fuzz or offset): every line where its header says."""
-    applied = _apply_strict_fast(before, diff)
+    applied = _strict_apply.apply(before, diff)  # compiled; None where the line-by-line path must judge
     # Anything unusual (or wrong) goes line by line, which also classifies the error.
     return applied if applied is not None else apply_strict_by_lines(before, diff)
 
@@ -170,68 +170,6 @@ def apply_strict_by_lines(before: str, diff: str) -> str:
         offset += hunk.new_len - hunk.old_len
     out.extend(old[cursor:])
     return "".join(out)
-
-
-# Fast path of apply_strict (the build's round trip runs it on every document).
-_HEADER_LINE = re.compile(_HEADER.pattern, re.M)  # the same header, found in the whole diff
-
-
-def _apply_strict_fast(before: str, diff: str) -> str | None:
-    """`apply_strict` for well-formed diffs, on whole hunk texts and byte offsets instead of
-    line lists (the files are never split); None for anything the line-by-line path must judge:
-    a no-newline marker, a bad line, a count or a context that does not match.
-
-    The same semantics: lines end at "\n" only, a hunk sits exactly where its header says.
-    """
-    if not diff.endswith("\n"):
-        return None
-    headers = list(_HEADER_LINE.finditer(diff))
-    if not headers or headers[0].start() != 0:
-        return None
-    hunks = []
-    for k, match in enumerate(headers):
-        body = diff[match.end() + 1 : headers[k + 1].start() if k + 1 < len(headers) else len(diff)]
-        old: list[str] = []
-        new: list[str] = []
-        for line in body.split("\n")[:-1]:  # the body ends with "\n"
-            op = line[:1]
-            if op == " ":
-                old.append(line[1:])
-                new.append(line[1:])
-            elif op == "-":
-                old.append(line[1:])
-            elif op == "+":
-                new.append(line[1:])
-            else:  # also an empty line, and the no-newline marker
-                return None
-        a, b, c, d = (int(g) if g is not None else 1 for g in match.groups()[:4])  # the 5th is the section
-        if (len(old), len(new)) != (b, d):
-            return None
-        old_text = "\n".join(old) + "\n" if old else ""
-        new_text = "\n".join(new) + "\n" if new else ""
-        hunks.append((a, b, c, d, old_text.encode("utf-8", "surrogatepass"), new_text.encode("utf-8", "surrogatepass")))
-    data = before.encode("utf-8", "surrogatepass")
-    newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
-    n_lines = len(newlines) + (1 if data and not data.endswith(b"\n") else 0)
-
-    def offset_of(line: int) -> int:  # byte offset where line `line` (0-based) starts
-        return 0 if line == 0 else int(newlines[line - 1]) + 1 if line <= len(newlines) else len(data)
-
-    pieces: list[bytes] = []
-    cursor, drift = 0, 0
-    for a, b, c, d, old_text_b, new_text_b in hunks:
-        start = a if b == 0 else a - 1
-        end = start + b
-        if start < cursor or end > n_lines or c != start + drift + (0 if d == 0 else 1):
-            return None
-        if data[offset_of(start) : offset_of(end)] != old_text_b:
-            return None
-        pieces.append(data[offset_of(cursor) : offset_of(start)])
-        pieces.append(new_text_b)
-        cursor = end
-        drift += d - b
-    pieces.append(data[offset_of(cursor) :])
-    return b"".join(pieces).decode("utf-8", "surrogatepass")
 
 
 def apply_lenient(before: str, diff: str) -> tuple[str, int]:

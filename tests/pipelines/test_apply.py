@@ -6,10 +6,10 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from diffmix import _strict_apply
 from diffmix.pipelines.apply import (
     DiffError,
     DiffState,
-    _apply_strict_fast,
     apply_lenient,
     apply_strict,
     apply_strict_by_lines,
@@ -190,7 +190,7 @@ def test_fast_strict_path_agrees_with_the_line_by_line_path(old: list[str], old_
         expected: str | DiffState = apply_strict_by_lines(before, diff)
     except DiffError as exc:
         expected = exc.state
-    fast = _apply_strict_fast(before, diff)
+    fast = _strict_apply.apply(before, diff)
     assert fast is None or fast == expected  # the fast path never accepts what the reference rejects
     if not edits and "\\ No newline" not in diff:
         assert fast == after  # and it takes every well-formed diff without a no-newline marker
@@ -199,3 +199,30 @@ def test_fast_strict_path_agrees_with_the_line_by_line_path(old: list[str], old_
     except DiffError as exc:
         got = exc.state
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("before", "diff", "expected"),
+    [
+        ("a\nb\n", "@@ -2 +2 @@\n-b\n+B\n", "a\nB\n"),
+        ("\u00e9\n\u00fc\n", "@@ -2 +2 @@ x\n-\u00fc\n+\u20ac\n", "\u00e9\n\u20ac\n"),
+        ("", "@@ -0,0 +1 @@\n+new\n", "new\n"),
+        ("a\n", "@@ -1 +0,0 @@\n-a\n", ""),
+        ("a\nb", "@@ -1,2 +1,2 @@\n a\n-b\n\\ No newline at end of file\n+c\n", None),  # the marker: by lines
+        ("a\n", "@@ -\u0661 +\u0661 @@\n-a\n+b\n", None),  # Arabic-Indic digits: Python's \d reads them
+        ("a\n", "@@ -99999999999999999999 +1 @@\n-a\n+b\n", None),  # past 2^40
+        ("\ud800\n", "@@ -1 +1 @@\n-\ud800\n+b\n", None),  # a lone surrogate has no UTF-8
+        ("a\n", "@@ -1 +1 @@\r\n-a\n+b\n", None),
+        ("a\n", " a\n@@ -1 +1 @@\n-a\n+b\n", None),
+        ("a\n", "@@ -1 +1 @@\n-a\n+b", None),
+    ],
+)
+def test_compiled_fast_path(before: str, diff: str, expected: str | None) -> None:
+    """What the compiled fast path takes (the new text) and what it leaves to the line-by-line path (None);
+    apply_strict gives the reference path's answer either way."""
+    assert _strict_apply.apply(before, diff) == expected
+    try:
+        reference: str | DiffState = apply_strict_by_lines(before, diff)
+    except DiffError as exc:
+        reference = exc.state
+    assert expected is None or reference == expected
