@@ -1,5 +1,6 @@
-"""The compiled parts of diffmix: git's xdiff (vendor/xdiff) behind diffmix._xdiff, and the
-strict apply's fast path (diffmix._strict_apply), which the build runs on every document.
+"""The compiled parts of diffmix, each a loop the build runs over every row: git's xdiff
+(vendor/xdiff) behind diffmix._xdiff, the strict apply's fast path (diffmix._strict_apply)
+and the file line statistics (diffmix._line_stats).
 
 Everything else about the package is in pyproject.toml.
 """
@@ -18,5 +19,6 @@ setup(
             extra_compile_args=["-O2", "-Wno-sign-compare", "-Wno-unused-parameter"],
         ),
         Extension("diffmix._strict_apply", sources=["csrc/_strict_apply.c"], extra_compile_args=["-O2"]),
+        Extension("diffmix._line_stats", sources=["csrc/_line_stats.c"], extra_compile_args=["-O3"]),
     ]
 )

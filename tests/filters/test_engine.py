@@ -120,6 +120,10 @@ def _chunked(values: list[str | None]) -> object:
         pytest.param(lambda pl: pl.Series("t", [], dtype=pl.String), id="empty"),
         pytest.param(lambda pl: pl.Series("t", ["skip", "ab", None, "c\u00e9"]).slice(1), id="sliced"),
         pytest.param(lambda pl: _chunked(["a", None, "bcd", "é"]), id="two-chunks"),
+        # Past 12 bytes a text is not inline in its string view but in a data buffer.
+        pytest.param(lambda pl: pl.Series("t", ["x" * 13, None, "ü" * 20 + "\n", "short", "y" * 100_000]), id="long"),
+        pytest.param(lambda pl: pl.Series("t", ["z" * 40, "ab", "c" * 13, "twelve bytes"]).slice(1, 2), id="long-sliced"),
+        pytest.param(lambda pl: _chunked(["a" * 20, "b", "c" * 30, None]), id="long-two-chunks"),
     ],
 )
 def test_utf8_bytes_are_each_texts_encoding(texts: object) -> None:
@@ -131,6 +135,28 @@ def test_utf8_bytes_are_each_texts_encoding(texts: object) -> None:
     series = texts(pl)  # type: ignore[operator]
     views = utf8_bytes(series).views()
     assert [None if v is None else bytes(v) for v in views] == [None if t is None else t.encode() for t in series.to_list()]
+
+
+@pytest.mark.parametrize(
+    ("text", "max_line", "mean_line", "alnum"),
+    [
+        ("", 0, 0.0, 1.0),
+        (None, 0, 0.0, 1.0),
+        ("ab\n", 2, 2.0, 2 / 3),
+        ("ab\ncdef", 4, 3.0, 6 / 7),  # no final newline: the tail is a line
+        ("a\n\n\nbcd\n", 3, 1.0, 4 / 8),
+        ("\u00e9\u00e9\n", 4, 4.0, 0.0),  # lengths in UTF-8 bytes, the share over characters
+        ("x" * 13 + "\n" + "y" * 20, 20, 16.5, 33 / 34),
+        ("Z9_ \r\n", 5, 5.0, 2 / 6),
+    ],
+)
+def test_line_stats(text: str | None, max_line: int, mean_line: float, alnum: float) -> None:
+    import polars as pl
+
+    from diffmix.filters.files import line_stats
+
+    stats = line_stats(pl.Series("t", [text, "pad"], dtype=pl.String))
+    assert (int(stats["max_line"][0]), float(stats["mean_line"][0]), float(stats["alnum"][0])) == pytest.approx((max_line, mean_line, alnum))
 
 
 @pytest.mark.parametrize("rules", [[], None])
