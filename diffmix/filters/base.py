@@ -183,13 +183,28 @@ TEXT_IDS = ("old_text_id", "new_text_id")
 def distinct_ids(columns: list[pl.Series]) -> list[pl.Series]:
     """For each column, the index of each row's text among the distinct texts of all columns (first seen first)."""
     joined = pl.concat(columns)
-    distinct = joined.unique(maintain_order=True)
-    index = joined.to_frame("t").join(distinct.to_frame("t").with_row_index("i"), on="t", how="left", maintain_order="left", nulls_equal=True)["i"]
+    # Ids over one 64-bit hash per text (a pass over the bytes; grouping the texts themselves
+    # hashed them twice), checked against the texts: a collision falls back to the texts.
+    index = _first_seen_index(joined.hash(seed=0))
+    representative = joined.gather(_first_rows(index)).gather(index)
+    if not representative.eq_missing(joined).all():
+        index = _first_seen_index(joined)
     out, start = [], 0
     for column in columns:
         out.append(index.slice(start, len(column)))
         start += len(column)
     return out
+
+
+def _first_seen_index(keys: pl.Series) -> pl.Series:
+    """Each row's index among the distinct keys, numbered in order of first appearance."""
+    distinct = keys.unique(maintain_order=True)
+    return keys.to_frame("k").join(distinct.to_frame("k").with_row_index("i"), on="k", how="left", maintain_order="left", nulls_equal=True)["i"]
+
+
+def _first_rows(index: pl.Series) -> pl.Series:
+    """For dense ids 0..n-1, the row where each id first occurs."""
+    return pl.DataFrame({"i": index}).with_row_index("r").group_by("i").agg(pl.col("r").first()).sort("i")["r"]
 
 
 def on_distinct(columns: list[pl.Series], score: Callable[[pl.Series], pl.DataFrame], ids: list[pl.Series] | None = None) -> list[pl.DataFrame]:
@@ -203,8 +218,7 @@ def on_distinct(columns: list[pl.Series], score: Callable[[pl.Series], pl.DataFr
     ids = ids if ids is not None else distinct_ids(columns)
     # Dense ids: rows dropped since the ids were made leave gaps.
     index = (pl.concat(ids).rank("dense") - 1).cast(pl.UInt32)
-    first = pl.DataFrame({"i": index}).with_row_index("r").group_by("i").agg(pl.col("r").first()).sort("i")["r"]
-    values = score(pl.concat(columns).gather(first))
+    values = score(pl.concat(columns).gather(_first_rows(index)))
     out, start = [], 0
     for column in columns:
         out.append(values.select(pl.all().gather(index.slice(start, len(column)))))

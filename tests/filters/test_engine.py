@@ -92,6 +92,21 @@ def test_every_setting_enters_the_hash() -> None:
     assert BuildConfig.model_validate({"filters": {"dedup": {"near": None}}}).digest() != base
 
 
+@pytest.mark.parametrize("collide", [False, True])
+def test_distinct_ids_are_first_seen_text_indices(monkeypatch: pytest.MonkeyPatch, collide: bool) -> None:
+    """Ids come from one hash per text, checked against the texts: hashes that collide
+    (every text hashing alike, here) fall back to grouping the texts themselves."""
+    import polars as pl
+
+    from diffmix.filters.base import distinct_ids
+
+    if collide:
+        monkeypatch.setattr(pl.Series, "hash", lambda self, seed=0: pl.Series(self.name, [7] * len(self), dtype=pl.UInt64))
+    old = pl.Series(["a", "bb", "a", None, "x" * 20])
+    new = pl.Series(["bb", None, "ccc", "a", "x" * 20])
+    assert [ids.to_list() for ids in distinct_ids([old, new])] == [[0, 1, 0, 2, 3], [1, 2, 4, 0, 3]]
+
+
 def test_scores_on_distinct_texts_survive_gaps_in_the_ids() -> None:
     """Rows dropped after the ids were made leave gaps; every row must still get its own text's score."""
     import polars as pl
