@@ -216,7 +216,7 @@ def recover_sources(documents: pl.DataFrame) -> pl.DataFrame:
     rows = documents.select("text", "target_start", "bef_start", "msg_start", "format", "change_type").iter_rows()
     for text, target_start, bef_start, msg_start, name, change in rows:
         fmt = get_format(name)
-        after = fmt.parse(text[:target_start], text[target_start:])
+        after = fmt.parse_document(text, target_start)
         before = "" if change == "A" else text[bef_start + 6 : msg_start - 1]
         if name.startswith("scratch_lines"):
             before = unnumber_lines(before)

@@ -66,6 +66,11 @@ class Format(ABC):
     def parse(self, prompt: str, target: str) -> str:
         """A (possibly generated) target -> the canonical answer; raise ParseError if impossible."""
 
+    def parse_document(self, text: str, target_start: int) -> str:
+        """`parse` of a whole document (`Rendered.text`, or a stored row's `text`); a format that
+        reads prompt and target as one text overrides it to skip cutting and joining them."""
+        return self.parse(text[:target_start], text[target_start:])
+
     @abstractmethod
     def answer(self, record: Any) -> str:
         """The canonical answer of a record (what `parse(render(r))` must give back)."""

@@ -245,7 +245,10 @@ class OpenElm(Format):
         return Rendered(text, dff_start + 6, {"bef_start": bef_start, "msg_start": msg_start, "dff_start": dff_start})
 
     def parse(self, prompt: str, target: str) -> str:
-        parts = split_openelm(prompt + target)
+        return self.parse_document(prompt + target, len(prompt))
+
+    def parse_document(self, text: str, target_start: int) -> str:
+        parts = split_openelm(text)  # the whole document is one openelm text: no cut needed
         try:
             return apply_strict(parts.before, parts.diff)
         except DiffError as exc:

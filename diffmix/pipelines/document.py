@@ -208,7 +208,7 @@ def render_rows(frame: pl.DataFrame, fmt: Format, window: WindowSpec | None = No
         record = window.apply(whole, key=doc_id) if windowed and window is not None else whole
         doc = fmt.render(record)
         try:
-            ok = fmt.parse(doc.prompt, doc.target) == fmt.answer(record)
+            ok = fmt.parse_document(doc.text, doc.target_start) == fmt.answer(record)
         except ParseError:
             ok = False
         if not ok:

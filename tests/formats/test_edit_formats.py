@@ -47,6 +47,7 @@ def test_round_trip_edge_cases(name: str, case: str, before: str, after: str, ne
     rendered = fmt.render(record)
     assert rendered.text == rendered.prompt + rendered.target
     assert fmt.parse(rendered.prompt, rendered.target) == fmt.answer(record) == after
+    assert fmt.parse_document(rendered.text, rendered.target_start) == after  # the build's round trip
 
 
 @pytest.mark.parametrize("name", EDIT_FORMATS)
@@ -55,6 +56,7 @@ def test_round_trip_real_commits(name: str, real_records: list[EditRecord]) -> N
     for record in real_records:
         rendered = fmt.render(record)
         assert fmt.parse(rendered.prompt, rendered.target) == record.after, record.path
+        assert fmt.parse_document(rendered.text, rendered.target_start) == record.after, record.path
 
 
 _SMALL = _record("a\nb\nc\n", "a\nB\nc\n", message="Fix b")
