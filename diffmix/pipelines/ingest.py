@@ -242,7 +242,8 @@ class ParquetSource(Source):
         if all(pa.types.is_string(t) or pa.types.is_large_string(t) for t in text_types):
             first = sum(file.metadata.row_group(g).num_rows for g in range(piece.row_group)) + piece.start
             try:
-                table = pl.scan_parquet(self.path, glob=False).select(columns).slice(first, piece.stop - piece.start).collect().to_arrow()
+                frame = pl.scan_parquet(self.path, glob=False).select(columns).slice(first, piece.stop - piece.start).collect()
+                table = frame.to_arrow(compat_level=pl.CompatLevel.newest())  # string views: no copy
                 for i, name in enumerate(table.column_names):  # dates and times as pyarrow reads them
                     if pa.types.is_temporal(schema.field(name).type) and table.schema.field(i).type != schema.field(name).type:
                         table = table.set_column(i, name, table.column(i).cast(schema.field(name).type))
@@ -257,7 +258,7 @@ class ParquetSource(Source):
                 table = file.read_row_groups(groups, columns=columns).slice(piece.start, piece.stop - piece.start)
             except (pa.ArrowException, OSError) as exc:
                 raise DiffmixError(f"{self.path}: row group {piece.row_group} unreadable ({first_line(exc)})") from None
-        return normalize_commits(table, str(self.path))
+        return normalize_commits(table, str(self.path), text_as_views=True)
 
 
 @functools.lru_cache(maxsize=32)
@@ -546,8 +547,12 @@ def resolve_source(uri: str) -> Source:
 # --- normalisation -------------------------------------------------------------------
 
 
-def normalize_commits(table: pa.Table, where: str) -> pa.Table:
+def normalize_commits(table: pa.Table, where: str, text_as_views: bool = False) -> pa.Table:
     """Any CommitPack-like table -> exactly COMMIT_SCHEMA, deriving what is missing.
+
+    `text_as_views`: string columns as Arrow string views, Polars' own layout, for a
+    table that goes straight into Polars (the Parquet partitions): no copy of the texts
+    out of Polars and back.
 
     Derived: subject/message from each other, old_file/new_file from each other,
     lang from the new path, change_type where it is missing or not one of git's
@@ -599,11 +604,14 @@ def normalize_commits(table: pa.Table, where: str) -> pa.Table:
     }
     frame = frame.with_columns(pl.coalesce(col(name), expr).alias(name) for name, expr in derived.items())
     frame = frame.with_columns(col("repos").str.split(",").list.first().str.strip_chars())
-    out = frame.select(COMMIT_SCHEMA.names).to_arrow()
+    out = frame.select(COMMIT_SCHEMA.names).to_arrow(compat_level=pl.CompatLevel.newest() if text_as_views else pl.CompatLevel.oldest())
     try:
-        return out.cast(COMMIT_SCHEMA)
+        return out.cast(_AS_VIEWS if text_as_views else COMMIT_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise DiffmixError(f"{where}: a column has the wrong type ({first_line(exc)})") from None
+
+
+_AS_VIEWS = pa.schema([field.with_type(pa.string_view()) if pa.types.is_string(field.type) or pa.types.is_large_string(field.type) else field for field in COMMIT_SCHEMA])
 
 
 def _decode_text_columns(table: pa.Table) -> pa.Table:

@@ -374,7 +374,8 @@ def test_parquet_slices_equal_the_rows_they_name(tmp_path: Path, row_group_size:
     pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
     source = ParquetSource(str(path))
     read = pa.concat_tables(source.read_slice(p) for p in source.slices(rows_per_partition=3))
-    assert read.equals(normalize_commits(pa.Table.from_pylist(rows), str(path)))
+    assert read.schema.field("old_contents").type == pa.string_view()  # Polars' layout, for the partition's frame
+    assert read.cast(COMMIT_SCHEMA).equals(normalize_commits(pa.Table.from_pylist(rows), str(path)))
 
 
 @pytest.mark.parametrize(
