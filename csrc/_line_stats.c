@@ -41,12 +41,18 @@ static void stats_of(const uint8_t *text, int64_t size, int64_t *max_line, int64
     *alnum = letters;
 }
 
+/* A C-contiguous buffer of `itemsize`-byte items; the int64 arrays also by their format
+ * (a float64 or uint64 array has 8-byte items too, and its bits would be read as int64). */
 static int get(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, const char *what)
 {
     if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
         return -1;
-    if (view->itemsize != itemsize) {
-        PyErr_Format(PyExc_TypeError, "%s: items of %zd bytes expected, got %zd", what, itemsize, view->itemsize);
+    const char *format = view->format ? view->format : "B";
+    if (*format == '<' || *format == '=' || *format == '@')
+        format++;
+    int int64 = strcmp(format, "q") == 0 || (strcmp(format, "l") == 0 && sizeof(long) == 8);
+    if (view->itemsize != itemsize || (itemsize == 8 && !int64)) {
+        PyErr_Format(PyExc_TypeError, "%s: %s expected, got items of format '%s'", what, itemsize == 8 ? "int64" : "bytes", view->format ? view->format : "B");
         PyBuffer_Release(view);
         return -1;
     }
@@ -65,48 +71,66 @@ static PyObject *fill(PyObject *self, PyObject *args)
 {
     PyObject *buffer_list, *objs[N_ARRAYS];
     (void)self;
-    if (!PyArg_ParseTuple(args, "O!OOOOOOO:fill", &PyList_Type, &buffer_list, &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &objs[5], &objs[6]))
+    if (!PyArg_ParseTuple(args, "OOOOOOOO:fill", &buffer_list, &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &objs[5], &objs[6]))
         return NULL;
     static const char *names[N_ARRAYS] = {"buffer_ids", "starts", "lengths", "max_line", "newlines", "tail", "alnum"};
-    Py_ssize_t n_buffers = PyList_GET_SIZE(buffer_list);
+    /* A tuple of our own: exporting a buffer may run Python code that changes a list. */
+    PyObject *buffer_tuple = PySequence_Tuple(buffer_list);
+    if (!buffer_tuple)
+        return NULL;
+    Py_ssize_t n_buffers = PyTuple_GET_SIZE(buffer_tuple);
     Py_buffer *buffers = PyMem_Calloc((size_t)(n_buffers ? n_buffers : 1), sizeof(Py_buffer));
     Py_buffer views[N_ARRAYS];
-    if (!buffers)
-        return PyErr_NoMemory();
+    int64_t *rows = NULL; /* ids, starts, lengths: copied, so no other thread changes them once checked */
+    PyObject *result = NULL;
     Py_ssize_t got_buffers = 0;
     int got = 0;
-    for (; got_buffers < n_buffers; got_buffers++)
-        if (get(PyList_GET_ITEM(buffer_list, got_buffers), &buffers[got_buffers], 0, 1, "buffers") < 0)
-            break;
-    if (got_buffers == n_buffers)
-        for (; got < N_ARRAYS; got++)
-            if (get(objs[got], &views[got], got >= 3, 8, names[got]) < 0)
-                break;
-    PyObject *result = NULL;
-    if (got == N_ARRAYS) {
-        Py_ssize_t n = views[0].len / 8;
-        const int64_t *ids = views[0].buf, *starts = views[1].buf, *lengths = views[2].buf;
-        int ok = 1;
-        for (int k = 1; k < N_ARRAYS && ok; k++)
-            ok = views[k].len / 8 >= n;
-        for (Py_ssize_t i = 0; i < n && ok; i++)
-            ok = ids[i] >= 0 && ids[i] < n_buffers && starts[i] >= 0 && lengths[i] >= 0 && starts[i] + lengths[i] <= buffers[ids[i]].len;
-        if (!ok) {
-            PyErr_SetString(PyExc_ValueError, "a text lies outside its buffer, or the arrays differ in length");
-        } else {
-            int64_t *out[4] = {views[3].buf, views[4].buf, views[5].buf, views[6].buf};
-            Py_BEGIN_ALLOW_THREADS
-            for (Py_ssize_t i = 0; i < n; i++)
-                stats_of((const uint8_t *)buffers[ids[i]].buf + starts[i], lengths[i], &out[0][i], &out[1][i], &out[2][i], &out[3][i]);
-            Py_END_ALLOW_THREADS
-            result = Py_NewRef(Py_None);
-        }
+    if (!buffers) {
+        PyErr_NoMemory();
+        goto done;
     }
+    for (; got_buffers < n_buffers; got_buffers++)
+        if (get(PyTuple_GET_ITEM(buffer_tuple, got_buffers), &buffers[got_buffers], 0, 1, "buffers") < 0)
+            goto done;
+    for (; got < N_ARRAYS; got++)
+        if (get(objs[got], &views[got], got >= 3, 8, names[got]) < 0)
+            goto done;
+    Py_ssize_t n = views[0].len / 8;
+    for (int k = 1; k < N_ARRAYS; k++)
+        if (views[k].len / 8 != n) {
+            PyErr_SetString(PyExc_ValueError, "fill: the arrays differ in length");
+            goto done;
+        }
+    rows = PyMem_Malloc((size_t)(3 * (n ? n : 1)) * sizeof(int64_t));
+    if (!rows) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(rows, views[0].buf, (size_t)n * sizeof(int64_t));
+    memcpy(rows + n, views[1].buf, (size_t)n * sizeof(int64_t));
+    memcpy(rows + 2 * n, views[2].buf, (size_t)n * sizeof(int64_t));
+    const int64_t *ids = rows, *starts = rows + n, *lengths = rows + 2 * n;
+    for (Py_ssize_t i = 0; i < n; i++)
+        /* in this order, nothing overflows: 0 <= start <= size, then length <= size - start */
+        if (ids[i] < 0 || ids[i] >= n_buffers || starts[i] < 0 || lengths[i] < 0 || starts[i] > buffers[ids[i]].len ||
+            lengths[i] > buffers[ids[i]].len - starts[i]) {
+            PyErr_Format(PyExc_ValueError, "fill: text %zd lies outside its buffer", i);
+            goto done;
+        }
+    int64_t *out[4] = {views[3].buf, views[4].buf, views[5].buf, views[6].buf};
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        stats_of((const uint8_t *)buffers[ids[i]].buf + starts[i], lengths[i], &out[0][i], &out[1][i], &out[2][i], &out[3][i]);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(rows);
     for (int k = 0; k < got; k++)
         PyBuffer_Release(&views[k]);
     for (Py_ssize_t k = 0; k < got_buffers; k++)
         PyBuffer_Release(&buffers[k]);
     PyMem_Free(buffers);
+    Py_DECREF(buffer_tuple);
     return result;
 }
 

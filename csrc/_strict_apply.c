@@ -102,6 +102,8 @@ typedef struct {
 
 static int put(buffer_t *out, const char *data, Py_ssize_t size)
 {
+    if (size == 0)
+        return 0; /* nothing to copy, perhaps into no buffer yet */
     if (out->size + size > out->capacity) {
         Py_ssize_t capacity = out->capacity ? out->capacity : 4096;
         while (capacity < out->size + size)

@@ -11,7 +11,8 @@
  *
  * What is copied from libgit2 (src/libgit2/diff_xdiff.c, diff_driver.c, diff_file.c,
  * util/utf8.c), each in one place below:
- *   - binary: a NUL byte in the first 8000 bytes of either side, or a side over 1 GiB;
+ *   - binary: a NUL byte in the first 8000 bytes of either side, or a side over 512 MiB
+ *     (diff_file_content_binary_by_size with the default max_size);
  *   - identical sides give no hunks;
  *   - options: 3 context lines (by default), no inter-hunk context, the indent
  *     heuristic, section headings from the "auto" driver (the line, right-trimmed,
@@ -27,7 +28,7 @@
 #include "xinclude.h"
 
 #define BINARY_CHECK_BYTES 8000           /* GIT_FILTER_BYTES_TO_CHECK_NUL */
-#define MAX_DIFF_BYTES ((Py_ssize_t)1 << 30) /* GIT_XDIFF_MAX_SIZE */
+#define MAX_DIFF_BYTES ((Py_ssize_t)0x20000000) /* DIFF_MAX_FILESIZE: libgit2's default max_size */
 #define HUNK_HEADER_SIZE 128              /* GIT_DIFF_HUNK_HEADER_SIZE */
 
 typedef struct {
@@ -39,6 +40,8 @@ typedef struct {
 
 static int output_put(output_t *out, const char *data, size_t size)
 {
+    if (size == 0)
+        return 0; /* nothing to copy, perhaps into no buffer yet */
     if (out->size + size > out->capacity) {
         size_t capacity = out->capacity ? out->capacity : 4096;
         while (capacity < out->size + size)

@@ -174,6 +174,27 @@ def test_line_stats(text: str | None, max_line: int, mean_line: float, alnum: fl
     assert (int(stats["max_line"][0]), float(stats["mean_line"][0]), float(stats["alnum"][0])) == pytest.approx((max_line, mean_line, alnum))
 
 
+@pytest.mark.parametrize(
+    ("starts", "lengths", "error"),
+    [
+        ([1], [2**63 - 1], ValueError),  # start + length would wrap around past the buffer
+        ([12], [0], ValueError),  # starts past the end
+        ([-1], [2], ValueError),
+        ([0.0], [2], TypeError),  # float64 items are 8 bytes too: refused, not reinterpreted
+        ([0, 1], [1], ValueError),  # arrays of different lengths
+    ],
+)
+def test_line_stats_kernel_refuses_what_does_not_fit(starts: list, lengths: list, error: type[Exception]) -> None:
+    import numpy as np
+
+    from diffmix import _line_stats
+
+    buffers = [np.frombuffer(b"hello world", dtype=np.uint8)]
+    outputs = [np.zeros(1, dtype=np.int64) for _ in range(4)]
+    with pytest.raises(error):
+        _line_stats.fill(buffers, np.zeros(len(starts), dtype=np.int64), np.array(starts), np.array(lengths, dtype=np.int64), *outputs)
+
+
 @pytest.mark.parametrize("rules", [[], None])
 def test_decide_rows_on_no_rows(rules: list | None) -> None:
     """A partition can be empty (a shallow clone's only commit is skipped); with or without rules."""
