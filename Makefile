@@ -16,7 +16,7 @@ export PREFECT_LOGGING_LEVEL ?= WARNING
 .PHONY: setup demo test bench clean
 
 # The compiled parts (setup.py) are rebuilt when its sources change.
-$(BIN)/diffmix: pyproject.toml setup.py $(wildcard csrc/*.c vendor/xdiff/*.c vendor/xdiff/*.h)
+$(BIN)/diffmix: pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h vendor/xdiff/*.c vendor/xdiff/*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]' > $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
 	@$(BIN)/python -c "import diffmix, torch, prefect; print('diffmix installed: torch', torch.__version__, 'prefect', prefect.__version__)"

@@ -19,6 +19,8 @@
 
 #include <string.h>
 
+#include "buffer.h"
+
 typedef struct {
     const char *data;
     Py_ssize_t size;
@@ -65,58 +67,36 @@ static int read_number(const char **p, const char *end, long long *value)
     return 0;
 }
 
+/* "a[,b]" at *p: a number, then an optional ",count" (1 when absent). */
+static int read_range(const char **p, const char *end, long long *start, long long *count)
+{
+    *count = 1;
+    if (read_number(p, end, start) < 0)
+        return -1;
+    if (*p < end && **p == ',') {
+        (*p)++;
+        return read_number(p, end, count);
+    }
+    return 0;
+}
+
 /* "@@ -a[,b] +c[,d] @@" then end of line or " " + anything; p..end is the line without "\n". */
 static int read_header(const char *p, const char *end, long long numbers[4])
 {
-    numbers[1] = numbers[3] = 1;
     if (end - p < 4 || memcmp(p, "@@ -", 4) != 0)
         return -1;
     p += 4;
-    if (read_number(&p, end, &numbers[0]) < 0)
+    if (read_range(&p, end, &numbers[0], &numbers[1]) < 0)
         return -1;
-    if (p < end && *p == ',') {
-        p++;
-        if (read_number(&p, end, &numbers[1]) < 0)
-            return -1;
-    }
     if (end - p < 2 || memcmp(p, " +", 2) != 0)
         return -1;
     p += 2;
-    if (read_number(&p, end, &numbers[2]) < 0)
+    if (read_range(&p, end, &numbers[2], &numbers[3]) < 0)
         return -1;
-    if (p < end && *p == ',') {
-        p++;
-        if (read_number(&p, end, &numbers[3]) < 0)
-            return -1;
-    }
     if (end - p < 3 || memcmp(p, " @@", 3) != 0)
         return -1;
     p += 3;
     return (p == end || *p == ' ') ? 0 : -1;
-}
-
-typedef struct {
-    char *data;
-    Py_ssize_t size, capacity;
-} buffer_t;
-
-static int put(buffer_t *out, const char *data, Py_ssize_t size)
-{
-    if (size == 0)
-        return 0; /* nothing to copy, perhaps into no buffer yet */
-    if (out->size + size > out->capacity) {
-        Py_ssize_t capacity = out->capacity ? out->capacity : 4096;
-        while (capacity < out->size + size)
-            capacity *= 2;
-        char *grown = PyMem_Realloc(out->data, (size_t)capacity);
-        if (!grown)
-            return -1;
-        out->data = grown;
-        out->capacity = capacity;
-    }
-    memcpy(out->data + out->size, data, (size_t)size);
-    out->size += size;
-    return 0;
 }
 
 /* Where line `line` (0-based) of the file starts, walking forward from a known line start. */
@@ -160,7 +140,7 @@ static int apply_bytes(const text_t *before, const text_t *diff, buffer_t *out)
         Py_ssize_t start_at = offset_of(&file, start);
         if (start_at < 0)
             return NOT_FAST;
-        if (put(out, before->data + copied_to, start_at - copied_to) < 0)
+        if (buffer_put(out, before->data + copied_to, (size_t)(start_at - copied_to)) < 0)
             return FAILED;
         /* The hunk's lines: its old side must be the file's text from start_at on, line by line. */
         Py_ssize_t at = start_at;
@@ -179,7 +159,7 @@ static int apply_bytes(const text_t *before, const text_t *diff, buffer_t *out)
                 return NOT_FAST; /* an empty line, the no-newline marker, anything else */
             }
             if (op == ' ' || op == '+') {
-                if (put(out, p + 1, length) < 0)
+                if (buffer_put(out, p + 1, (size_t)length) < 0)
                     return FAILED;
                 new_lines++;
             }
@@ -195,7 +175,7 @@ static int apply_bytes(const text_t *before, const text_t *diff, buffer_t *out)
     }
     if (!hunks)
         return NOT_FAST;
-    if (put(out, before->data + copied_to, before->size - copied_to) < 0)
+    if (buffer_put(out, before->data + copied_to, (size_t)(before->size - copied_to)) < 0)
         return FAILED;
     return APPLIED;
 }
@@ -227,8 +207,8 @@ static PyObject *apply(PyObject *self, PyObject *args)
     else if (status == NOT_FAST)
         result = Py_NewRef(Py_None);
     else
-        result = PyUnicode_DecodeUTF8(out.data ? out.data : "", out.size, "strict");
-    PyMem_Free(out.data);
+        result = PyUnicode_DecodeUTF8(out.data ? out.data : "", (Py_ssize_t)out.size, "strict");
+    free(out.data);
     Py_XDECREF(before.owner);
     Py_XDECREF(diff.owner);
     return result;

@@ -27,35 +27,24 @@
 
 #include "xinclude.h"
 
+#include "buffer.h"
+
 #define BINARY_CHECK_BYTES 8000           /* GIT_FILTER_BYTES_TO_CHECK_NUL */
 #define MAX_DIFF_BYTES ((Py_ssize_t)0x20000000) /* DIFF_MAX_FILESIZE: libgit2's default max_size */
 #define HUNK_HEADER_SIZE 128              /* GIT_DIFF_HUNK_HEADER_SIZE */
 
 typedef struct {
-    char *data;
-    size_t size, capacity;
+    buffer_t text;
     long hunks, added, deleted;
     int failed;
 } output_t;
 
 static int output_put(output_t *out, const char *data, size_t size)
 {
-    if (size == 0)
-        return 0; /* nothing to copy, perhaps into no buffer yet */
-    if (out->size + size > out->capacity) {
-        size_t capacity = out->capacity ? out->capacity : 4096;
-        while (capacity < out->size + size)
-            capacity *= 2;
-        char *grown = realloc(out->data, capacity);
-        if (!grown) {
-            out->failed = 1;
-            return -1;
-        }
-        out->data = grown;
-        out->capacity = capacity;
+    if (buffer_put(&out->text, data, size) < 0) {
+        out->failed = 1;
+        return -1;
     }
-    memcpy(out->data + out->size, data, size);
-    out->size += size;
     return 0;
 }
 
@@ -213,9 +202,9 @@ static PyObject *diff(PyObject *self, PyObject *args, PyObject *kwargs)
         else if (status < 0)
             PyErr_SetString(PyExc_RuntimeError, "xdiff failed");
         else
-            result = Py_BuildValue("(s#lll)", out.data ? out.data : "", (Py_ssize_t)out.size, out.hunks, out.added, out.deleted);
+            result = Py_BuildValue("(s#lll)", out.text.data ? out.text.data : "", (Py_ssize_t)out.text.size, out.hunks, out.added, out.deleted);
     }
-    free(out.data);
+    free(out.text.data);
     if (old_view.obj)
         PyBuffer_Release(&old_view);
     if (new_view.obj)
