@@ -1,13 +1,15 @@
-"""3-digit addition in Lee et al.'s four formats: steps, unique examples and tokens to 90 %, over seeds, on CPU.
+"""3-digit addition in Lee et al.'s four formats: steps, unique examples and tokens to 90 %, over seeds.
 
     python benchmarks/arith_formats.py                       # the full run: 4 formats x 3 seeds (~30-40 min on 2 cores)
     python benchmarks/arith_formats.py --seeds 0 --quick     # minutes: 1 seed, shorter step caps
     python benchmarks/arith_formats.py --n 1000,2000,5000    # an N-sweep (the paper's x-axis)
+    python benchmarks/arith_formats.py --device cuda --model lee --jobs 8   # on a GPU, at Lee et al.'s model size
 
 Every run is the whole project path: `synthetic:addition?...&operands=balanced`
 built as a corpus, mixed by a recipe (one pass over N unique training problems,
-global batch 64), trained by `diffmix.training.train` (2 layers, d=128, 4 heads,
-about 0.4M parameters, char tokenizer, AdamW 1e-3 with 100 warmup steps, loss on
+global batch 64), trained by `diffmix.training.train` (`--model cpu`: 2 layers,
+d=128, 4 heads, about 0.4M parameters; `--model lee`: 6 layers, d=384, 6 heads,
+10.6M, Lee et al.'s size; char tokenizer, AdamW 1e-3 with 100 warmup steps, loss on
 the target) and probed every 100 steps on 200 of the 500 held-out problems (the
 same problems for every format, seed and N). A run stops when exact match (the
 parsed answer; for the scratchpads every step must be right too) has been
@@ -17,6 +19,8 @@ The axes, as the summary gives them: steps and tokens to 90 % (interpolated
 between evals), and unique examples seen by then (at most N; the paper's axis is
 N itself, so the N-sweep table gives "smallest N that reached 90 %").
 Lee et al. 2023 (6 layers, d=384, 10.6M parameters) is printed beside it.
+`--jobs N` trains N runs at once (separate processes; on one GPU they share it:
+runs this small leave most of it idle). Data and mixtures are built first, in order.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +57,7 @@ LEE = {
     "simplified_scratchpad": {1000: 84.6, 2000: 99.7, 4000: 99.9, 10000: 100.0},
     "detailed_scratchpad": {500: 92.8, 1000: 99.8, 2000: 99.6, 4000: 100.0},
 }
+MODELS = {"cpu": {"n_layer": 2, "n_head": 4, "d_model": 128}, "lee": {"n_layer": 6, "n_head": 6, "d_model": 384}}
 LEE_N90 = {"plain": "20,000 (90.1 %)", "reverse": "4,000 (98.2 %)", "simplified_scratchpad": "2,000 (99.7 %)", "detailed_scratchpad": "500 (92.8 %)"}
 
 
@@ -79,8 +86,8 @@ def mixture(source: Path, n: int, seed: int) -> Path:
     return out
 
 
-def run_one(fmt: str, n: int, seed: int, steps: int, root: Path, threads: int, samples: int) -> dict[str, Any]:
-    mix = mixture(corpus(fmt, n, root), n, seed)
+def run_one(fmt: str, n: int, seed: int, steps: int, root: Path, threads: int, samples: int, device: str = "cpu", model: str = "cpu") -> dict[str, Any]:
+    mix = root / f"{fmt}-n{n}-mix-s{seed}"  # built by main() before any run starts
     config = load_train_config(
         None,
         seed=seed,
@@ -89,13 +96,14 @@ def run_one(fmt: str, n: int, seed: int, steps: int, root: Path, threads: int, s
         eval_interval=100,
         checkpoint_interval=steps,
         stop_when="exact_match",
-        device="cpu",
+        device=device,
         threads=threads,
         progress=False,
         max_eval_fraction=1.0,
         **{"model.block_size": BLOCK[fmt], "probes.samples": samples, "probes.batch_size": samples},
+        **{f"model.{key}": value for key, value in MODELS[model].items()},
     )
-    run = root / f"run-{fmt}-n{n}-s{seed}"
+    run = root / f"run-{fmt}-n{n}-s{seed}-{model}-cap{steps}"
     t0 = time.perf_counter()
     summary = train(mix, run, config)
     wall = time.perf_counter() - t0
@@ -155,7 +163,8 @@ def report(results: list[dict[str, Any]], seeds: list[int]) -> str:
                     f"{LEE[fmt].get(n, '-')}",
                 ]
             )
-        lines.append(f"\n### N = {n:,} unique training problems (seeds {', '.join(map(str, seeds))})\n")
+        params = ", ".join(sorted({f"{r['params'] / 1e6:.2f}M" for r in results if r["n"] == n}))
+        lines.append(f"\n### N = {n:,} unique training problems (seeds {', '.join(map(str, seeds))}; {params} non-embedding parameters)\n")
         lines.append(
             table(
                 [
@@ -189,6 +198,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="one step cap for every format")
     parser.add_argument("--probe-samples", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--model", choices=sorted(MODELS), default="cpu", help="cpu: 2 layers, d=128 (0.4M); lee: 6 layers, d=384 (10.6M)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once")
     parser.add_argument("--out", type=Path, help="keep data, runs and results.json here")
     args = parser.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="bench-arith-"))
@@ -196,16 +208,18 @@ def main() -> None:
     formats = args.formats.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     sizes = [int(n) for n in args.n.split(",")]
-    print(f"machine: {machine()}, torch {torch.__version__}, {args.threads} thread(s); shared and noisy", flush=True)
+    gpu = f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""
+    print(f"machine: {machine()}{gpu}, torch {torch.__version__}, model {args.model}, {args.threads} thread(s) x {args.jobs} job(s)", flush=True)
+    runs = [(fmt, n, seed, args.steps or STEP_CAPS[fmt][1 if args.quick else 0]) for n in sizes for fmt in formats for seed in seeds]
+    for fmt, n, seed, _ in runs:  # serially: runs in parallel must not build the same corpus at once
+        mixture(corpus(fmt, n, root), n, seed)
     results: list[dict[str, Any]] = []
-    for n in sizes:
-        for fmt in formats:
-            for seed in seeds:
-                cap = args.steps or STEP_CAPS[fmt][1 if args.quick else 0]
-                result = run_one(fmt, n, seed, cap, root, args.threads, args.probe_samples)
-                results.append(result)
-                print(json.dumps(result), flush=True)
-                (root / "results.json").write_text(json.dumps(results, indent=1))
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:  # spawn: CUDA does not survive a fork
+        futures = [pool.submit(run_one, fmt, n, seed, cap, root, args.threads, args.probe_samples, args.device, args.model) for fmt, n, seed, cap in runs]
+        for future in futures:
+            results.append(future.result())
+            print(json.dumps(results[-1]), flush=True)
+            (root / "results.json").write_text(json.dumps(results, indent=1))
     print(report(results, seeds))
 
 
