@@ -237,7 +237,9 @@ def _build_corpus(inputs: list[str], out: str, config: BuildConfig, overwrite: b
         staged_futures = [stage_source_task.submit(plan, i) for i in streams]
         staged = dict(zip(streams, _progress(staged_futures, "ingest")))
         parts = corpus.plan_partitions(plan, staged)
-        stats = _progress([process_partition_task.submit(plan, p) for p in parts], "documents")
+        started = corpus.heaviest_first(parts)
+        done = dict(zip((p.key for p in started), _progress([process_partition_task.submit(plan, p) for p in started], "documents")))
+        stats = [done[p.key] for p in parts]
         groups = corpus.prepare_dedup(plan, parts)  # filter verdicts + exact dedup; near-dedup band groups
         edges = _progress([near_dedup_task.submit(plan, parts, g) for g in groups], "dedup")
         specs = corpus.decide(plan, parts, edges)

@@ -21,6 +21,7 @@ stopped and gives the same bytes.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections import Counter
@@ -126,6 +127,7 @@ class Partition:
     start: int
     stop: int
     offset: int = 0  # rows of the inputs before this slice (its first row's `input_row`)
+    weight: int = 0  # its input's bytes, estimated: heavy partitions start first (`heaviest_first`)
 
     @property
     def key(self) -> str:
@@ -380,15 +382,23 @@ def plan_partitions(plan: BuildPlan, staged: dict[int, list[str]]) -> list[Parti
     offset = 0
     for i, source in enumerate(plan.sources()):
         if isinstance(source, ParquetSource):
-            for piece in source.slices(plan.config.partition_rows):
-                partitions.append(Partition(len(partitions), i, str(source.path), piece.row_group, piece.start, piece.stop, offset))
+            pieces = source.slices(plan.config.partition_rows)
+            for piece, weight in zip(pieces, source.slice_bytes(pieces), strict=True):
+                partitions.append(Partition(len(partitions), i, str(source.path), piece.row_group, piece.start, piece.stop, offset, weight))
                 offset += piece.stop - piece.start
         else:
             for chunk in staged[i]:
                 n = ipc_stream_rows(chunk)
-                partitions.append(Partition(len(partitions), i, chunk, None, 0, n, offset))
+                partitions.append(Partition(len(partitions), i, chunk, None, 0, n, offset, os.path.getsize(chunk)))
                 offset += n
     return partitions
+
+
+def heaviest_first(parts: list[Partition]) -> list[Partition]:
+    """The order to start partitions in: the heaviest first, so that the last to finish are
+    small ones and no worker waits long for another's big one (longest-processing-time-first).
+    Outputs do not depend on it: every result is keyed by its partition."""
+    return sorted(parts, key=lambda part: (-part.weight, part.index))
 
 
 def _read_partition(plan: BuildPlan, part: Partition) -> pa.Table:

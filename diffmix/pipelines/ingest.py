@@ -227,6 +227,20 @@ class ParquetSource(Source):
             out.append(RowGroupSlice(run_start, 0, run_rows))
         return out
 
+    def slice_bytes(self, pieces: list[RowGroupSlice]) -> list[int]:
+        """Each slice's share of its row groups' uncompressed bytes: what its partition will cost, roughly."""
+        meta = self._open().metadata
+        sizes = []
+        for piece in pieces:
+            group, skip, want, total = piece.row_group, piece.start, piece.stop - piece.start, 0.0
+            while want > 0 and group < meta.num_row_groups:  # a slice of small groups runs on into the next
+                rows, size = meta.row_group(group).num_rows, meta.row_group(group).total_byte_size
+                taken = min(rows - skip, want)
+                total += size * taken / max(rows, 1)
+                want, skip, group = want - taken, 0, group + 1
+            sizes.append(round(total))
+        return sizes
+
     def read_slice(self, piece: RowGroupSlice) -> pa.Table:
         """The slice's rows, normalised. Polars reads only the pages the slice needs, so a
         partition of a big row group (a file written with pyarrow's or pandas' defaults has

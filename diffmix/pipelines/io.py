@@ -109,16 +109,34 @@ def write_ipc_stream(path: str | os.PathLike[str], table: pa.Table, max_chunksiz
 
 
 def _compact(batch: pa.Table) -> pa.Table:
-    """The rows in buffers of their own. The IPC writer pads a sliced column with the bytes that
-    follow it in its parent buffer, so the file's bytes would depend on how the same rows happened
-    to lie in memory (a refilter's rejects differed from a fresh build's). A column that already
-    uses all of its buffers is kept as it is (no copy)."""
+    """The rows in buffers that end where the rows end. The IPC writer pads a sliced column with
+    the bytes that follow it in its parent buffer, so the file's bytes would depend on how the
+    same rows happened to lie in memory (a refilter's rejects differed from a fresh build's).
+    A column that uses all of its buffers is kept as it is; a string column without nulls (the
+    documents' text: nearly all of a shard's bytes) is cut without a copy; the rest is copied."""
     columns = []
     for column in batch.columns:
         chunks = column.chunks
         whole = len(chunks) == 1 and chunks[0].nbytes == chunks[0].get_total_buffer_size()
-        columns.append(chunks[0] if whole else pa.concat_arrays(chunks))
+        cut = _cut_strings(chunks[0]) if len(chunks) == 1 and not whole else None
+        columns.append(chunks[0] if whole else cut if cut is not None else pa.concat_arrays(chunks))
     return pa.Table.from_arrays(columns, schema=batch.schema)
+
+
+_OFFSET_WIDTH = {pa.string(): 4, pa.binary(): 4, pa.large_string(): 8, pa.large_binary(): 8}
+
+
+def _cut_strings(chunk: pa.Array) -> pa.Array | None:
+    """A string or binary slice without nulls over its parent's buffers, cut after its last
+    offset and its last byte (no copy); None for any other array."""
+    width = _OFFSET_WIDTH.get(chunk.type)
+    if width is None or chunk.null_count:
+        return None
+    _, offsets, data = chunk.buffers()
+    end = chunk.offset + len(chunk)
+    last = int.from_bytes(offsets.slice(end * width, width).to_pybytes(), "little")
+    values = data.slice(0, last) if data is not None else None
+    return pa.Array.from_buffers(chunk.type, len(chunk), [None, offsets.slice(0, (end + 1) * width), values], null_count=0, offset=chunk.offset)
 
 
 def read_ipc_stream(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:

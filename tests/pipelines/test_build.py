@@ -9,7 +9,7 @@ import pygit2
 import pytest
 
 from diffmix.errors import DiffmixError
-from diffmix.pipelines.build import build_synthetic, prepare_build, source_label
+from diffmix.pipelines.build import Partition, build_synthetic, heaviest_first, prepare_build, source_label
 from diffmix.pipelines.gitlog import repository_name
 from diffmix.pipelines.shards import open_dataset, shard_paths
 from diffmix.schemas.config import load_build_config
@@ -145,3 +145,8 @@ def test_a_build_killed_while_writing_shards_or_overwriting_is_taken_up_again(tm
     (aside / ".work" / "plan.json").write_text("{}")
     build(aside, overwrite=True)
     assert (aside / "manifest.json").is_file() and not (aside / ".previous").exists()
+
+
+def test_the_heaviest_partitions_start_first_and_ties_keep_their_order() -> None:
+    parts = [Partition(i, 0, "in.parquet", 0, 0, 1, 0, weight) for i, weight in enumerate([5, 9, 5, 1, 9])]
+    assert [p.index for p in heaviest_first(parts)] == [1, 4, 0, 2, 3]

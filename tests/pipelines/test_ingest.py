@@ -367,6 +367,19 @@ def test_parquet_slices_cover_every_row(tmp_path: Path) -> None:
     assert sum(source.read_slice(p).num_rows for p in pieces) == 10
 
 
+@pytest.mark.parametrize("row_group_size", [4, 1])  # 1: small groups, joined into runs
+def test_parquet_slice_bytes_share_out_the_row_groups(tmp_path: Path, row_group_size: int) -> None:
+    path = tmp_path / "p.parquet"
+    rows = [dict(r, new_contents="x" * (1000 * i)) for i, r in enumerate(COMMITPACK_ROWS * 5)]
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
+    source = ParquetSource(str(path))
+    pieces = source.slices(rows_per_partition=3)
+    sizes = source.slice_bytes(pieces)
+    meta = pq.ParquetFile(path).metadata
+    assert sum(sizes) == pytest.approx(sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups)), abs=len(pieces))
+    assert sizes[-2] > sizes[0]  # the rows grow: so do the later slices (the last may be short)
+
+
 @pytest.mark.parametrize("row_group_size", [None, 4])  # None: one row group (pyarrow's and pandas' default)
 def test_parquet_slices_equal_the_rows_they_name(tmp_path: Path, row_group_size: int | None) -> None:
     rows = [dict(r, commit=f"{i:040d}", new_contents=f"v{i}\n" * (i + 1)) for i, r in enumerate(COMMITPACK_ROWS * 7)]

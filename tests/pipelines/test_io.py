@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from diffmix.errors import DiffmixError
-from diffmix.pipelines.io import atomic_open, output_lock, read_ipc_stream, remove_stale_temporaries, write_ipc_stream
+from diffmix.pipelines.io import _compact, atomic_open, output_lock, read_ipc_stream, remove_stale_temporaries, write_ipc_stream
 
 
 def _batch_rows(path: Path) -> list[int]:
@@ -39,6 +39,27 @@ def test_the_bytes_depend_on_the_rows_not_on_their_memory(tmp_path: Path) -> Non
         write_ipc_stream(tmp_path / f"{name}.arrow", table, max_chunksize=size)
     assert (tmp_path / "one.arrow").read_bytes() == (tmp_path / "apart.arrow").read_bytes()
     assert (tmp_path / "slice.arrow").read_bytes() == (tmp_path / "fresh.arrow").read_bytes()
+
+
+@pytest.mark.parametrize("kind", [pa.string(), pa.large_string(), pa.binary(), pa.large_binary()])
+@pytest.mark.parametrize("with_nulls", [False, True])
+def test_a_slice_writes_the_same_bytes_whatever_lies_after_it(tmp_path: Path, kind: pa.DataType, with_nulls: bool) -> None:
+    """The writer pads a value buffer to 8 bytes with what follows it: here 'yy' or 'zzzzzzz'."""
+    rows = ["bbb", "", None if with_nulls else "c", "ddddd"]
+    value = (lambda v: v) if kind in (pa.string(), pa.large_string()) else (lambda v: None if v is None else v.encode())
+    for name, after in (("a", ["yy"]), ("b", ["zzzzzzz", "q"]), ("c", [])):
+        table = pa.table({"s": pa.array([value(v) for v in ["x", *rows, *after]], kind)}).slice(1, len(rows))
+        write_ipc_stream(tmp_path / f"{name}.arrow", table)
+        assert read_ipc_stream(tmp_path / f"{name}.arrow").equals(table)
+    assert (tmp_path / "a.arrow").read_bytes() == (tmp_path / "b.arrow").read_bytes() == (tmp_path / "c.arrow").read_bytes()
+
+
+def test_a_string_slice_without_nulls_is_written_without_a_copy() -> None:
+    """Nearly all of a shard's bytes are one such column (the documents' text)."""
+    parent = pa.array(["a" * 10, "b" * 20, "c" * 30, "d"], pa.large_string())
+    compact = _compact(pa.table({"text": parent}).slice(1, 2))
+    assert compact["text"].chunks[0].buffers()[2].address == parent.buffers()[2].address
+    assert compact["text"].to_pylist() == ["b" * 20, "c" * 30]
 
 
 def test_empty_table_is_one_empty_batch(tmp_path: Path) -> None:
