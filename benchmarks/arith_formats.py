@@ -103,7 +103,8 @@ def run_one(fmt: str, n: int, seed: int, steps: int, root: Path, threads: int, s
         **{"model.block_size": BLOCK[fmt], "probes.samples": samples, "probes.batch_size": samples},
         **{f"model.{key}": value for key, value in MODELS[model].items()},
     )
-    run = root / f"run-{fmt}-n{n}-s{seed}-{model}-cap{steps}"
+    # Everything that changes a run or its timings is in its name: `train` resumes (or returns) a run of its folder.
+    run = root / f"run-{fmt}-n{n}-s{seed}-{model}-{device}-t{threads}-cap{steps}"
     t0 = time.perf_counter()
     summary = train(mix, run, config)
     wall = time.perf_counter() - t0
@@ -210,16 +211,22 @@ def main() -> None:
     sizes = [int(n) for n in args.n.split(",")]
     gpu = f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""
     print(f"machine: {machine()}{gpu}, torch {torch.__version__}, model {args.model}, {args.threads} thread(s) x {args.jobs} job(s)", flush=True)
-    runs = [(fmt, n, seed, args.steps or STEP_CAPS[fmt][1 if args.quick else 0]) for n in sizes for fmt in formats for seed in seeds]
+    # dict.fromkeys: a value given twice would send two processes to one run folder.
+    runs = list(dict.fromkeys((fmt, n, seed, args.steps or STEP_CAPS[fmt][1 if args.quick else 0]) for n in sizes for fmt in formats for seed in seeds))
     for fmt, n, seed, _ in runs:  # serially: runs in parallel must not build the same corpus at once
         mixture(corpus(fmt, n, root), n, seed)
     results: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:  # spawn: CUDA does not survive a fork
+    pool = ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"))  # spawn: CUDA does not survive a fork
+    try:
         futures = [pool.submit(run_one, fmt, n, seed, cap, root, args.threads, args.probe_samples, args.device, args.model) for fmt, n, seed, cap in runs]
         for future in futures:
             results.append(future.result())
             print(json.dumps(results[-1]), flush=True)
             (root / "results.json").write_text(json.dumps(results, indent=1))
+    except BaseException:  # one failed run stops the rest at once, as the serial loop did
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     print(report(results, seeds))
 
 

@@ -133,10 +133,11 @@ def _cut_strings(chunk: pa.Array) -> pa.Array | None:
     if width is None or chunk.null_count:
         return None
     _, offsets, data = chunk.buffers()
+    if offsets is None or data is None:
+        return None
     end = chunk.offset + len(chunk)
     last = int.from_bytes(offsets.slice(end * width, width).to_pybytes(), "little")
-    values = data.slice(0, last) if data is not None else None
-    return pa.Array.from_buffers(chunk.type, len(chunk), [None, offsets.slice(0, (end + 1) * width), values], null_count=0, offset=chunk.offset)
+    return pa.Array.from_buffers(chunk.type, len(chunk), [None, offsets.slice(0, (end + 1) * width), data.slice(0, last)], null_count=0, offset=chunk.offset)
 
 
 def read_ipc_stream(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
