@@ -69,9 +69,21 @@ def dask_runner(workers: int = 2, dask_address: str | None = None) -> DaskTaskRu
     """A LocalCluster of `workers` single-threaded processes, or an existing scheduler."""
     if dask_address:
         return DaskTaskRunner(address=dask_address)
+    # Each worker imports diffmix (and Prefect) as it starts, all at once, not at its first task:
+    # a worker's first task would wait ~1 s for it while the others work. Polars sizes its thread
+    # pool to the machine, so N single-threaded workers would run N threads per core; they get a
+    # share of the cores (Dask already sets OMP_NUM_THREADS=1, which Arrow's pool reads).
+    polars_threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
-        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"},
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": ":0",
+            "preload": ["diffmix.flows"],
+            "env": {"POLARS_MAX_THREADS": str(polars_threads)},
+        },
     )
 
 

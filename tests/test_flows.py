@@ -423,3 +423,17 @@ def test_no_module_beside_flows_py_shadows_the_standard_library() -> None:
 
     beside = {p.stem for p in Path(diffmix.flows.__file__).parent.glob("*.py")} | {p.name for p in Path(diffmix.flows.__file__).parent.iterdir() if p.is_dir()}
     assert not beside & set(sys.stdlib_module_names)
+
+
+def test_local_workers_start_with_diffmix_imported_and_a_share_of_the_cores() -> None:
+    """Preloaded: no worker's first task waits for the imports. Polars, which would size its pool
+    to the whole machine in each worker, gets the worker's share of the cores."""
+    from distributed import Client, LocalCluster
+
+    from diffmix.flows import dask_runner
+
+    with LocalCluster(**dask_runner(2).cluster_kwargs) as cluster, Client(cluster) as client:
+        loaded = client.run(lambda: "diffmix.pipelines.build" in sys.modules)
+        pools = client.run(lambda: __import__("polars").thread_pool_size())
+    assert list(loaded.values()) == [True, True]
+    assert list(pools.values()) == [max(1, (os.cpu_count() or 1) // 2)] * 2
