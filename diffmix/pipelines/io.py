@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import pyarrow as pa
 
 from diffmix.errors import DiffmixError, first_line
@@ -112,8 +113,8 @@ def _compact(batch: pa.Table) -> pa.Table:
     """The rows in buffers that end where the rows end. The IPC writer pads a sliced column with
     the bytes that follow it in its parent buffer, so the file's bytes would depend on how the
     same rows happened to lie in memory (a refilter's rejects differed from a fresh build's).
-    A column that uses all of its buffers is kept as it is; a string column without nulls (the
-    documents' text: nearly all of a shard's bytes) is cut without a copy; the rest is copied."""
+    A column that uses all of its buffers is kept as it is; a string column (the documents' text:
+    nearly all of a shard's bytes) is cut without copying its bytes; the rest is copied."""
     columns = []
     for column in batch.columns:
         chunks = column.chunks
@@ -127,17 +128,24 @@ _OFFSET_WIDTH = {pa.string(): 4, pa.binary(): 4, pa.large_string(): 8, pa.large_
 
 
 def _cut_strings(chunk: pa.Array) -> pa.Array | None:
-    """A string or binary slice without nulls over its parent's buffers, cut after its last
-    offset and its last byte (no copy); None for any other array."""
+    """A string or binary slice over its parent's offsets and bytes, both cut where its rows end
+    (no copy), with a validity bitmap of its own when it has nulls (an eighth of a byte a row,
+    padded with zero bits); None for any other array."""
     width = _OFFSET_WIDTH.get(chunk.type)
-    if width is None or chunk.null_count:
+    if width is None:
         return None
     _, offsets, data = chunk.buffers()
     if offsets is None or data is None:
         return None
-    end = chunk.offset + len(chunk)
-    last = int.from_bytes(offsets.slice(end * width, width).to_pybytes(), "little")
-    return pa.Array.from_buffers(chunk.type, len(chunk), [None, offsets.slice(0, (end + 1) * width), data.slice(0, last)], null_count=0, offset=chunk.offset)
+    rows, start = len(chunk), chunk.offset
+    last = int.from_bytes(offsets.slice((start + rows) * width, width).to_pybytes(), "little")
+    validity = None
+    if chunk.null_count:
+        valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+        validity = pa.py_buffer(np.packbits(valid, bitorder="little").tobytes())
+    # Offset 0 over offsets that need not start at 0: the writer rebases them.
+    buffers = [validity, offsets.slice(start * width, (rows + 1) * width), data.slice(0, last)]
+    return pa.Array.from_buffers(chunk.type, rows, buffers, null_count=chunk.null_count)
 
 
 def read_ipc_stream(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
