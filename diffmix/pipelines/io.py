@@ -130,7 +130,8 @@ _OFFSET_WIDTH = {pa.string(): 4, pa.binary(): 4, pa.large_string(): 8, pa.large_
 def _cut_strings(chunk: pa.Array) -> pa.Array | None:
     """A string or binary slice over its parent's offsets and bytes, both cut where its rows end
     (no copy), with a validity bitmap of its own when it has nulls (an eighth of a byte a row,
-    padded with zero bits); None for any other array."""
+    padded with zero bits); None for any other array. The slice keeps its offset: the writer
+    then writes its offsets rebased to 0, as it does for any slice."""
     width = _OFFSET_WIDTH.get(chunk.type)
     if width is None:
         return None
@@ -140,12 +141,11 @@ def _cut_strings(chunk: pa.Array) -> pa.Array | None:
     rows, start = len(chunk), chunk.offset
     last = int.from_bytes(offsets.slice((start + rows) * width, width).to_pybytes(), "little")
     validity = None
-    if chunk.null_count:
-        valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+    if chunk.null_count:  # bits for the rows before the slice too, so that it keeps its offset
+        valid = np.concatenate([np.zeros(start, np.bool_), chunk.is_valid().to_numpy(zero_copy_only=False)])
         validity = pa.py_buffer(np.packbits(valid, bitorder="little").tobytes())
-    # Offset 0 over offsets that need not start at 0: the writer rebases them.
-    buffers = [validity, offsets.slice(start * width, (rows + 1) * width), data.slice(0, last)]
-    return pa.Array.from_buffers(chunk.type, rows, buffers, null_count=chunk.null_count)
+    buffers = [validity, offsets.slice(0, (start + rows + 1) * width), data.slice(0, last)]
+    return pa.Array.from_buffers(chunk.type, rows, buffers, null_count=chunk.null_count, offset=start)
 
 
 def read_ipc_stream(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
