@@ -9,6 +9,8 @@ Prints (Markdown tables):
   flow), data work = T(full) - T(tiny), its ratio to the floor, peak RSS of any
   process, and the 2-worker speed-up; with `--repeat N` every build runs N times and
   the table gives the best of N (as the floor is the best of 5) and the median;
+* where the time of the last full build on each worker count went, from the flow's own task
+  runs as Prefect recorded them: each phase's span and its tasks' summed run time;
 * the same build of the same rows rewritten as one row group (what pyarrow's and
   pandas' writers give below 1M rows: every partition is a slice of that group),
   on the most workers, against its own floor;
@@ -88,6 +90,35 @@ def diff_engines(parquet: Path) -> list[list[object]]:
     ]
 
 
+PHASES = (("documents", "documents "), ("near-dedup", "near-dedup "), ("shards", "data shard "), ("shards", "rejects shard "), ("ingest", "stage input "))
+
+
+def flow_phases(workers: int) -> list[list[object]]:
+    """The latest flow run's timeline (seconds from its start): the span and summed run time of
+    each phase's tasks, and what lies between them (planning in the flow, Prefect's hand-offs)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    t0 = run.start_time
+    spans: dict[str, list[tuple[float, float, float]]] = {}
+    for task in tasks:
+        phase = next((name for name, prefix in PHASES if task.name.startswith(prefix)), "other")
+        spans.setdefault(phase, []).append(((task.start_time - t0).total_seconds(), (task.end_time - t0).total_seconds(), task.total_run_time.total_seconds()))
+    rows, last = [], 0.0
+    for phase, runs in sorted(spans.items(), key=lambda item: min(r[0] for r in item[1])):
+        first, end = min(r[0] for r in runs), max(r[1] for r in runs)
+        rows.append([workers, f"(flow, between) before {phase}", "-", last, first, first - last, "-"])
+        rows.append([workers, phase, len(runs), first, end, end - first, sum(r[2] for r in runs)])
+        last = end
+    flow_end = (run.end_time - t0).total_seconds()
+    rows.append([workers, "(flow) after the last task", "-", last, flow_end, flow_end - last, "-"])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -122,6 +153,7 @@ def main() -> None:
             print(f"\nstart-up (own line, not in any throughput): local Prefect server {time.perf_counter() - start:.1f} s")
             env = {**os.environ, "PREFECT_API_URL": str(url)}
             results = {}
+            timelines: list[list[object]] = []
             for label, path in inputs.items():
                 for workers in args.workers if path == parquet else [max(args.workers)]:
                     runs: dict[str, list[tuple[float, float]]] = {"tiny": [], "full": []}
@@ -133,6 +165,8 @@ def main() -> None:
                             runs[name].append(run_measured(cmd, env))
                             shutil.rmtree(out)
                     results[label, workers] = runs
+                    if path == parquet:
+                        timelines += flow_phases(workers)
         bench_rows = []
         work: dict[tuple[str, int], float] = {}
         for (label, workers), runs in results.items():
@@ -147,6 +181,8 @@ def main() -> None:
         print(table(headers, bench_rows))
         if ("dev Parquet", 1) in work and ("dev Parquet", 2) in work:
             print(f"\n2 workers vs 1 on the data work: {work['dev Parquet', 1] / work['dev Parquet', 2]:.2f}x")
+        print("\nwhere the last full build's time went (the flow's task runs as Prefect recorded them; seconds from the flow's start)")
+        print(table(["workers", "phase", "tasks", "from s", "to s", "wall s", "tasks' summed run s"], timelines))
         if not args.skip_diff:
             print()
             print(table(["diff engine", "pairs", "seconds", "ms / pair", "x slower than diffmix", "pairs differing from diffmix"], diff_engines(parquet)))
