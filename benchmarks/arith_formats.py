@@ -86,8 +86,8 @@ def mixture(source: Path, n: int, seed: int) -> Path:
     return out
 
 
-def run_one(fmt: str, n: int, seed: int, steps: int, root: Path, threads: int, samples: int, device: str = "cpu", model: str = "cpu") -> dict[str, Any]:
-    mix = root / f"{fmt}-n{n}-mix-s{seed}"  # built by main() before any run starts
+def run_one(fmt: str, n: int, seed: int, steps: int, mix: Path, threads: int, samples: int, device: str = "cpu", model: str = "cpu") -> dict[str, Any]:
+    """Train one run on `mix` (built by `mixture` before any run starts); its folder sits beside it."""
     config = load_train_config(
         None,
         seed=seed,
@@ -104,7 +104,7 @@ def run_one(fmt: str, n: int, seed: int, steps: int, root: Path, threads: int, s
         **{f"model.{key}": value for key, value in MODELS[model].items()},
     )
     # Everything that changes a run or its timings is in its name: `train` resumes (or returns) a run of its folder.
-    run = root / f"run-{fmt}-n{n}-s{seed}-{model}-{device}-t{threads}-cap{steps}"
+    run = mix.parent / f"run-{fmt}-n{n}-s{seed}-{model}-{device}-t{threads}-cap{steps}"
     t0 = time.perf_counter()
     summary = train(mix, run, config)
     wall = time.perf_counter() - t0
@@ -213,12 +213,12 @@ def main() -> None:
     print(f"machine: {machine()}{gpu}, torch {torch.__version__}, model {args.model}, {args.threads} thread(s) x {args.jobs} job(s)", flush=True)
     # dict.fromkeys: a value given twice would send two processes to one run folder.
     runs = list(dict.fromkeys((fmt, n, seed, args.steps or STEP_CAPS[fmt][1 if args.quick else 0]) for n in sizes for fmt in formats for seed in seeds))
-    for fmt, n, seed, _ in runs:  # serially: runs in parallel must not build the same corpus at once
-        mixture(corpus(fmt, n, root), n, seed)
+    # Serially: runs in parallel must not build the same corpus at once.
+    mixes = [mixture(corpus(fmt, n, root), n, seed) for fmt, n, seed, _ in runs]
     results: list[dict[str, Any]] = []
     pool = ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"))  # spawn: CUDA does not survive a fork
     try:
-        futures = [pool.submit(run_one, fmt, n, seed, cap, root, args.threads, args.probe_samples, args.device, args.model) for fmt, n, seed, cap in runs]
+        futures = [pool.submit(run_one, fmt, n, seed, cap, mix, args.threads, args.probe_samples, args.device, args.model) for (fmt, n, seed, cap), mix in zip(runs, mixes, strict=True)]
         for future in futures:
             results.append(future.result())
             print(json.dumps(results[-1]), flush=True)
