@@ -204,6 +204,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once")
     parser.add_argument("--out", type=Path, help="keep data, runs and results.json here")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
     root = args.out or Path(tempfile.mkdtemp(prefix="bench-arith-"))
     root.mkdir(parents=True, exist_ok=True)
     formats = args.formats.split(",")
