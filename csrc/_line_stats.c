@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "pyviews.h"
+
 static void stats_of(const uint8_t *text, int64_t size, int64_t *max_line, int64_t *newlines, int64_t *tail, int64_t *alnum)
 {
     /* Two passes over a text that stays in cache: a branch-free count the compiler
@@ -39,24 +41,6 @@ static void stats_of(const uint8_t *text, int64_t size, int64_t *max_line, int64
     *newlines = count;
     *tail = rest;
     *alnum = letters;
-}
-
-/* A C-contiguous buffer of `itemsize`-byte items; the int64 arrays also by their format
- * (a float64 or uint64 array has 8-byte items too, and its bits would be read as int64). */
-static int get(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, const char *what)
-{
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
-        return -1;
-    const char *format = view->format ? view->format : "B";
-    if (*format == '<' || *format == '=' || *format == '@')
-        format++;
-    int int64 = strcmp(format, "q") == 0 || (strcmp(format, "l") == 0 && sizeof(long) == 8);
-    if (view->itemsize != itemsize || (itemsize == 8 && !int64)) {
-        PyErr_Format(PyExc_TypeError, "%s: %s expected, got items of format '%s'", what, itemsize == 8 ? "int64" : "bytes", view->format ? view->format : "B");
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
 }
 
 PyDoc_STRVAR(fill_doc,
@@ -90,10 +74,10 @@ static PyObject *fill(PyObject *self, PyObject *args)
         goto done;
     }
     for (; got_buffers < n_buffers; got_buffers++)
-        if (get(PyTuple_GET_ITEM(buffer_tuple, got_buffers), &buffers[got_buffers], 0, 1, "buffers") < 0)
+        if (get_view(PyTuple_GET_ITEM(buffer_tuple, got_buffers), &buffers[got_buffers], 0, 1, "buffers") < 0)
             goto done;
     for (; got < N_ARRAYS; got++)
-        if (get(objs[got], &views[got], got >= 3, 8, names[got]) < 0)
+        if (get_view(objs[got], &views[got], got >= 3, 8, names[got]) < 0)
             goto done;
     Py_ssize_t n = views[0].len / 8;
     for (int k = 1; k < N_ARRAYS; k++)

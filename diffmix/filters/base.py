@@ -176,6 +176,38 @@ def utf8_bytes(texts: pl.Series) -> Utf8Bytes:
     return Utf8Bytes(buffers, *(np.concatenate(columns) for columns in zip(*parts)))
 
 
+def strings_in_place(chunk: pa.Array) -> pa.Array | None:
+    """A string-view chunk without nulls as a large_string array over its own data buffer, when
+    its texts lie end to end there in row order (a column Polars took from Arrow strings and
+    did not reorder: the documents of a partition); else None. No text is copied: Polars'
+    own conversion copies every text (0.7 s per GB here)."""
+    raw = chunk.buffers()
+    if chunk.null_count or len(raw) != 3 or raw[1] is None or raw[2] is None:
+        return None
+    views = np.frombuffer(raw[1], dtype=np.uint8)[chunk.offset * _VIEW_BYTES : (chunk.offset + len(chunk)) * _VIEW_BYTES].reshape(-1, _VIEW_BYTES)
+    lengths = views[:, 0:4].copy().view("<i4")[:, 0].astype(np.int64)
+    ends = np.cumsum(lengths)
+    offsets = np.concatenate([[0], ends]).astype(np.int64)
+    data = np.frombuffer(raw[2], dtype=np.uint8)
+    out_of_line = lengths > 12
+    if out_of_line.any():
+        first = int(np.argmax(out_of_line))
+        offsets += int(views[first, 12:16].copy().view("<i4")[0]) - offsets[first]
+        rows = views[out_of_line]
+        if rows[:, 8:12].any() or not np.array_equal(rows[:, 12:16].copy().view("<i4")[:, 0], offsets[:-1][out_of_line]):
+            return None
+    if offsets[0] < 0 or offsets[-1] > len(data):
+        return None
+    inline = np.flatnonzero(~out_of_line & (lengths > 0))
+    if len(inline):  # the short texts sit in their views; are they in the buffer too, where they belong?
+        spots = np.arange(12)
+        present = spots < lengths[inline, None]
+        at = np.minimum(offsets[inline, None] + spots, max(len(data) - 1, 0))
+        if not len(data) or not np.array_equal(np.where(present, data[at], 0), np.where(present, views[inline, 4:16], 0)):
+            return None
+    return pa.Array.from_buffers(pa.large_string(), len(chunk), [None, pa.py_buffer(offsets), raw[2]])
+
+
 # Scoring-frame columns (when present): one id per distinct old / new file text of the partition.
 TEXT_IDS = ("old_text_id", "new_text_id")
 

@@ -38,7 +38,7 @@ from tokenizers import Tokenizer
 
 from diffmix.errors import DiffmixError
 from diffmix.filters import engine
-from diffmix.filters.base import uniform
+from diffmix.filters.base import strings_in_place, uniform
 from diffmix.filters.dedup import band_keys, bucket_pairs, components, estimated_jaccard
 from diffmix.formats.base import format_names, get_format
 from diffmix.formats.window import WindowSpec
@@ -433,8 +433,15 @@ def _decisions_path(plan: BuildPlan, key: str) -> Path:
 
 
 def _staged_documents(documents: pl.DataFrame) -> pa.Table:
-    """A partition's documents as the one record batch `write_data_shard` slices."""
-    return documents.to_arrow().cast(CORPUS_SCHEMA).combine_chunks()
+    """A partition's documents as the one record batch `write_data_shard` slices.
+
+    The text column, still where the compiled render wrote it, is taken as it lies."""
+    views = documents.select("text").to_arrow(compat_level=pl.CompatLevel.newest()).column(0)
+    text = strings_in_place(views.chunk(0)) if views.num_chunks == 1 and pa.types.is_string_view(views.type) else None
+    if text is None:
+        return documents.to_arrow().cast(CORPUS_SCHEMA).combine_chunks()
+    table = documents.drop("text").to_arrow()
+    return table.add_column(documents.columns.index("text"), "text", text).cast(CORPUS_SCHEMA).combine_chunks()
 
 
 def process_partition(plan: BuildPlan, part: Partition) -> PartitionStats:

@@ -152,6 +152,47 @@ def test_utf8_bytes_are_each_texts_encoding(texts: object) -> None:
     assert [None if v is None else bytes(v) for v in views] == [None if t is None else t.encode() for t in series.to_list()]
 
 
+def _from_arrow_strings(texts: list[str]) -> object:
+    """A Polars column over an Arrow string array's buffer, as the compiled render hands it over."""
+    import polars as pl
+    import pyarrow as pa
+
+    return pl.from_arrow(pa.array(texts, pa.string()))
+
+
+IN_PLACE_TEXTS = ["a long text of more than 12 bytes", "short", "", "é" * 9, "twelve bytes", "x" * 13]
+
+
+@pytest.mark.parametrize(
+    ("texts", "in_place"),
+    [
+        pytest.param(lambda pl: _from_arrow_strings(IN_PLACE_TEXTS), True, id="from-arrow"),
+        pytest.param(lambda pl: _from_arrow_strings(["tiny", "", "é"]), False, id="all-inline: Polars keeps no buffer"),
+        pytest.param(lambda pl: _from_arrow_strings(IN_PLACE_TEXTS).slice(2, 3), True, id="sliced"),
+        pytest.param(lambda pl: _from_arrow_strings(IN_PLACE_TEXTS).filter(pl.Series([True, False] * 3)), False, id="filtered: gaps"),
+        pytest.param(lambda pl: _from_arrow_strings(IN_PLACE_TEXTS).reverse(), False, id="reordered"),
+        pytest.param(lambda pl: pl.Series("t", IN_PLACE_TEXTS), False, id="polars-built: short texts only inline"),
+        pytest.param(lambda pl: pl.Series("t", ["x" * 20, None]), False, id="nulls"),
+    ],
+)
+def test_strings_in_place_takes_only_texts_that_lie_end_to_end(texts: object, in_place: bool) -> None:
+    """A string-view column as large_string over its own buffer only when that buffer holds its
+    texts end to end in row order; the texts are then the column's, byte for byte."""
+    import polars as pl
+    import pyarrow as pa
+
+    from diffmix.filters.base import strings_in_place
+
+    series = texts(pl)  # type: ignore[operator]
+    exported = series.to_frame("t").to_arrow(compat_level=pl.CompatLevel.newest()).column("t")
+    assert exported.num_chunks == 1 and pa.types.is_string_view(exported.type)
+    taken = strings_in_place(exported.chunk(0))
+    assert (taken is not None) == in_place
+    if taken is not None:
+        assert taken.type == pa.large_string() and taken.to_pylist() == series.to_list()
+        assert taken.buffers()[2].address == exported.chunk(0).buffers()[2].address  # no copy
+
+
 @pytest.mark.parametrize(
     ("text", "max_line", "mean_line", "alnum"),
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from diffmix.formats.base import get_format
@@ -10,6 +11,7 @@ from diffmix.formats.edit import EditRecord, split_openelm
 from diffmix.pipelines.document import (
     doc_ids,
     normalized_message,
+    render_by_rows,
     render_rows,
     structural_reason,
 )
@@ -156,3 +158,54 @@ def test_doc_ids_hash_repo_commit_and_path() -> None:
     ids = doc_ids(["org/a", "org/b", "org/a", "org/a"], ["c1", "c1", "c2", "c1"], ["x.py", "x.py", "x.py", "y.py"])
     assert len(set(ids)) == 4 and all(len(i) == 16 for i in ids)  # each part changes the id
     assert doc_ids(["org/a"], ["c1"], ["x.py"]) == ids[:1]  # and nothing else does
+
+
+# Rows for the compiled openelm loop against the row-by-row reference: each a case either path
+# could get wrong (character offsets past non-ASCII text, a round trip the compiled apply
+# leaves to Python, a NUL past xdiff's 8000-byte look, a header cut at 127 bytes).
+COMPILED_CASES = {
+    **{name: (path, before, message, after, "A" if new_file else "M") for name, (path, before, message, after, new_file) in DOCS.items()},
+    "non-ASCII path, file and message": ("doc/ré sumé.md", "naïve\n日本語\n", "Überarbeitet ✓", "naive\n日本語\n", "M"),
+    "no change (the Python path decides)": ("same.py", "x\n", "Nothing", "x\n", "M"),
+    "binary": ("nul.bin", "a\x00\n", "Bin", "b\x00\n", "M"),
+    "NUL after 8000 bytes": ("late.txt", "a\n" * 4001 + "\x00\n", "Late NUL", "b\n" + "a\n" * 4000 + "\x00\n", "M"),
+    "added file with an old text": ("odd.py", "old\n", "Re-add", "new\n", "A"),
+    "long section heading": ("h.c", "int " + "f" * 200 + "(void)\n{\n" + "x;\n" * 10 + "}\n", "Edit", "int " + "f" * 200 + "(void)\n{\n" + "x;\n" * 9 + "y;\n}\n", "M"),
+    "heading cut inside a character": ("u.c", "é" * 70 + "\n" + "a\n" * 10, "Edit", "é" * 70 + "\n" + "a\n" * 9 + "b\n", "M"),
+    "empty lines and no final newline": ("e.txt", "\n\n\nend", "Edit", "\n\nend", "M"),
+    "lone CR line ends": ("cr.txt", "a\rb\rc\r", "CR", "a\rB\rc\r", "M"),
+}
+
+
+def _frame(rows: list[tuple[str, str, str, str, str]]) -> pl.DataFrame:
+    columns = ("new_file", "old_contents", "message", "new_contents", "change_type")
+    return pl.DataFrame([dict(zip(columns, row)) for row in rows], schema=dict.fromkeys(columns, pl.String)).with_columns(pl.lit("d").alias("doc_id"))
+
+
+@pytest.mark.parametrize("name", list(COMPILED_CASES))
+def test_compiled_openelm_render_is_the_row_by_row_render(name: str) -> None:
+    frame = _frame([COMPILED_CASES[name]])
+    fmt = get_format("openelm_v1")
+    compiled, by_rows = render_rows(frame, fmt), render_by_rows(frame, fmt)
+    assert compiled[1] == by_rows[1]
+    assert compiled[0].equals(by_rows[0]) and compiled[0].schema == by_rows[0].schema
+
+
+def test_compiled_openelm_render_on_many_rows_keeps_row_order() -> None:
+    rows = [COMPILED_CASES[name] for name in COMPILED_CASES] * 3
+    frame = _frame(rows)
+    fmt = get_format("openelm_v1")
+    (compiled, failures), (reference, expected) = render_rows(frame, fmt), render_by_rows(frame, fmt)
+    assert failures == expected and failures.count(None) < len(rows)  # some rows fail, and the others stay in order
+    assert compiled.equals(reference)
+
+
+def test_compiled_openelm_render_on_real_commits(dev_parquet) -> None:
+    """Every real row of a slice: the compiled loop gives the reference's bytes, offsets and verdicts."""
+    table = pq.ParquetFile(dev_parquet).read_row_group(1)
+    frame = pl.from_arrow(table).filter(pl.col("old_contents").is_not_null() & pl.col("new_contents").is_not_null())
+    frame = frame.select("new_file", "old_contents", "message", "new_contents", "change_type").with_columns(pl.lit("d").alias("doc_id"))
+    fmt = get_format("openelm_v1")
+    (compiled, failures), (reference, expected) = render_rows(frame, fmt), render_by_rows(frame, fmt)
+    assert failures == expected and compiled.height > 1000
+    assert compiled.equals(reference)
