@@ -1,5 +1,6 @@
 """The compiled parts of diffmix, each a loop the build runs over every row: git's xdiff
-(vendor/xdiff) behind diffmix._xdiff, the strict apply's fast path (diffmix._strict_apply)
+(vendor/xdiff) behind diffmix._xdiff, with the build's fused diff -> openelm document -> round
+trip loop, the strict apply's fast path (diffmix._strict_apply; csrc/strict_apply.h serves both)
 and the file line statistics (diffmix._line_stats).
 
 Everything else about the package is in pyproject.toml.

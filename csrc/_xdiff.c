@@ -1,7 +1,9 @@
 /*
  * diffmix._xdiff: git's xdiff (vendor/xdiff, as libgit2 1.9.0 ships it), called the
  * way libgit2's git_patch_from_buffers calls it, printing what git_patch_to_buf
- * prints after the file header: hunks only.
+ * prints after the file header: hunks only. Also the build's per-row loop for openelm
+ * documents (openelm_documents, at the end): diff, document, strict round trip, on the
+ * texts where Polars holds them, without a Python string per text.
  *
  * Why not pygit2: libgit2 computes the git blob id of both buffers of every pair
  * with collision-detecting SHA-1 before diffing (over half the time of a diff on

@@ -2,7 +2,8 @@
 
 Row logic that a Polars expression can express is one (message clean-up, the
 structural reject reasons, sizes, splits). Diffing, rendering and the round
-trip are one libgit2 / Python call per row: that is the work itself.
+trip are the work itself: one compiled pass over the texts for openelm documents
+of whole files (the build's default), one Python call per row otherwise.
 
 Structural reasons (stable codes, first match wins, in this order):
 `missing_field`, `binary`, `bad_encoding`, `too_large`, `null_contents`, `deleted_file`,

@@ -209,3 +209,11 @@ def test_compiled_openelm_render_on_real_commits(dev_parquet) -> None:
     (compiled, failures), (reference, expected) = render_rows(frame, fmt), render_by_rows(frame, fmt)
     assert failures == expected and compiled.height > 1000
     assert compiled.equals(reference)
+
+
+def test_compiled_openelm_render_of_no_rows() -> None:
+    """A partition whose rows were all rejected before the diff."""
+    frame = _frame([])
+    fmt = get_format("openelm_v1")
+    (compiled, failures), (reference, _) = render_rows(frame, fmt), render_by_rows(frame, fmt)
+    assert failures == [] and compiled.height == 0 and compiled.schema == reference.schema
