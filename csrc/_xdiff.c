@@ -484,6 +484,11 @@ static PyObject *openelm_documents(PyObject *self, PyObject *args, PyObject *kwa
         result = PyTuple_Pack(6, blocks[0], blocks[1], blocks[2], blocks[3], blocks[4], blocks[5]);
     for (int k = 0; k < 6; k++)
         Py_XDECREF(blocks[k]);
+    /* What a failed block_of did not take over (the others are NULL now). */
+    free(status_buf.data);
+    free(text_offsets.data);
+    free(diff_offsets.data);
+    free(numbers.data);
 done:
     free(rows);
     free(new_file);

@@ -5,6 +5,8 @@ from __future__ import annotations
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from diffmix.formats.base import get_format
 from diffmix.formats.edit import EditRecord, split_openelm
@@ -217,3 +219,20 @@ def test_compiled_openelm_render_of_no_rows() -> None:
     fmt = get_format("openelm_v1")
     (compiled, failures), (reference, _) = render_rows(frame, fmt), render_by_rows(frame, fmt)
     assert failures == [] and compiled.height == 0 and compiled.schema == reference.schema
+
+
+_LINES = st.lists(st.sampled_from(["a", "b", "", " x", "\r", "c\r", "π", "\x0b", "\u2028", "é" * 5, "q" * 13]), max_size=12)
+_TEXTS = st.builds(lambda lines, final: "\n".join(lines) + ("\n" if final and lines else ""), _LINES, st.booleans())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["p.py", "dír/ünï.c", "x" * 30]), _TEXTS, st.sampled_from(["m", "Fix ✓ ünïcode", "a\n\nbody"]), _TEXTS, st.sampled_from(["M", "A", "R"])), min_size=1, max_size=6))
+def test_compiled_openelm_render_is_the_reference_on_generated_rows(rows: list[tuple[str, str, str, str, str]]) -> None:
+    """Generated files (CR, vertical tabs, U+2028, multi-byte and over-12-byte lines, no final
+    newline, no change at all, an added file with an old text): the same documents, offsets and
+    verdicts as the row-by-row path."""
+    frame = _frame(rows)
+    fmt = get_format("openelm_v1")
+    (compiled, failures), (reference, expected) = render_rows(frame, fmt), render_by_rows(frame, fmt)
+    assert failures == expected
+    assert compiled.equals(reference)
