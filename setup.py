@@ -16,10 +16,11 @@ setup(
             "diffmix._xdiff",
             sources=["csrc/_xdiff.c", *sorted(glob("vendor/xdiff/*.c"))],
             include_dirs=["vendor/xdiff"],
+            depends=["csrc/buffer.h", "csrc/pyviews.h", "csrc/strict_apply.h"],
             # xdiff is not warning-free (libgit2 builds it with the same two switched off).
             extra_compile_args=["-O2", "-Wno-sign-compare", "-Wno-unused-parameter"],
         ),
-        Extension("diffmix._strict_apply", sources=["csrc/_strict_apply.c"], extra_compile_args=["-O2"]),
-        Extension("diffmix._line_stats", sources=["csrc/_line_stats.c"], extra_compile_args=["-O3"]),
+        Extension("diffmix._strict_apply", sources=["csrc/_strict_apply.c"], depends=["csrc/buffer.h", "csrc/strict_apply.h"], extra_compile_args=["-O2"]),
+        Extension("diffmix._line_stats", sources=["csrc/_line_stats.c"], depends=["csrc/pyviews.h"], extra_compile_args=["-O3"]),
     ]
 )

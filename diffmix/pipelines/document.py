@@ -198,7 +198,9 @@ def render_rows(frame: pl.DataFrame, fmt: Format, window: WindowSpec | None = No
     for byte. The returned `diff` (scored by the change rules) is always the
     whole file's; a windowed document carries the window's diff.
     """
-    if isinstance(fmt, OpenElm) and (window is None or window.whole_file):
+    fields = ("new_file", "old_contents", "message", "new_contents")
+    # The structural reasons leave no nulls in these; a frame with one gets the reference's own handling.
+    if type(fmt) is OpenElm and (window is None or window.whole_file) and not any(frame[f].has_nulls() for f in fields):
         return _render_openelm(frame, fmt)
     return render_by_rows(frame, fmt, window)
 

@@ -236,3 +236,11 @@ def test_compiled_openelm_render_is_the_reference_on_generated_rows(rows: list[t
     (compiled, failures), (reference, expected) = render_rows(frame, fmt), render_by_rows(frame, fmt)
     assert failures == expected
     assert compiled.equals(reference)
+
+
+def test_a_frame_with_null_fields_gets_the_row_by_row_handling() -> None:
+    """`render_rows` is public: nulls (which the structural reasons leave out of a build) are the reference's business."""
+    frame = _frame([("a.py", "", "Add", "x\n", "A")]).with_columns(pl.lit(None, dtype=pl.String).alias("message"))
+    fmt = get_format("openelm_v1")
+    rendered, failures = render_rows(frame, fmt)
+    assert failures == [None] and "<MSG> None\n" in rendered["text"][0]  # what render_by_rows gives
