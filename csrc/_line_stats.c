@@ -58,24 +58,13 @@ static PyObject *fill(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOOO:fill", &buffer_list, &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &objs[5], &objs[6]))
         return NULL;
     static const char *names[N_ARRAYS] = {"buffer_ids", "starts", "lengths", "max_line", "newlines", "tail", "alnum"};
-    /* A tuple of our own: exporting a buffer may run Python code that changes a list. */
-    PyObject *buffer_tuple = PySequence_Tuple(buffer_list);
-    if (!buffer_tuple)
-        return NULL;
-    Py_ssize_t n_buffers = PyTuple_GET_SIZE(buffer_tuple);
-    Py_buffer *buffers = PyMem_Calloc((size_t)(n_buffers ? n_buffers : 1), sizeof(Py_buffer));
+    text_buffers_t buffers;
     Py_buffer views[N_ARRAYS];
     int64_t *rows = NULL; /* ids, starts, lengths: copied, so no other thread changes them once checked */
     PyObject *result = NULL;
-    Py_ssize_t got_buffers = 0;
     int got = 0;
-    if (!buffers) {
-        PyErr_NoMemory();
+    if (text_buffers_get(buffer_list, &buffers) < 0)
         goto done;
-    }
-    for (; got_buffers < n_buffers; got_buffers++)
-        if (get_view(PyTuple_GET_ITEM(buffer_tuple, got_buffers), &buffers[got_buffers], 0, 1, "buffers") < 0)
-            goto done;
     for (; got < N_ARRAYS; got++)
         if (get_view(objs[got], &views[got], got >= 3, 8, names[got]) < 0)
             goto done;
@@ -94,27 +83,22 @@ static PyObject *fill(PyObject *self, PyObject *args)
     memcpy(rows + n, views[1].buf, (size_t)n * sizeof(int64_t));
     memcpy(rows + 2 * n, views[2].buf, (size_t)n * sizeof(int64_t));
     const int64_t *ids = rows, *starts = rows + n, *lengths = rows + 2 * n;
-    for (Py_ssize_t i = 0; i < n; i++)
-        /* in this order, nothing overflows: 0 <= start <= size, then length <= size - start */
-        if (ids[i] < 0 || ids[i] >= n_buffers || starts[i] < 0 || lengths[i] < 0 || starts[i] > buffers[ids[i]].len ||
-            lengths[i] > buffers[ids[i]].len - starts[i]) {
-            PyErr_Format(PyExc_ValueError, "fill: text %zd lies outside its buffer", i);
-            goto done;
-        }
+    Py_ssize_t outside = first_text_outside(&buffers, ids, starts, lengths, n);
+    if (outside >= 0) {
+        PyErr_Format(PyExc_ValueError, "fill: text %zd lies outside its buffer", outside);
+        goto done;
+    }
     int64_t *out[4] = {views[3].buf, views[4].buf, views[5].buf, views[6].buf};
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++)
-        stats_of((const uint8_t *)buffers[ids[i]].buf + starts[i], lengths[i], &out[0][i], &out[1][i], &out[2][i], &out[3][i]);
+        stats_of((const uint8_t *)buffers.views[ids[i]].buf + starts[i], lengths[i], &out[0][i], &out[1][i], &out[2][i], &out[3][i]);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
     PyMem_Free(rows);
     for (int k = 0; k < got; k++)
         PyBuffer_Release(&views[k]);
-    for (Py_ssize_t k = 0; k < got_buffers; k++)
-        PyBuffer_Release(&buffers[k]);
-    PyMem_Free(buffers);
-    Py_DECREF(buffer_tuple);
+    text_buffers_release(&buffers);
     return result;
 }
 

@@ -400,26 +400,17 @@ static PyObject *openelm_documents(PyObject *self, PyObject *args, PyObject *kwa
         return NULL;
     }
     static const char *names[4] = {"buffer_ids", "starts", "lengths", "new_file"};
-    PyObject *buffer_tuple = PySequence_Tuple(buffer_list); /* our own: a list could change while we read it */
-    if (!buffer_tuple)
-        return NULL;
-    Py_ssize_t n_buffers = PyTuple_GET_SIZE(buffer_tuple);
-    Py_buffer *buffers = PyMem_Calloc((size_t)(n_buffers ? n_buffers : 1), sizeof(Py_buffer));
+    text_buffers_t buffers;
     Py_buffer views[4];
     int64_t *rows = NULL;
     uint8_t *new_file = NULL;
     documents_t d;
     memset(&d, 0, sizeof(d));
     PyObject *result = NULL;
-    Py_ssize_t got_buffers = 0, n = 0;
+    Py_ssize_t n = 0;
     int got = 0, status = 0;
-    if (!buffers) {
-        PyErr_NoMemory();
+    if (text_buffers_get(buffer_list, &buffers) < 0)
         goto done;
-    }
-    for (; got_buffers < n_buffers; got_buffers++)
-        if (get_view(PyTuple_GET_ITEM(buffer_tuple, got_buffers), &buffers[got_buffers], 0, 1, "buffers") < 0)
-            goto done;
     for (; got < 4; got++)
         if (get_view(objs[got], &views[got], 0, got < 3 ? 8 : 1, names[got]) < 0)
             goto done;
@@ -444,18 +435,18 @@ static PyObject *openelm_documents(PyObject *self, PyObject *args, PyObject *kwa
         memcpy(rows + k * FIELDS * n, views[k].buf, (size_t)(FIELDS * n) * sizeof(int64_t));
     memcpy(new_file, views[3].buf, (size_t)n);
     const int64_t *ids = rows, *starts = rows + FIELDS * n, *lengths = rows + 2 * FIELDS * n;
-    for (Py_ssize_t j = 0; j < FIELDS * n; j++)
-        if (ids[j] < 0 || ids[j] >= n_buffers || starts[j] < 0 || lengths[j] < 0 || starts[j] > buffers[ids[j]].len || lengths[j] > buffers[ids[j]].len - starts[j]) {
-            PyErr_Format(PyExc_ValueError, "openelm_documents: field %zd of row %zd lies outside its buffer", j / n, j % n);
-            goto done;
-        }
+    Py_ssize_t outside = first_text_outside(&buffers, ids, starts, lengths, FIELDS * n);
+    if (outside >= 0) {
+        PyErr_Format(PyExc_ValueError, "openelm_documents: field %zd of row %zd lies outside its buffer", outside / n, outside % n);
+        goto done;
+    }
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n && status == 0; i++) {
         const char *field[FIELDS];
         Py_ssize_t size[FIELDS];
         for (int f = 0; f < FIELDS; f++) {
             Py_ssize_t j = f * n + i;
-            field[f] = (const char *)buffers[ids[j]].buf + starts[j];
+            field[f] = (const char *)buffers.views[ids[j]].buf + starts[j];
             size[f] = (Py_ssize_t)lengths[j];
         }
         status = document(&d, i, field, size, new_file[i] != 0, context_lines);
@@ -502,10 +493,7 @@ done:
     free(d.status);
     for (int k = 0; k < got; k++)
         PyBuffer_Release(&views[k]);
-    for (Py_ssize_t k = 0; k < got_buffers; k++)
-        PyBuffer_Release(&buffers[k]);
-    PyMem_Free(buffers);
-    Py_DECREF(buffer_tuple);
+    text_buffers_release(&buffers);
     return result;
 }
 
