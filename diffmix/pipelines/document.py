@@ -249,7 +249,7 @@ _BINARY, _ASK_PYTHON = 1, 2
 def _render_openelm(frame: pl.DataFrame, fmt: Format) -> tuple[pl.DataFrame, list[str | None]]:
     """`render_rows` for openelm documents of whole files, in one compiled pass over the texts
     where Polars holds them: the same bytes as `OpenElm.render` (tests compare the two), without
-    a Python string per text in or out (four copies of every text, about a third of a build).
+    a Python string per text in or out (the row-by-row path copies every text four times).
     Documents the compiled round trip cannot vouch for go through the format's own parser."""
     fields = [utf8_bytes(frame[name]) for name in ("new_file", "old_contents", "message", "new_contents")]
     buffers: list[np.ndarray] = []
