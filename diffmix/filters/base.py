@@ -146,6 +146,18 @@ class Utf8Bytes:
 
 
 _VIEW_BYTES = 16  # Arrow's string view: int32 length, then 12 inline bytes or (prefix, buffer index, offset)
+_INLINE_BYTES = 12  # texts up to this long sit in their view, not in a data buffer
+
+
+def _view_fields(views: np.ndarray, chunk: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The chunk's rows of its views buffer (uint8, n x 16), and each row's length, data-buffer
+    index and offset in it, as int64 (the last two mean nothing for an inline text)."""
+    rows = views[chunk.offset * _VIEW_BYTES : (chunk.offset + len(chunk)) * _VIEW_BYTES].reshape(-1, _VIEW_BYTES)
+
+    def int32s(at: int) -> np.ndarray:
+        return rows[:, at : at + 4].copy().view("<i4")[:, 0].astype(np.int64)
+
+    return rows, int32s(0), int32s(8), int32s(12)
 
 
 def utf8_bytes(texts: pl.Series) -> Utf8Bytes:
@@ -162,13 +174,13 @@ def utf8_bytes(texts: pl.Series) -> Utf8Bytes:
         views = np.frombuffer(raw[1], dtype=np.uint8) if raw[1] is not None else np.zeros(0, np.uint8)
         buffers.append(views)
         buffers.extend(np.frombuffer(b, dtype=np.uint8) for b in raw[2:] if b is not None)
-        rows = views[chunk.offset * _VIEW_BYTES : (chunk.offset + len(chunk)) * _VIEW_BYTES].reshape(-1, _VIEW_BYTES)
+        rows, view_lengths, data_buffers, data_offsets = _view_fields(views, chunk)
         valid = chunk.is_valid().to_numpy(zero_copy_only=False)
-        lengths = np.where(valid, rows[:, 0:4].copy().view("<i4")[:, 0], 0).astype(np.int64)
-        inline = lengths <= 12
+        lengths = np.where(valid, view_lengths, 0)
+        inline = lengths <= _INLINE_BYTES
         row_starts = (np.arange(chunk.offset, chunk.offset + len(chunk), dtype=np.int64) * _VIEW_BYTES) + 4
-        buffer_ids = np.where(inline, first, first + 1 + rows[:, 8:12].copy().view("<i4")[:, 0].astype(np.int64))
-        starts = np.where(inline, row_starts, rows[:, 12:16].copy().view("<i4")[:, 0].astype(np.int64))
+        buffer_ids = np.where(inline, first, first + 1 + data_buffers)
+        starts = np.where(inline, row_starts, data_offsets)
         parts.append((buffer_ids, starts, lengths, valid))
     if not parts:
         empty = np.zeros(0, np.int64)
@@ -184,23 +196,20 @@ def strings_in_place(chunk: pa.Array) -> pa.Array | None:
     raw = chunk.buffers()
     if chunk.null_count or len(raw) != 3 or raw[1] is None or raw[2] is None:
         return None
-    views = np.frombuffer(raw[1], dtype=np.uint8)[chunk.offset * _VIEW_BYTES : (chunk.offset + len(chunk)) * _VIEW_BYTES].reshape(-1, _VIEW_BYTES)
-    lengths = views[:, 0:4].copy().view("<i4")[:, 0].astype(np.int64)
-    ends = np.cumsum(lengths)
-    offsets = np.concatenate([[0], ends]).astype(np.int64)
+    views, lengths, data_buffers, data_offsets = _view_fields(np.frombuffer(raw[1], dtype=np.uint8), chunk)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     data = np.frombuffer(raw[2], dtype=np.uint8)
-    out_of_line = lengths > 12
+    out_of_line = lengths > _INLINE_BYTES
     if out_of_line.any():
         first = int(np.argmax(out_of_line))
-        offsets += int(views[first, 12:16].copy().view("<i4")[0]) - offsets[first]
-        rows = views[out_of_line]
-        if rows[:, 8:12].any() or not np.array_equal(rows[:, 12:16].copy().view("<i4")[:, 0], offsets[:-1][out_of_line]):
+        offsets += data_offsets[first] - offsets[first]
+        if data_buffers[out_of_line].any() or not np.array_equal(data_offsets[out_of_line], offsets[:-1][out_of_line]):
             return None
     if offsets[0] < 0 or offsets[-1] > len(data):
         return None
     inline = np.flatnonzero(~out_of_line & (lengths > 0))
     if len(inline):  # the short texts sit in their views; are they in the buffer too, where they belong?
-        spots = np.arange(12)
+        spots = np.arange(_INLINE_BYTES)
         present = spots < lengths[inline, None]
         at = np.minimum(offsets[inline, None] + spots, max(len(data) - 1, 0))
         if not len(data) or not np.array_equal(np.where(present, data[at], 0), np.where(present, views[inline, 4:16], 0)):

@@ -198,9 +198,8 @@ def render_rows(frame: pl.DataFrame, fmt: Format, window: WindowSpec | None = No
     for byte. The returned `diff` (scored by the change rules) is always the
     whole file's; a windowed document carries the window's diff.
     """
-    fields = ("new_file", "old_contents", "message", "new_contents")
     # The structural reasons leave no nulls in these; a frame with one gets the reference's own handling.
-    if type(fmt) is OpenElm and (window is None or window.whole_file) and not any(frame[f].has_nulls() for f in fields):
+    if type(fmt) is OpenElm and (window is None or window.whole_file) and not any(frame[f].has_nulls() for f in _OPENELM_FIELDS):
         return _render_openelm(frame, fmt)
     return render_by_rows(frame, fmt, window)
 
@@ -241,7 +240,8 @@ def _round_trips(fmt: Format, text: str, target_start: int, after: str) -> bool:
         return False
 
 
-# The compiled loop's per-row numbers, in its order (`_xdiff.openelm_documents`).
+# The compiled loop's fields per row and its numbers per row, in its order (`_xdiff.openelm_documents`).
+_OPENELM_FIELDS = ("new_file", "old_contents", "message", "new_contents")
 _OPENELM_NUMBERS = ("target_start", "bef_start", "msg_start", "dff_start", "diff_chars", "n_hunks", "lines_added", "lines_deleted")
 _BINARY, _ASK_PYTHON = 1, 2
 
@@ -251,7 +251,7 @@ def _render_openelm(frame: pl.DataFrame, fmt: Format) -> tuple[pl.DataFrame, lis
     where Polars holds them: the same bytes as `OpenElm.render` (tests compare the two), without
     a Python string per text in or out (the row-by-row path copies every text four times).
     Documents the compiled round trip cannot vouch for go through the format's own parser."""
-    fields = [utf8_bytes(frame[name]) for name in ("new_file", "old_contents", "message", "new_contents")]
+    fields = [utf8_bytes(frame[name]) for name in _OPENELM_FIELDS]
     buffers: list[np.ndarray] = []
     ids = []
     for field in fields:
