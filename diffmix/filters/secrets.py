@@ -48,7 +48,9 @@ class Detector:
     # A cheap regex every match contains (literal where possible): picks the rows to scan fully.
     prefilter: str | None = None
     # Decides a candidate the regex alone cannot (None: every match is a finding).
-    # Receives the match; returns the substring to redact, or None to keep it.
+    # Receives the match; returns the substring to redact, or None to keep it. A judged
+    # pattern never matches across a line end (tested): Python rewrites only the lines
+    # where the prefilter finds something.
     judge: Callable[[str], str | None] | None = None
 
 
@@ -263,6 +265,7 @@ def _apply(texts: pl.Series, detector: Detector) -> tuple[pl.Series, list[int]]:
     hits = candidates.list.eval(pl.element().is_in(list(verdicts))).list.any().fill_null(False).arg_true()
     values = texts.gather(hits).to_list()
     pattern = python_regex(detector.pattern)
+    prefilter = python_regex(detector.prefilter) if detector.prefilter else None
     for j, (i, text) in enumerate(zip(hits.to_list(), values)):
         # At the matches only: the same string elsewhere (inside a `://user:pass@host`
         # match the judge let be) is not a finding and stays as it is.
@@ -277,9 +280,27 @@ def _apply(texts: pl.Series, detector: Detector) -> tuple[pl.Series, list[int]]:
             found += 1
             return candidate.replace(target, detector.placeholder, 1)
 
-        values[j] = pattern.sub(swap, text)
+        values[j] = pattern.sub(swap, text) if prefilter is None else sub_in_lines(pattern, swap, text, prefilter)
         counts[i] = found
     return texts.scatter(hits, pl.Series(values, dtype=texts.dtype)), counts
+
+
+def sub_in_lines(pattern: re.Pattern[str], repl: Callable[[re.Match[str]], str], text: str, prefilter: re.Pattern[str]) -> str:
+    """`pattern.sub(repl, text)` run only on the lines where `prefilter` matches: the same
+    result when no match of `pattern` spans a line end and each holds a match of `prefilter`.
+    Python's `re` takes about 0.1 s per MB for the e-mail pattern (it retries the 64-character
+    user part at every letter); most lines of a file with an address have none."""
+    pieces, done = [], 0
+    for hit in prefilter.finditer(text):
+        if hit.start() < done:  # on a line already rewritten
+            continue
+        start = text.rfind("\n", 0, hit.start()) + 1
+        end = text.find("\n", hit.end())
+        end = len(text) if end < 0 else end
+        pieces += [text[done:start], pattern.sub(repl, text[start:end])]
+        done = end
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 # --- a secret on a changed line ------------------------------------------------------

@@ -9,8 +9,9 @@ to stop mid-diff. Counting is the most expensive score of the build (HF
 * the ByteLevel pre-tokenizer splits text into pieces that each become at
   least one token, and the runs of letters, of digits and of other non-space
   characters (less the `'s`-style contractions it merges) plus the runs of 2+
-  whitespace characters never outnumber those pieces: a Polars regex count
-  (`f_tokens_min`) that drops most over-long documents without tokenising.
+  whitespace characters never outnumber those pieces: a regex count
+  (`f_tokens_min`; compiled for ASCII texts) that drops most over-long documents
+  without tokenising.
 
 Only the documents between the two bounds are tokenised (`f_tokens`), and
 only those every other rule keeps. They are cut at line starts where a
@@ -31,12 +32,14 @@ import re
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import xxhash
 from tokenizers import Tokenizer
 
-from diffmix.filters.base import Check, Filter, register
+from diffmix import _line_stats
+from diffmix.filters.base import Check, Filter, register, utf8_bytes
 from diffmix.pipelines.tokenize import encode_ids, load_tokenizer
 
 DEFAULT_TOKENIZER = Path(__file__).resolve().parent / "data" / "tokenizer.json"
@@ -56,6 +59,20 @@ def pretoken_lower_bound(text: pl.Expr) -> pl.Expr:
     runs = text.str.count_matches(r"\p{L}+|\p{N}+|[^\s\p{L}\p{N}]+|\s{2,}")
     contractions = text.str.count_matches(r"'(?:s|t|re|ve|m|ll|d)")
     return (runs - contractions).cast(pl.Int32)
+
+
+def pretoken_lower_bounds(texts: pl.Series) -> pl.Series:
+    """`pretoken_lower_bound` of each text (Int32): pure-ASCII texts counted in one compiled
+    pass over their bytes (`diffmix._line_stats.pretoken_bound`, the same count; the regex
+    runs at about 130 MB/s), the others with the regex."""
+    where = utf8_bytes(texts)
+    bounds = np.empty(len(texts), dtype=np.int64)
+    _line_stats.pretoken_bound(where.buffers, where.buffer_ids, where.starts, where.lengths, bounds)
+    out = pl.Series(texts.name, bounds, dtype=pl.Int64).cast(pl.Int32)
+    rest = pl.Series(np.flatnonzero((bounds < 0) | ~where.valid), dtype=pl.UInt32)  # not ASCII, or null
+    if len(rest):
+        out = out.scatter(rest, texts.gather(rest).to_frame("text").select(pretoken_lower_bound(pl.col("text"))).to_series())
+    return out
 
 
 def count_tokens(texts: list[str], tokenizer: Tokenizer) -> list[int]:
@@ -103,7 +120,7 @@ class TokenBudget(Filter):
             big = alive & (frame["text"].str.len_bytes() > self.max_tokens)
             rows = big.arg_true()
             if len(rows):
-                bound = frame["text"].gather(rows).to_frame().select(pretoken_lower_bound(pl.col("text"))).to_series()
+                bound = pretoken_lower_bounds(frame["text"].gather(rows))
                 lower = lower.scatter(rows, bound)
                 uncertain = rows.filter(bound <= self.max_tokens)
                 if len(uncertain):

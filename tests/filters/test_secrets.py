@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import re
+import re._constants as sre  # type: ignore[import-not-found]
+import re._parser as sre_parse  # type: ignore[import-not-found]
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from diffmix.filters.secrets import (
     DETECTORS,
     detectors,
+    python_regex,
     redact,
     secret_in_change,
     shannon_entropy,
+    sub_in_lines,
 )
 from diffmix.formats.base import get_format
 from diffmix.schemas.config import BuildConfig
@@ -78,6 +86,68 @@ def test_redaction_is_vectorised_per_row_and_leaves_clean_rows_alone() -> None:
     assert result.text.to_list() == ["clean text", "a <EMAIL>", None, "<SECRET_GITHUB_TOKEN> and <EMAIL>"]
     assert result.secrets.to_list() == [0, 0, 0, 1]
     assert result.pii.to_list() == [0, 1, 0, 1]
+
+
+def _class_has_newline(items: list[tuple[Any, Any]]) -> bool:
+    negate = bool(items) and items[0][0] is sre.NEGATE
+    found = False
+    for op, arg in items[negate:]:
+        if op is sre.LITERAL:
+            found |= arg == 10
+        elif op is sre.RANGE:
+            found |= arg[0] <= 10 <= arg[1]
+        elif op is sre.CATEGORY:
+            found |= arg in (sre.CATEGORY_SPACE, sre.CATEGORY_NOT_WORD, sre.CATEGORY_NOT_DIGIT, sre.CATEGORY_LINEBREAK)
+        else:
+            raise AssertionError(f"class item {op} not handled")
+    return found != negate
+
+
+def _can_match_newline(parsed: Any, dotall: bool = False) -> bool:
+    """Could any character this parsed pattern consumes be a newline?"""
+    for op, arg in parsed:
+        if op is sre.LITERAL and arg == 10 or op is sre.NOT_LITERAL and arg != 10 or op is sre.IN and _class_has_newline(arg):
+            return True
+        if op is sre.ANY and (dotall or parsed.state.flags & re.DOTALL):
+            return True
+        if op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT) and _can_match_newline(arg[2], dotall):
+            return True
+        if op is sre.SUBPATTERN and _can_match_newline(arg[3], (dotall or bool(arg[1] & re.DOTALL)) and not arg[2] & re.DOTALL):
+            return True
+        if op is sre.BRANCH and any(_can_match_newline(b, dotall) for b in arg[1]):
+            return True
+        if op in (sre.ASSERT, sre.ASSERT_NOT, sre.ATOMIC_GROUP, sre.GROUPREF, sre.GROUPREF_EXISTS):
+            raise AssertionError(f"{op} not handled")
+    return False
+
+
+@pytest.mark.parametrize("detector", [d for d in DETECTORS if d.judge is not None], ids=lambda d: d.kind)
+def test_judged_patterns_stay_within_a_line(detector: Any) -> None:
+    """`sub_in_lines` rewrites only the lines with a prefilter match: sound only if no match spans lines."""
+    assert not _can_match_newline(sre_parse.parse(python_regex(detector.pattern).pattern))
+
+
+def test_the_newline_check_sees_a_newline() -> None:
+    private_key = next(d for d in DETECTORS if d.kind == "private_key").pattern  # spans lines: not judged in lines
+    for pattern in (r"a\nb", r"a\sb", r"[^x]", r"(?s:.)", r"\W", r"a[\x00-\x20]", python_regex(private_key).pattern):
+        assert _can_match_newline(sre_parse.parse(pattern)), pattern
+    for pattern in (r"a.b", r"[^\s]", r"\w+@\d", r"[ \t]"):
+        assert not _can_match_newline(sre_parse.parse(pattern)), pattern
+
+
+LINES = st.lists(st.sampled_from(["x = 1", EMAIL, "a@b", "@", "mail me: ", "a.b@c.d", IP, "v1.2.3.4", "", " ", "\r"]), max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(LINES.map(" ".join), max_size=8).map("\n".join))
+def test_rewriting_the_prefiltered_lines_is_rewriting_the_text(text: str) -> None:
+    for detector in (d for d in DETECTORS if d.judge is not None and d.prefilter):
+        pattern, prefilter = python_regex(detector.pattern), python_regex(detector.prefilter)
+
+        def mark(match: re.Match[str]) -> str:
+            return f"[{match.group(0)}]"
+
+        assert sub_in_lines(pattern, mark, text, prefilter) == pattern.sub(mark, text)
 
 
 def test_detector_switches() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ from diffmix.filters.tokens import (
     budget_tokenizer,
     count_tokens,
     pretoken_lower_bound,
+    pretoken_lower_bounds,
 )
 from diffmix.schemas.config import BuildConfig
 from tests.filters.conftest import BEFORE, engine_verdict
@@ -34,6 +36,54 @@ def test_lower_bound_never_exceeds_the_count(text: str) -> None:
     tokenizer = budget_tokenizer()
     bound = pl.select(pretoken_lower_bound(pl.lit(text))).item()
     assert bound <= len(tokenizer.pre_tokenizer.pre_tokenize_str(text)) <= len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def _regex_bounds(texts: list[str | None]) -> list[int | None]:
+    return pl.DataFrame({"t": texts}, schema={"t": pl.String}).select(pretoken_lower_bound(pl.col("t"))).to_series().to_list()
+
+
+# Every ASCII class the regex tells apart (controls count as "other"; \x1c-\x1f are not \s there).
+ASCII_TEXTS = st.lists(st.sampled_from(list("aZ09_'.\x00\x1c\x7f \t\n\x0b\x0c\r") + ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'r", "'v", "'l", "  "]), max_size=60).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(ASCII_TEXTS, TEXTS, st.none()), max_size=20))
+def test_compiled_bound_is_the_regex_count(texts: list[str | None]) -> None:
+    assert pretoken_lower_bounds(pl.Series("t", texts, dtype=pl.String)).to_list() == _regex_bounds(texts)
+
+
+@pytest.mark.parametrize(
+    ("text", "bound"),
+    [
+        ("", 0),
+        ("abc", 1),
+        ("abc123", 2),
+        ("a b", 2),  # one space is no match of its own
+        ("a  b", 3),  # two are
+        ("  ", 1),
+        (" a ", 1),
+        ("x\r\n\ty", 3),
+        ("it's", 2),  # "it", "'s": the run "'" and the run "s" less one contraction
+        ("'re'll", 2),
+        ("'r", 2),  # not a contraction
+        ("a\x00\x1cb", 3),  # controls are "other", \x1c is not whitespace
+        ("a.b", 3),
+        ("é", 1),  # not ASCII: the regex counts it
+        ("a é", 2),
+    ],
+)
+def test_compiled_bound_table(text: str, bound: int) -> None:
+    assert _regex_bounds([text]) == [bound]
+    assert pretoken_lower_bounds(pl.Series([text, "pad"])).to_list() == [bound, 1]
+
+
+@pytest.mark.parametrize(("starts", "lengths"), [([0], [9]), ([-1], [1]), ([2], [7]), ([0, 0], [1, -1])])
+def test_compiled_bound_refuses_texts_outside_their_buffer(starts: list[int], lengths: list[int]) -> None:
+    from diffmix import _line_stats
+
+    out = np.zeros(len(starts), dtype=np.int64)
+    with pytest.raises(ValueError, match="outside its buffer"):
+        _line_stats.pretoken_bound([np.frombuffer(b"abcdefgh", np.uint8)], np.zeros(len(starts), np.int64), np.array(starts, np.int64), np.array(lengths, np.int64), out)
 
 
 def test_count_matches_the_tokenizer_on_real_code() -> None:
