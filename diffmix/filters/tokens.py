@@ -36,7 +36,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import xxhash
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, pre_tokenizers
 
 from diffmix import _line_stats
 from diffmix.filters.base import Check, Filter, register, utf8_bytes
@@ -51,6 +51,16 @@ _PIECE_BREAK = re.compile(r"(?<=\S\n)(?=\S)")
 def budget_tokenizer(path: str | None = None) -> Tokenizer:
     """A tokenizer.json (the packaged one when None), loaded once per process."""
     return load_tokenizer(path or DEFAULT_TOKENIZER)
+
+
+@functools.lru_cache(maxsize=4)
+def known_words(path: str | None = None) -> dict[str, int]:
+    """The token counts of the words this process has counted with the tokenizer at `path`:
+    the partitions of one worker share most words (identifiers, indentation)."""
+    return {}
+
+
+KNOWN_WORDS_MAX = 1_000_000  # emptied when it grows past this
 
 
 def pretoken_lower_bound(text: pl.Expr) -> pl.Expr:
@@ -73,6 +83,35 @@ def pretoken_lower_bounds(texts: pl.Series) -> pl.Series:
     if len(rest):
         out = out.scatter(rest, texts.gather(rest).to_frame("text").select(pretoken_lower_bound(pl.col("text"))).to_series())
     return out
+
+
+def gpt2_pretokenized(tokenizer: Tokenizer) -> bool:
+    """Does `tokenizer` cut texts into words exactly as `_line_stats.pretoken_words` does: no
+    normaliser, tokenizers' ByteLevel pre-tokenizer with its GPT-2 regex and no prefix space?"""
+    pre = tokenizer.pre_tokenizer
+    return tokenizer.normalizer is None and isinstance(pre, pre_tokenizers.ByteLevel) and pre.use_regex and not pre.add_prefix_space
+
+
+def count_tokens_of(texts: pl.Series, tokenizer: Tokenizer, known: dict[str, int] | None = None) -> np.ndarray:
+    """`count_tokens` of a text column (int64; a null counts 0).
+
+    For a GPT-2-style tokenizer the texts are cut where its pre-tokenizer cuts them, in one
+    compiled pass (`_line_stats.pretoken_words`: into pre-tokens where a text is ASCII, else
+    into pieces of whole pre-tokens), and each distinct word is encoded once, or taken from
+    `known` (word -> count, added to): a count is the sum of its words' (BPE merges only within
+    a pre-token). tokenizers' own pre-tokenizer takes about 0.7 s per MB here.
+    """
+    if not gpt2_pretokenized(tokenizer):
+        return np.array(count_tokens(texts.fill_null("").to_list(), tokenizer), dtype=np.int64)
+    where = utf8_bytes(texts)
+    firsts = np.empty(len(texts) + 1, dtype=np.int64)
+    words, word_ids = _line_stats.pretoken_words(where.buffers, where.buffer_ids, where.starts, where.lengths, firsts)
+    known = {} if known is None else known
+    new = [word for word in words if word not in known]
+    known.update(zip(new, (len(ids) for ids in encode_ids(tokenizer, new))))
+    per_word = np.array([known[word] for word in words], dtype=np.int64)
+    running = np.concatenate([[0], np.cumsum(per_word[np.frombuffer(word_ids, dtype=np.int32)])])
+    return running[firsts[1:]] - running[firsts[:-1]]
 
 
 def count_tokens(texts: list[str], tokenizer: Tokenizer) -> list[int]:
@@ -124,6 +163,9 @@ class TokenBudget(Filter):
                 lower = lower.scatter(rows, bound)
                 uncertain = rows.filter(bound <= self.max_tokens)
                 if len(uncertain):
-                    texts = frame["text"].gather(uncertain).to_list()
-                    exact = exact.scatter(uncertain, pl.Series(count_tokens(texts, budget_tokenizer(self.tokenizer)), dtype=pl.Int32))
+                    known = known_words(self.tokenizer)
+                    if len(known) > KNOWN_WORDS_MAX:
+                        known.clear()
+                    counts = count_tokens_of(frame["text"].gather(uncertain), budget_tokenizer(self.tokenizer), known)
+                    exact = exact.scatter(uncertain, pl.Series(counts, dtype=pl.Int32))
         return frame.with_columns(lower, exact)

@@ -12,6 +12,8 @@ from diffmix.filters.tokens import (
     TokenBudget,
     budget_tokenizer,
     count_tokens,
+    count_tokens_of,
+    gpt2_pretokenized,
     pretoken_lower_bound,
     pretoken_lower_bounds,
 )
@@ -84,6 +86,63 @@ def test_compiled_bound_refuses_texts_outside_their_buffer(starts: list[int], le
     out = np.zeros(len(starts), dtype=np.int64)
     with pytest.raises(ValueError, match="outside its buffer"):
         _line_stats.pretoken_bound([np.frombuffer(b"abcdefgh", np.uint8)], np.zeros(len(starts), np.int64), np.array(starts, np.int64), np.array(lengths, np.int64), out)
+
+
+def _encoded(texts: list[str | None]) -> list[int]:
+    tokenizer = budget_tokenizer()
+    return [len(tokenizer.encode(t or "", add_special_tokens=False).ids) for t in texts]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(ASCII_TEXTS, TEXTS), max_size=12))
+def test_counting_words_is_exact(texts: list[str]) -> None:
+    known: dict[str, int] = {}
+    assert count_tokens_of(pl.Series(texts, dtype=pl.String), budget_tokenizer(), known).tolist() == _encoded(texts)
+    assert count_tokens_of(pl.Series(texts, dtype=pl.String), budget_tokenizer(), known).tolist() == _encoded(texts)  # from `known`
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "", "x", "\t\tx", "  \n  x", "x  ", "x's it'll ('s", "'re'", "a\x1cb\x00", "\r\n\r\n",
+        "é x", "x\u00a0 y", "\u3000\u3000x", "日本 語", "a é\nb  c", "é", " é", "é\t\tx", "x\n\u2028y",
+    ],
+)  # fmt: skip
+def test_counting_words_table(text: str) -> None:
+    assert count_tokens_of(pl.Series([text, None, text]), budget_tokenizer()).tolist() == [*_encoded([text]), 0, *_encoded([text])]
+
+
+@settings(max_examples=200, deadline=None)
+@given(ASCII_TEXTS)
+def test_ascii_words_are_the_pretokenizers(text: str) -> None:
+    from diffmix import _line_stats
+    from diffmix.filters.base import utf8_bytes
+
+    where, firsts = utf8_bytes(pl.Series([text])), np.empty(2, dtype=np.int64)
+    words, ids = _line_stats.pretoken_words(where.buffers, where.buffer_ids, where.starts, where.lengths, firsts)
+    cut = [words[i] for i in np.frombuffer(ids, dtype=np.int32)]
+    assert cut == [text[a:b] for _, (a, b) in budget_tokenizer().pre_tokenizer.pre_tokenize_str(text)]
+
+
+def test_other_tokenizers_are_counted_whole() -> None:
+    from tokenizers import Tokenizer, pre_tokenizers
+
+    tokenizer = Tokenizer.from_str(budget_tokenizer().to_str())
+    assert gpt2_pretokenized(tokenizer)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    assert not gpt2_pretokenized(tokenizer)
+    texts = ["x = 1\n\ny = 2\n", "é  x"]
+    assert count_tokens_of(pl.Series(texts), tokenizer).tolist() == [len(tokenizer.encode(t, add_special_tokens=False).ids) for t in texts]
+
+
+def test_words_refuse_texts_outside_their_buffer() -> None:
+    from diffmix import _line_stats
+
+    firsts = np.empty(2, dtype=np.int64)
+    with pytest.raises(ValueError, match="outside its buffer"):
+        _line_stats.pretoken_words([np.frombuffer(b"abc", np.uint8)], np.zeros(1, np.int64), np.array([1], np.int64), np.array([3], np.int64), firsts)
+    with pytest.raises(ValueError, match="differ in length"):
+        _line_stats.pretoken_words([np.frombuffer(b"abc", np.uint8)], np.zeros(1, np.int64), np.zeros(1, np.int64), np.ones(1, np.int64), firsts[:1])
 
 
 def test_count_matches_the_tokenizer_on_real_code() -> None:
