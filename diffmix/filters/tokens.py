@@ -1,8 +1,8 @@
 """The token budget: a whole document must fit the model's context (drop, never truncate).
 
 CarperAI excluded files over 2,048 tokens; a truncated DFF would teach a model
-to stop mid-diff. Counting is the most expensive score of the build (HF
-`tokenizers` runs at ~1-2 MB/s here), so it is *lazy* and bounded twice:
+to stop mid-diff. Counting was the most expensive score of the build (HF
+`tokenizers` runs at ~1.5 MB/s here), so it is *lazy* and bounded twice:
 
 * a byte-level BPE spends at least one byte per token, so a document of at
   most `max_tokens` UTF-8 bytes fits without counting;
@@ -14,10 +14,12 @@ to stop mid-diff. Counting is the most expensive score of the build (HF
   without tokenising.
 
 Only the documents between the two bounds are tokenised (`f_tokens`), and
-only those every other rule keeps. They are cut at line starts where a
-pre-token must begin (`"\\S\\n"` then a non-space), and each distinct piece is
-encoded once per partition: the count is exact (the same as encoding the
-whole text; tested), and successive versions of a file share most pieces.
+only those every other rule keeps. The BPE merges only within a pre-token, so
+a count is the sum of the counts of a text's pre-tokens: with a GPT-2-style
+tokenizer (the default) the texts are cut into them in compiled code (HF's own
+pre-tokenizer is most of its ~1.5 MB/s here) and each distinct word is
+encoded once per process; any other tokenizer encodes whole texts. The count
+is exact (the same as encoding the whole text; tested).
 
 The default tokenizer is a byte-level BPE (8,192 tokens) shipped with the
 package, trained on the CPython standard library (see
@@ -28,14 +30,12 @@ The end-of-text token a trainer appends is not counted.
 from __future__ import annotations
 
 import functools
-import re
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import xxhash
 from tokenizers import Tokenizer, pre_tokenizers
 
 from diffmix import _line_stats
@@ -43,8 +43,6 @@ from diffmix.filters.base import Check, Filter, register, utf8_bytes
 from diffmix.pipelines.tokenize import encode_ids, load_tokenizer
 
 DEFAULT_TOKENIZER = Path(__file__).resolve().parent / "data" / "tokenizer.json"
-# Places where the ByteLevel pre-tokenizer always starts a new piece (see the module docstring).
-_PIECE_BREAK = re.compile(r"(?<=\S\n)(?=\S)")
 
 
 @functools.lru_cache(maxsize=4)
@@ -92,17 +90,17 @@ def gpt2_pretokenized(tokenizer: Tokenizer) -> bool:
     return tokenizer.normalizer is None and isinstance(pre, pre_tokenizers.ByteLevel) and pre.use_regex and not pre.add_prefix_space
 
 
-def count_tokens_of(texts: pl.Series, tokenizer: Tokenizer, known: dict[str, int] | None = None) -> np.ndarray:
-    """`count_tokens` of a text column (int64; a null counts 0).
+def count_tokens(texts: pl.Series, tokenizer: Tokenizer, known: dict[str, int] | None = None) -> np.ndarray:
+    """Exact token counts of a text column, no special tokens (int64; a null counts 0).
 
     For a GPT-2-style tokenizer the texts are cut where its pre-tokenizer cuts them, in one
     compiled pass (`_line_stats.pretoken_words`: into pre-tokens where a text is ASCII, else
     into pieces of whole pre-tokens), and each distinct word is encoded once, or taken from
-    `known` (word -> count, added to): a count is the sum of its words' (BPE merges only within
-    a pre-token). tokenizers' own pre-tokenizer takes about 0.7 s per MB here.
+    `known` (word -> count, added to). Any other tokenizer encodes whole texts: a prefix space
+    or a normaliser would make the sum over pieces differ from the whole.
     """
     if not gpt2_pretokenized(tokenizer):
-        return np.array(count_tokens(texts.fill_null("").to_list(), tokenizer), dtype=np.int64)
+        return np.array([len(ids) for ids in encode_ids(tokenizer, texts.fill_null("").to_list())], dtype=np.int64)
     where = utf8_bytes(texts)
     firsts = np.empty(len(texts) + 1, dtype=np.int64)
     words, word_ids = _line_stats.pretoken_words(where.buffers, where.buffer_ids, where.starts, where.lengths, firsts)
@@ -112,19 +110,6 @@ def count_tokens_of(texts: pl.Series, tokenizer: Tokenizer, known: dict[str, int
     per_word = np.array([known[word] for word in words], dtype=np.int64)
     running = np.concatenate([[0], np.cumsum(per_word[np.frombuffer(word_ids, dtype=np.int32)])])
     return running[firsts[1:]] - running[firsts[:-1]]
-
-
-def count_tokens(texts: list[str], tokenizer: Tokenizer) -> list[int]:
-    """Exact token counts (no special tokens), encoding each distinct piece once."""
-    split = [_PIECE_BREAK.split(t) for t in texts]
-    keys = [[xxhash.xxh3_64_intdigest(p.encode()) for p in pieces] for pieces in split]
-    todo: dict[int, str] = {}
-    for pieces, hashes in zip(split, keys):
-        for piece, key in zip(pieces, hashes):
-            todo.setdefault(key, piece)
-    order = list(todo)
-    counts = {k: len(ids) for k, ids in zip(order, encode_ids(tokenizer, [todo[k] for k in order]))}
-    return [sum(counts[k] for k in hashes) for hashes in keys]
 
 
 @register
@@ -166,6 +151,6 @@ class TokenBudget(Filter):
                     known = known_words(self.tokenizer)
                     if len(known) > KNOWN_WORDS_MAX:
                         known.clear()
-                    counts = count_tokens_of(frame["text"].gather(uncertain), budget_tokenizer(self.tokenizer), known)
+                    counts = count_tokens(frame["text"].gather(uncertain), budget_tokenizer(self.tokenizer), known)
                     exact = exact.scatter(uncertain, pl.Series(counts, dtype=pl.Int32))
         return frame.with_columns(lower, exact)
