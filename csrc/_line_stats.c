@@ -51,62 +51,106 @@ static void stats_of(const uint8_t *text, int64_t size, int64_t *max_line, int64
     *alnum = letters;
 }
 
+/* A call's texts: their buffers, and the rows (ids, starts, lengths) copied, so that no other
+ * thread changes them once checked, and checked to lie inside their buffers. */
+typedef struct {
+    text_buffers_t buffers;
+    int64_t *rows;
+    const int64_t *ids, *starts, *lengths;
+    Py_ssize_t n;
+} texts_t;
+
+static void texts_release(texts_t *texts)
+{
+    PyMem_Free(texts->rows);
+    text_buffers_release(&texts->buffers);
+}
+
+/* 0, or -1 with an exception set (release the texts either way). */
+static int texts_get(PyObject *buffer_list, PyObject *const row_arrays[3], texts_t *texts, const char *what)
+{
+    static const char *names[3] = {"buffer_ids", "starts", "lengths"};
+    Py_buffer views[3];
+    int got = 0, status = -1;
+    memset(texts, 0, sizeof(*texts));
+    if (text_buffers_get(buffer_list, &texts->buffers) < 0)
+        return -1;
+    for (; got < 3; got++)
+        if (get_view(row_arrays[got], &views[got], 0, 8, names[got]) < 0)
+            goto done;
+    Py_ssize_t n = views[0].len / 8;
+    if (views[1].len / 8 != n || views[2].len / 8 != n) {
+        PyErr_Format(PyExc_ValueError, "%s: the arrays differ in length", what);
+        goto done;
+    }
+    texts->rows = PyMem_Malloc((size_t)(3 * (n ? n : 1)) * sizeof(int64_t));
+    if (!texts->rows) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (int k = 0; k < 3; k++)
+        memcpy(texts->rows + k * n, views[k].buf, (size_t)n * sizeof(int64_t));
+    texts->ids = texts->rows, texts->starts = texts->rows + n, texts->lengths = texts->rows + 2 * n, texts->n = n;
+    Py_ssize_t outside = first_text_outside(&texts->buffers, texts->ids, texts->starts, texts->lengths, n);
+    if (outside >= 0) {
+        PyErr_Format(PyExc_ValueError, "%s: text %zd lies outside its buffer", what, outside);
+        goto done;
+    }
+    status = 0;
+done:
+    for (int k = 0; k < got; k++)
+        PyBuffer_Release(&views[k]);
+    return status;
+}
+
+/* The int64 output arrays of a call, each of `length` items (writable); 0, or -1 with an
+ * exception set and none held. */
+static int outputs_get(PyObject *const *objs, Py_buffer *views, int count, Py_ssize_t length, const char *const *names, const char *what)
+{
+    int got = 0;
+    for (; got < count; got++) {
+        if (get_view(objs[got], &views[got], 1, 8, names[got]) < 0)
+            goto fail;
+        if (views[got].len / 8 != length) {
+            PyBuffer_Release(&views[got]);
+            PyErr_Format(PyExc_ValueError, "%s: the arrays differ in length (%s)", what, names[got]);
+            goto fail;
+        }
+    }
+    return 0;
+fail:
+    while (got-- > 0)
+        PyBuffer_Release(&views[got]);
+    return -1;
+}
+
 PyDoc_STRVAR(fill_doc,
 "fill(buffers, buffer_ids, starts, lengths, max_line, newlines, tail, alnum) -> None\n\n"
 "Per text buffers[buffer_ids[i]][starts[i]:starts[i] + lengths[i]] (uint8 buffers, int64\n"
 "arrays; diffmix.filters.base.Utf8Bytes): longest line, newline count, bytes after the\n"
 "last newline, ASCII letters and digits, written into the four int64 arrays.");
 
-#define N_ARRAYS 7 /* buffer_ids, starts, lengths, then the four outputs */
-
 static PyObject *fill(PyObject *self, PyObject *args)
 {
-    PyObject *buffer_list, *objs[N_ARRAYS];
+    PyObject *buffer_list, *rows[3], *outs[4];
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOOOOOO:fill", &buffer_list, &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &objs[5], &objs[6]))
+    if (!PyArg_ParseTuple(args, "OOOOOOOO:fill", &buffer_list, &rows[0], &rows[1], &rows[2], &outs[0], &outs[1], &outs[2], &outs[3]))
         return NULL;
-    static const char *names[N_ARRAYS] = {"buffer_ids", "starts", "lengths", "max_line", "newlines", "tail", "alnum"};
-    text_buffers_t buffers;
-    Py_buffer views[N_ARRAYS];
-    int64_t *rows = NULL; /* ids, starts, lengths: copied, so no other thread changes them once checked */
+    static const char *names[4] = {"max_line", "newlines", "tail", "alnum"};
+    texts_t texts;
+    Py_buffer views[4];
     PyObject *result = NULL;
-    int got = 0;
-    if (text_buffers_get(buffer_list, &buffers) < 0)
-        goto done;
-    for (; got < N_ARRAYS; got++)
-        if (get_view(objs[got], &views[got], got >= 3, 8, names[got]) < 0)
-            goto done;
-    Py_ssize_t n = views[0].len / 8;
-    for (int k = 1; k < N_ARRAYS; k++)
-        if (views[k].len / 8 != n) {
-            PyErr_SetString(PyExc_ValueError, "fill: the arrays differ in length");
-            goto done;
-        }
-    rows = PyMem_Malloc((size_t)(3 * (n ? n : 1)) * sizeof(int64_t));
-    if (!rows) {
-        PyErr_NoMemory();
-        goto done;
+    if (texts_get(buffer_list, rows, &texts, "fill") == 0 && outputs_get(outs, views, 4, texts.n, names, "fill") == 0) {
+        int64_t *out[4] = {views[0].buf, views[1].buf, views[2].buf, views[3].buf};
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < texts.n; i++)
+            stats_of((const uint8_t *)texts.buffers.views[texts.ids[i]].buf + texts.starts[i], texts.lengths[i], &out[0][i], &out[1][i], &out[2][i], &out[3][i]);
+        Py_END_ALLOW_THREADS
+        for (int k = 0; k < 4; k++)
+            PyBuffer_Release(&views[k]);
+        result = Py_NewRef(Py_None);
     }
-    memcpy(rows, views[0].buf, (size_t)n * sizeof(int64_t));
-    memcpy(rows + n, views[1].buf, (size_t)n * sizeof(int64_t));
-    memcpy(rows + 2 * n, views[2].buf, (size_t)n * sizeof(int64_t));
-    const int64_t *ids = rows, *starts = rows + n, *lengths = rows + 2 * n;
-    Py_ssize_t outside = first_text_outside(&buffers, ids, starts, lengths, n);
-    if (outside >= 0) {
-        PyErr_Format(PyExc_ValueError, "fill: text %zd lies outside its buffer", outside);
-        goto done;
-    }
-    int64_t *out[4] = {views[3].buf, views[4].buf, views[5].buf, views[6].buf};
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++)
-        stats_of((const uint8_t *)buffers.views[ids[i]].buf + starts[i], lengths[i], &out[0][i], &out[1][i], &out[2][i], &out[3][i]);
-    Py_END_ALLOW_THREADS
-    result = Py_NewRef(Py_None);
-done:
-    PyMem_Free(rows);
-    for (int k = 0; k < got; k++)
-        PyBuffer_Release(&views[k]);
-    text_buffers_release(&buffers);
+    texts_release(&texts);
     return result;
 }
 
@@ -165,56 +209,26 @@ PyDoc_STRVAR(pretoken_bound_doc,
 "into the int64 array out; -1 for a text with a byte >= 0x80 (the caller counts those\n"
 "with the regex).");
 
-#define N_BOUND_ARRAYS 4 /* buffer_ids, starts, lengths, out */
-
 static PyObject *pretoken_bound(PyObject *self, PyObject *args)
 {
-    PyObject *buffer_list, *objs[N_BOUND_ARRAYS];
+    PyObject *buffer_list, *rows[3], *outs[1];
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOOO:pretoken_bound", &buffer_list, &objs[0], &objs[1], &objs[2], &objs[3]))
+    if (!PyArg_ParseTuple(args, "OOOOO:pretoken_bound", &buffer_list, &rows[0], &rows[1], &rows[2], &outs[0]))
         return NULL;
-    static const char *names[N_BOUND_ARRAYS] = {"buffer_ids", "starts", "lengths", "out"};
-    text_buffers_t buffers;
-    Py_buffer views[N_BOUND_ARRAYS];
-    int64_t *rows = NULL;
+    static const char *names[1] = {"out"};
+    texts_t texts;
+    Py_buffer view;
     PyObject *result = NULL;
-    int got = 0;
-    if (text_buffers_get(buffer_list, &buffers) < 0)
-        goto done;
-    for (; got < N_BOUND_ARRAYS; got++)
-        if (get_view(objs[got], &views[got], got == 3, 8, names[got]) < 0)
-            goto done;
-    Py_ssize_t n = views[0].len / 8;
-    for (int k = 1; k < N_BOUND_ARRAYS; k++)
-        if (views[k].len / 8 != n) {
-            PyErr_SetString(PyExc_ValueError, "pretoken_bound: the arrays differ in length");
-            goto done;
-        }
-    rows = PyMem_Malloc((size_t)(3 * (n ? n : 1)) * sizeof(int64_t));
-    if (!rows) {
-        PyErr_NoMemory();
-        goto done;
+    if (texts_get(buffer_list, rows, &texts, "pretoken_bound") == 0 && outputs_get(outs, &view, 1, texts.n, names, "pretoken_bound") == 0) {
+        int64_t *out = view.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < texts.n; i++)
+            out[i] = pretoken_bound_of((const uint8_t *)texts.buffers.views[texts.ids[i]].buf + texts.starts[i], texts.lengths[i]);
+        Py_END_ALLOW_THREADS
+        PyBuffer_Release(&view);
+        result = Py_NewRef(Py_None);
     }
-    memcpy(rows, views[0].buf, (size_t)n * sizeof(int64_t));
-    memcpy(rows + n, views[1].buf, (size_t)n * sizeof(int64_t));
-    memcpy(rows + 2 * n, views[2].buf, (size_t)n * sizeof(int64_t));
-    const int64_t *ids = rows, *starts = rows + n, *lengths = rows + 2 * n;
-    Py_ssize_t outside = first_text_outside(&buffers, ids, starts, lengths, n);
-    if (outside >= 0) {
-        PyErr_Format(PyExc_ValueError, "pretoken_bound: text %zd lies outside its buffer", outside);
-        goto done;
-    }
-    int64_t *out = views[3].buf;
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++)
-        out[i] = pretoken_bound_of((const uint8_t *)buffers.views[ids[i]].buf + starts[i], lengths[i]);
-    Py_END_ALLOW_THREADS
-    result = Py_NewRef(Py_None);
-done:
-    PyMem_Free(rows);
-    for (int k = 0; k < got; k++)
-        PyBuffer_Release(&views[k]);
-    text_buffers_release(&buffers);
+    texts_release(&texts);
     return result;
 }
 
@@ -376,54 +390,34 @@ PyDoc_STRVAR(pretoken_words_doc,
 "text's words in order as indices into `words`, text i's at [firsts[i], firsts[i + 1]) (int64,\n"
 "n + 1, written). A text's token count is the sum of its words'.");
 
-#define N_WORD_ARRAYS 4 /* buffer_ids, starts, lengths, firsts */
-
 static PyObject *pretoken_words(PyObject *self, PyObject *args)
 {
-    PyObject *buffer_list, *objs[N_WORD_ARRAYS];
+    PyObject *buffer_list, *rows[3], *outs[1];
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOOO:pretoken_words", &buffer_list, &objs[0], &objs[1], &objs[2], &objs[3]))
+    if (!PyArg_ParseTuple(args, "OOOOO:pretoken_words", &buffer_list, &rows[0], &rows[1], &rows[2], &outs[0]))
         return NULL;
-    static const char *names[N_WORD_ARRAYS] = {"buffer_ids", "starts", "lengths", "firsts"};
-    text_buffers_t buffers;
-    Py_buffer views[N_WORD_ARRAYS];
-    int64_t *rows = NULL;
+    static const char *names[1] = {"firsts"};
+    texts_t texts;
+    Py_buffer view;
     word_set_t set = {NULL, 0, 0};
     id_list_t list = {NULL, 0, 0};
     PyObject *words = NULL, *result = NULL;
-    int got = 0, failed = 0;
-    if (text_buffers_get(buffer_list, &buffers) < 0)
+    int failed = 0;
+    if (texts_get(buffer_list, rows, &texts, "pretoken_words") < 0)
         goto done;
-    for (; got < N_WORD_ARRAYS; got++)
-        if (get_view(objs[got], &views[got], got >= 3, 8, names[got]) < 0)
-            goto done;
-    Py_ssize_t n = views[0].len / 8;
-    if (views[1].len / 8 != n || views[2].len / 8 != n || views[3].len / 8 != n + 1) {
-        PyErr_SetString(PyExc_ValueError, "pretoken_words: the arrays differ in length (firsts: one more)");
+    if (outputs_get(outs, &view, 1, texts.n + 1, names, "pretoken_words") < 0)
         goto done;
-    }
-    rows = PyMem_Malloc((size_t)(3 * (n ? n : 1)) * sizeof(int64_t));
-    if (!rows || word_set_init(&set, 1 << 12) < 0) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    memcpy(rows, views[0].buf, (size_t)n * sizeof(int64_t));
-    memcpy(rows + n, views[1].buf, (size_t)n * sizeof(int64_t));
-    memcpy(rows + 2 * n, views[2].buf, (size_t)n * sizeof(int64_t));
-    const int64_t *ids = rows, *starts = rows + n, *lengths = rows + 2 * n;
-    Py_ssize_t outside = first_text_outside(&buffers, ids, starts, lengths, n);
-    if (outside >= 0) {
-        PyErr_Format(PyExc_ValueError, "pretoken_words: text %zd lies outside its buffer", outside);
-        goto done;
-    }
-    int64_t *firsts = views[3].buf;
+    int64_t *firsts = view.buf;
+    if (word_set_init(&set, 1 << 12) < 0)
+        failed = 1;
     Py_BEGIN_ALLOW_THREADS
     firsts[0] = 0;
-    for (Py_ssize_t i = 0; i < n && !failed; i++) {
-        failed = text_words((const uint8_t *)buffers.views[ids[i]].buf + starts[i], lengths[i], &set, &list) < 0;
+    for (Py_ssize_t i = 0; i < texts.n && !failed; i++) {
+        failed = text_words((const uint8_t *)texts.buffers.views[texts.ids[i]].buf + texts.starts[i], texts.lengths[i], &set, &list) < 0;
         firsts[i + 1] = list.size;
     }
     Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
     if (failed) {
         PyErr_NoMemory();
         goto done;
@@ -445,10 +439,7 @@ done:
     Py_XDECREF(words);
     PyMem_RawFree(list.ids);
     PyMem_RawFree(set.slots);
-    PyMem_Free(rows);
-    for (int k = 0; k < got; k++)
-        PyBuffer_Release(&views[k]);
-    text_buffers_release(&buffers);
+    texts_release(&texts);
     return result;
 }
 
