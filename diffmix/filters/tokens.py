@@ -58,7 +58,8 @@ def known_words(path: str | None = None) -> dict[str, int]:
     return {}
 
 
-KNOWN_WORDS_MAX = 1_000_000  # emptied when it grows past this
+KNOWN_WORDS_MAX = 500_000  # emptied when it grows past this
+KNOWN_WORD_CHARS = 128  # longer words (a line of CJK text) are counted again, not kept
 
 
 def pretoken_lower_bound(text: pl.Expr) -> pl.Expr:
@@ -96,7 +97,7 @@ def count_tokens(texts: pl.Series, tokenizer: Tokenizer, known: dict[str, int] |
     For a GPT-2-style tokenizer the texts are cut where its pre-tokenizer cuts them, in one
     compiled pass (`_line_stats.pretoken_words`: into pre-tokens where a text is ASCII, else
     into pieces of whole pre-tokens), and each distinct word is encoded once, or taken from
-    `known` (word -> count, added to). Any other tokenizer encodes whole texts: a prefix space
+    `known` (word -> count; words up to `KNOWN_WORD_CHARS` are added). Any other tokenizer encodes whole texts: a prefix space
     or a normaliser would make the sum over pieces differ from the whole.
     """
     if not gpt2_pretokenized(tokenizer):
@@ -106,8 +107,9 @@ def count_tokens(texts: pl.Series, tokenizer: Tokenizer, known: dict[str, int] |
     words, word_ids = _line_stats.pretoken_words(where.buffers, where.buffer_ids, where.starts, where.lengths, firsts)
     known = {} if known is None else known
     new = [word for word in words if word not in known]
-    known.update(zip(new, (len(ids) for ids in encode_ids(tokenizer, new))))
-    per_word = np.array([known[word] for word in words], dtype=np.int64)
+    counted = dict(zip(new, (len(ids) for ids in encode_ids(tokenizer, new))))
+    per_word = np.array([known[word] if word in known else counted[word] for word in words], dtype=np.int64)
+    known.update((word, count) for word, count in counted.items() if len(word) <= KNOWN_WORD_CHARS)
     running = np.concatenate([[0], np.cumsum(per_word[np.frombuffer(word_ids, dtype=np.int32)])])
     return running[firsts[1:]] - running[firsts[:-1]]
 

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from diffmix.filters.tokens import (
+    KNOWN_WORD_CHARS,
     TokenBudget,
     budget_tokenizer,
     count_tokens,
@@ -91,6 +92,14 @@ def test_counting_words_is_exact(texts: list[str]) -> None:
     known: dict[str, int] = {}
     assert count_tokens(pl.Series(texts, dtype=pl.String), budget_tokenizer(), known).tolist() == _encoded(texts)
     assert count_tokens(pl.Series(texts, dtype=pl.String), budget_tokenizer(), known).tolist() == _encoded(texts)  # from `known`
+    assert all(len(word) <= KNOWN_WORD_CHARS for word in known)
+
+
+def test_long_words_are_counted_not_kept() -> None:
+    text = "日本語" * 100 + " x"  # one piece of 300 characters, then a word
+    known: dict[str, int] = {}
+    assert count_tokens(pl.Series([text, text]), budget_tokenizer(), known).tolist() == _encoded([text, text])
+    assert list(known) == [" x"]
 
 
 @pytest.mark.parametrize(
