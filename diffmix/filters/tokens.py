@@ -88,7 +88,9 @@ def gpt2_pretokenized(tokenizer: Tokenizer) -> bool:
     """Does `tokenizer` cut texts into words exactly as `_line_stats.pretoken_words` does: no
     normaliser, tokenizers' ByteLevel pre-tokenizer with its GPT-2 regex and no prefix space?"""
     pre = tokenizer.pre_tokenizer
-    return tokenizer.normalizer is None and isinstance(pre, pre_tokenizers.ByteLevel) and pre.use_regex and not pre.add_prefix_space
+    # getattr: a tokenizers release without these getters gets the whole-text count, not a wrong one.
+    plain = getattr(pre, "use_regex", False) is True and getattr(pre, "add_prefix_space", True) is False
+    return tokenizer.normalizer is None and isinstance(pre, pre_tokenizers.ByteLevel) and plain
 
 
 def count_tokens(texts: pl.Series, tokenizer: Tokenizer, known: dict[str, int] | None = None) -> np.ndarray:
@@ -97,8 +99,8 @@ def count_tokens(texts: pl.Series, tokenizer: Tokenizer, known: dict[str, int] |
     For a GPT-2-style tokenizer the texts are cut where its pre-tokenizer cuts them, in one
     compiled pass (`_line_stats.pretoken_words`: into pre-tokens where a text is ASCII, else
     into pieces of whole pre-tokens), and each distinct word is encoded once, or taken from
-    `known` (word -> count; words up to `KNOWN_WORD_CHARS` are added). Any other tokenizer encodes whole texts: a prefix space
-    or a normaliser would make the sum over pieces differ from the whole.
+    `known` (word -> count; words up to `KNOWN_WORD_CHARS` are added). Any other tokenizer
+    encodes whole texts: a prefix space or a normaliser would make a sum over pieces differ.
     """
     if not gpt2_pretokenized(tokenizer):
         return np.array([len(ids) for ids in encode_ids(tokenizer, texts.fill_null("").to_list())], dtype=np.int64)
