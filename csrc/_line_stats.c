@@ -305,9 +305,11 @@ static int32_t word_id(word_set_t *set, const uint8_t *bytes, int64_t size)
         if (slot->hash == hash && slot->size == size && memcmp(slot->bytes, bytes, (size_t)size) == 0)
             return slot->id;
     }
-    if ((size_t)(set->count + 1) * 2 > set->mask + 1) { /* a load of at most one half */
+    if (set->count == INT32_MAX) /* ids are int32 */
+        return -1;
+    if (((size_t)set->count + 1) * 2 > set->mask + 1) { /* a load of at most one half */
         word_set_t grown;
-        if (set->count == INT32_MAX || word_set_init(&grown, 2 * (set->mask + 1)) < 0)
+        if (word_set_init(&grown, 2 * (set->mask + 1)) < 0)
             return -1;
         for (size_t k = 0; k <= set->mask; k++)
             if (set->slots[k].id >= 0) {

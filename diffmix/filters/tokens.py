@@ -93,17 +93,28 @@ def gpt2_pretokenized(tokenizer: Tokenizer) -> bool:
     return tokenizer.normalizer is None and isinstance(pre, pre_tokenizers.ByteLevel) and plain
 
 
+def holds_added_token(texts: pl.Series, tokenizer: Tokenizer) -> pl.Series:
+    """Which texts spell out one of the tokenizer's added tokens (`<|endoftext|>`): tokenizers
+    cuts those out before pre-tokenizing, even without special tokens, so one token stands where
+    the pre-token rules see several (Boolean; a null is False)."""
+    contents = sorted({token.content for token in tokenizer.get_added_tokens_decoder().values()})
+    if not contents:
+        return pl.Series(texts.name, [False] * len(texts), dtype=pl.Boolean)
+    return texts.str.contains_any(contents).fill_null(False)
+
+
 def count_tokens(texts: pl.Series, tokenizer: Tokenizer, known: dict[str, int] | None = None) -> np.ndarray:
     """Exact token counts of a text column, no special tokens (int64; a null counts 0).
 
     For a GPT-2-style tokenizer the texts are cut where its pre-tokenizer cuts them, in one
     compiled pass (`_line_stats.pretoken_words`: into pre-tokens where a text is ASCII, else
     into pieces of whole pre-tokens), and each distinct word is encoded once, or taken from
-    `known` (word -> count; words up to `KNOWN_WORD_CHARS` are added). Any other tokenizer
-    encodes whole texts: a prefix space or a normaliser would make a sum over pieces differ.
+    `known` (word -> count; words up to `KNOWN_WORD_CHARS` are added). Texts that spell out an
+    added token, and every text under any other tokenizer, are encoded whole: an added token, a
+    prefix space or a normaliser would make a sum over pieces differ.
     """
     if not gpt2_pretokenized(tokenizer):
-        return np.array([len(ids) for ids in encode_ids(tokenizer, texts.fill_null("").to_list())], dtype=np.int64)
+        return _count_whole(texts, tokenizer)
     where = utf8_bytes(texts)
     firsts = np.empty(len(texts) + 1, dtype=np.int64)
     words, word_ids = _line_stats.pretoken_words(where.buffers, where.buffer_ids, where.starts, where.lengths, firsts)
@@ -113,7 +124,15 @@ def count_tokens(texts: pl.Series, tokenizer: Tokenizer, known: dict[str, int] |
     per_word = np.array([known[word] if word in known else counted[word] for word in words], dtype=np.int64)
     known.update((word, count) for word, count in counted.items() if len(word) <= KNOWN_WORD_CHARS)
     running = np.concatenate([[0], np.cumsum(per_word[np.frombuffer(word_ids, dtype=np.int32)])])
-    return running[firsts[1:]] - running[firsts[:-1]]
+    counts = running[firsts[1:]] - running[firsts[:-1]]
+    special = holds_added_token(texts, tokenizer).arg_true()
+    if len(special):
+        counts[special.to_numpy()] = _count_whole(texts.gather(special), tokenizer)
+    return counts
+
+
+def _count_whole(texts: pl.Series, tokenizer: Tokenizer) -> np.ndarray:
+    return np.array([len(ids) for ids in encode_ids(tokenizer, texts.fill_null("").to_list())], dtype=np.int64)
 
 
 @register
@@ -148,13 +167,15 @@ class TokenBudget(Filter):
             big = alive & (frame["text"].str.len_bytes() > self.max_tokens)
             rows = big.arg_true()
             if len(rows):
-                bound = pretoken_lower_bounds(frame["text"].gather(rows))
+                texts, tokenizer = frame["text"].gather(rows), budget_tokenizer(self.tokenizer)
+                # The pre-token runs of a spelled-out added token are one token: no bound there.
+                bound = pretoken_lower_bounds(texts).zip_with(~holds_added_token(texts, tokenizer), pl.Series([0] * len(texts), dtype=pl.Int32))
                 lower = lower.scatter(rows, bound)
                 uncertain = rows.filter(bound <= self.max_tokens)
                 if len(uncertain):
                     known = known_words(self.tokenizer)
                     if len(known) > KNOWN_WORDS_MAX:
                         known.clear()
-                    counts = count_tokens(frame["text"].gather(uncertain), budget_tokenizer(self.tokenizer), known)
+                    counts = count_tokens(frame["text"].gather(uncertain), tokenizer, known)
                     exact = exact.scatter(uncertain, pl.Series(counts, dtype=pl.Int32))
         return frame.with_columns(lower, exact)

@@ -107,6 +107,7 @@ def test_long_words_are_counted_not_kept() -> None:
     [
         "", "x", "\t\tx", "  \n  x", "x  ", "x's it'll ('s", "'re'", "a\x1cb\x00", "\r\n\r\n",
         "é x", "x\u00a0 y", "\u3000\u3000x", "日本 語", "a é\nb  c", "é", " é", "é\t\tx", "x\n\u2028y",
+        "<|endoftext|>", 'eos = "<|endoftext|>"', "é <|endoftext|>",  # an added token: one token, cut out first
     ],
 )  # fmt: skip
 def test_counting_words_table(text: str) -> None:
@@ -162,6 +163,16 @@ def test_fill_counts_only_what_decides() -> None:
     assert lower[2] > 100 and exact[2] is None  # the lower bound already exceeds the budget
     assert lower[3] is None and exact[3] is None  # an earlier rule dropped it: nothing computed
     assert rule.fill(frame, pl.Series([False] * 4))["f_tokens"].null_count() == 4
+
+
+def test_a_spelled_out_added_token_gets_no_bound() -> None:
+    """`<|endoftext|>` is one token where the pre-token runs count three: the bound is 0 there
+    and the exact count decides (a document of 600 of them fits a budget of 1,000)."""
+    rule = TokenBudget(max_tokens=1000)
+    text = "<|endoftext|>" * 600
+    filled = rule.fill(pl.DataFrame({"text": [text, "x = 1\n" * 400]}), pl.Series([True, True]))
+    assert filled["f_tokens_min"].to_list()[0] == 0 and filled["f_tokens"].to_list()[0] == 600
+    assert filled["f_tokens_min"].to_list()[1] > 1000  # an ordinary text keeps its bound
 
 
 @pytest.mark.parametrize(("budget", "expected"), [(2048, None), (100, "too_many_tokens"), (None, None)])
