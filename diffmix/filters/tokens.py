@@ -11,7 +11,8 @@ to stop mid-diff. Counting was the most expensive score of the build (HF
   characters (less the `'s`-style contractions it merges) plus the runs of 2+
   whitespace characters never outnumber those pieces: a regex count
   (`f_tokens_min`; compiled for ASCII texts) that drops most over-long documents
-  without tokenising.
+  without tokenising. A text that spells out an added token (`<|endoftext|>`, one
+  token where the runs count three) gets 0 and is counted.
 
 Only the documents between the two bounds are tokenised (`f_tokens`), and
 only those every other rule keeps. The BPE merges only within a pre-token, so
