@@ -110,7 +110,8 @@ def count_tokens(texts: pl.Series, tokenizer: Tokenizer, known: dict[str, int] |
     For a GPT-2-style tokenizer the texts are cut where its pre-tokenizer cuts them, in one
     compiled pass (`_line_stats.pretoken_words`: into pre-tokens where a text is ASCII, else
     into pieces of whole pre-tokens), and each distinct word is encoded once, or taken from
-    `known` (word -> count; words up to `KNOWN_WORD_CHARS` are added). Texts that spell out an
+    `known` (word -> count; words up to `KNOWN_WORD_CHARS` are added, and it is emptied past
+    `KNOWN_WORDS_MAX`). Texts that spell out an
     added token, and every text under any other tokenizer, are encoded whole: an added token, a
     prefix space or a normaliser would make a sum over pieces differ.
     """
@@ -120,6 +121,8 @@ def count_tokens(texts: pl.Series, tokenizer: Tokenizer, known: dict[str, int] |
     firsts = np.empty(len(texts) + 1, dtype=np.int64)
     words, word_ids = _line_stats.pretoken_words(where.buffers, where.buffer_ids, where.starts, where.lengths, firsts)
     known = {} if known is None else known
+    if len(known) > KNOWN_WORDS_MAX:
+        known.clear()
     new = [word for word in words if word not in known]
     counted = dict(zip(new, (len(ids) for ids in encode_ids(tokenizer, new))))
     per_word = np.array([known[word] if word in known else counted[word] for word in words], dtype=np.int64)
@@ -170,13 +173,10 @@ class TokenBudget(Filter):
             if len(rows):
                 texts, tokenizer = frame["text"].gather(rows), budget_tokenizer(self.tokenizer)
                 # The pre-token runs of a spelled-out added token are one token: no bound there.
-                bound = pretoken_lower_bounds(texts).zip_with(~holds_added_token(texts, tokenizer), pl.Series([0] * len(texts), dtype=pl.Int32))
+                bound = pretoken_lower_bounds(texts).scatter(holds_added_token(texts, tokenizer).arg_true(), 0)
                 lower = lower.scatter(rows, bound)
                 uncertain = rows.filter(bound <= self.max_tokens)
                 if len(uncertain):
-                    known = known_words(self.tokenizer)
-                    if len(known) > KNOWN_WORDS_MAX:
-                        known.clear()
-                    counts = count_tokens(frame["text"].gather(uncertain), tokenizer, known)
+                    counts = count_tokens(frame["text"].gather(uncertain), tokenizer, known_words(self.tokenizer))
                     exact = exact.scatter(uncertain, pl.Series(counts, dtype=pl.Int32))
         return frame.with_columns(lower, exact)
