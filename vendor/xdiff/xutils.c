@@ -294,20 +294,43 @@ static unsigned long xdl_hash_record_with_whitespace(char const **data,
 	return ha;
 }
 
+/*
+ * diffmix: the record hash without whitespace flags reads 8 bytes at a time after memchr
+ * finds the line's end, instead of git's byte-at-a-time djb2 (a tenth of the build's time
+ * went there). The hash only sorts records into buckets before xdl_recmatch compares them,
+ * and classes are numbered in order of first appearance, so any hash gives the same diff.
+ */
+static unsigned long xdl_hash_bytes(char const *ptr, size_t size) {
+	const uint64_t k = 0x9E3779B97F4A7C15ull;
+	uint64_t ha = 0x84222325CBF29CE4ull ^ (uint64_t) size, word;
+
+	for (; size >= 8; ptr += 8, size -= 8) {
+		memcpy(&word, ptr, 8);
+		ha = (ha ^ word) * k;
+		ha ^= ha >> 29;
+	}
+	if (size) {
+		word = 0;
+		memcpy(&word, ptr, size);
+		ha = (ha ^ word) * k;
+		ha ^= ha >> 29;
+	}
+	ha *= k;
+	return (unsigned long) (ha ^ (ha >> 32));
+}
+
 unsigned long xdl_hash_record(char const **data, char const *top, long flags) {
-	unsigned long ha = 5381;
-	char const *ptr = *data;
+	char const *ptr = *data, *end;
 
 	if (flags & XDF_WHITESPACE_FLAGS)
 		return xdl_hash_record_with_whitespace(data, top, flags);
 
-	for (; ptr < top && *ptr != '\n'; ptr++) {
-		ha += (ha << 5);
-		ha ^= (unsigned long) *ptr;
-	}
-	*data = ptr < top ? ptr + 1: ptr;
+	end = memchr(ptr, '\n', (size_t) (top - ptr));
+	if (!end)
+		end = top;
+	*data = end < top ? end + 1: end;
 
-	return ha;
+	return xdl_hash_bytes(ptr, (size_t) (end - ptr));
 }
 
 unsigned int xdl_hashbits(unsigned int size) {
