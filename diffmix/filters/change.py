@@ -23,15 +23,29 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from diffmix.filters.base import Check, Filter, register
+from diffmix import _line_stats
+from diffmix.filters.base import Check, Filter, register, utf8_bytes
 
 
-def changed_lines(diff: pl.Expr, sign: str) -> pl.Expr:
-    """The `-` or `+` lines of a diff, without their sign, joined by newlines."""
-    return diff.str.extract_all(rf"(?m)^\{sign}[^\n]*").list.eval(pl.element().str.slice(1)).list.join("\n")
+def change_scores(diffs: pl.Series) -> dict[str, pl.Series]:
+    """Per diff: `+`/`-` lines with a non-space character after the sign (`f_content_lines`);
+    whether the `-` and `+` lines hold the same characters once every `\\s` is removed
+    (`f_whitespace_only`); the characters of the `-` lines, signs dropped, joined by newlines
+    (`f_deleted_chars`). One compiled pass per diff (`diffmix._line_stats.change`); a null diff
+    scores null."""
+    where = utf8_bytes(diffs)
+    content, deleted, same = (np.zeros(len(diffs), dtype=np.int64) for _ in range(3))
+    _line_stats.change(where.buffers, where.buffer_ids, where.starts, where.lengths, content, deleted, same)
+    valid = pl.Series(where.valid)
+    return {
+        "f_content_lines": pl.select(pl.when(valid).then(pl.Series(content, dtype=pl.Int32))).to_series(),
+        "f_whitespace_only": pl.select(pl.when(valid).then(pl.Series(same.astype(bool)))).to_series(),
+        "f_deleted_chars": pl.select(pl.when(valid).then(pl.Series(deleted, dtype=pl.Int32))).to_series(),
+    }
 
 
 @register
@@ -56,14 +70,7 @@ class Change(Filter):
     rewrite_min_old_chars: int | None = 400
 
     def scores(self, frame: pl.DataFrame) -> dict[str, pl.Expr | pl.Series]:
-        diff = pl.col("diff")
-        removed, added = changed_lines(diff, "-"), changed_lines(diff, "+")
-        squash = r"\s+"
-        return {
-            "f_content_lines": diff.str.count_matches(r"(?m)^[+-][^\n]*\S").cast(pl.Int32),
-            "f_whitespace_only": removed.str.replace_all(squash, "") == added.str.replace_all(squash, ""),
-            "f_deleted_chars": removed.str.len_chars().cast(pl.Int32),
-        }
+        return dict(change_scores(frame["diff"]))
 
     def checks(self) -> list[Check]:
         out = []
