@@ -281,10 +281,13 @@ def _undecodable_pages(path: str, size: int, mtime_ns: int, leaves: tuple[int, .
 
     One pass per file version and process (`check_inputs` runs twice per build); memory is
     bounded by a column chunk. Polars decodes some damaged pages without an error (a zeroed
-    dictionary bit width reads as valid, giving wrong values) or panics on them.
+    dictionary bit width reads as valid, giving wrong values) or panics on them. Batches of
+    256 rows keep the decode buffers small and reused: pyarrow's default (65,536 rows, a whole
+    row group here) took 0.9 s for the dev file in a fresh process, mostly faulting in new
+    memory, against 0.25 s.
     """
     try:
-        pq.ParquetFile(path).scan_contents(list(leaves))
+        pq.ParquetFile(path).scan_contents(list(leaves), batch_size=256)
     except (pa.ArrowException, OSError) as exc:
         return first_line(exc)
     return None
