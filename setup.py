@@ -21,6 +21,6 @@ setup(
             extra_compile_args=["-O2", "-Wno-sign-compare", "-Wno-unused-parameter"],
         ),
         Extension("diffmix._strict_apply", sources=["csrc/_strict_apply.c"], depends=["csrc/buffer.h", "csrc/strict_apply.h"], extra_compile_args=["-O2"]),
-        Extension("diffmix._line_stats", sources=["csrc/_line_stats.c"], depends=["csrc/pyviews.h"], extra_compile_args=["-O3"]),
+        Extension("diffmix._line_stats", sources=["csrc/_line_stats.c"], depends=["csrc/buffer.h", "csrc/pyviews.h"], extra_compile_args=["-O3"]),
     ]
 )

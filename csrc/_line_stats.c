@@ -26,6 +26,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "buffer.h"
 #include "pyviews.h"
 
 static void stats_of(const uint8_t *text, int64_t size, int64_t *max_line, int64_t *newlines, int64_t *tail, int64_t *alnum)
@@ -448,28 +449,6 @@ done:
     return result;
 }
 
-/* Growable byte buffer for change_of's non-space streams (raw allocator: used without the GIL). */
-typedef struct {
-    uint8_t *bytes;
-    size_t size, capacity;
-} bytes_t;
-
-static int bytes_append(bytes_t *buf, const uint8_t *bytes, size_t size)
-{
-    if (buf->size + size > buf->capacity) {
-        size_t capacity = buf->capacity ? buf->capacity : 4096;
-        while (capacity < buf->size + size)
-            capacity *= 2;
-        uint8_t *grown = PyMem_RawRealloc(buf->bytes, capacity);
-        if (!grown)
-            return -1;
-        buf->bytes = grown, buf->capacity = capacity;
-    }
-    memcpy(buf->bytes + buf->size, bytes, size);
-    buf->size += size;
-    return 0;
-}
-
 /* Bytes of the UTF-8 character at t[i] (valid UTF-8), and whether it is \p{White_Space}, as Rust's
  * regex \s sees it: \t-\r, space, U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028, U+2029, U+202F,
  * U+205F, U+3000. */
@@ -477,7 +456,7 @@ static inline int utf8_char(const uint8_t *t, int64_t i, int64_t n, int *space)
 {
     uint8_t b = t[i];
     if (b < 0x80) {
-        *space = (b >= 0x09 && b <= 0x0d) || b == 0x20;
+        *space = ascii_class(b) == SPACE;
         return 1;
     }
     int size = b >= 0xf0 ? 4 : b >= 0xe0 ? 3 : 2;
@@ -500,7 +479,7 @@ static inline int utf8_char(const uint8_t *t, int64_t i, int64_t n, int *space)
  * whether the `-` and `+` lines hold the same characters once every space is removed
  * (the non-space characters of each side go to `removed` / `added`, compared at the end).
  * 0, or -1 when out of memory. */
-static int change_of(const uint8_t *t, int64_t n, bytes_t *removed, bytes_t *added, int64_t *content_lines, int64_t *deleted_chars, int64_t *whitespace_only)
+static int change_of(const uint8_t *t, int64_t n, buffer_t *removed, buffer_t *added, int64_t *content_lines, int64_t *deleted_chars, int64_t *whitespace_only)
 {
     int64_t content = 0, deleted = 0, minus_lines = 0, i = 0;
     removed->size = added->size = 0;
@@ -509,19 +488,19 @@ static int change_of(const uint8_t *t, int64_t n, bytes_t *removed, bytes_t *add
         int64_t end = nl ? nl - t : n;
         uint8_t sign = t[i];
         if (sign == '+' || sign == '-') {
-            bytes_t *stream = sign == '-' ? removed : added;
+            buffer_t *stream = sign == '-' ? removed : added;
             size_t before = stream->size;
             int space;
             for (int64_t j = i + 1; j < end;) {
                 int64_t run = j;  /* a run of ASCII non-space bytes, appended at once */
                 while (run < end && t[run] > 0x20 && t[run] < 0x80)
                     run++;
-                if (run > j && bytes_append(stream, t + j, (size_t)(run - j)) < 0)
+                if (run > j && buffer_put(stream, (const char *)t + j, (size_t)(run - j)) < 0)
                     return -1;
                 if (run == end)
                     break;
                 int size = utf8_char(t, run, end, &space);
-                if (!space && bytes_append(stream, t + run, (size_t)size) < 0)
+                if (!space && buffer_put(stream, (const char *)t + run, (size_t)size) < 0)
                     return -1;
                 j = run + size;
             }
@@ -536,7 +515,7 @@ static int change_of(const uint8_t *t, int64_t n, bytes_t *removed, bytes_t *add
     }
     *content_lines = content;
     *deleted_chars = deleted + (minus_lines > 1 ? minus_lines - 1 : 0);
-    *whitespace_only = removed->size == added->size && (removed->size == 0 || memcmp(removed->bytes, added->bytes, removed->size) == 0);
+    *whitespace_only = removed->size == added->size && (removed->size == 0 || memcmp(removed->data, added->data, removed->size) == 0);
     return 0;
 }
 
@@ -557,14 +536,14 @@ static PyObject *change(PyObject *self, PyObject *args)
     PyObject *result = NULL;
     if (texts_get(buffer_list, rows, &texts, "change") == 0 && outputs_get(outs, views, 3, texts.n, names, "change") == 0) {
         int64_t *out[3] = {views[0].buf, views[1].buf, views[2].buf};
-        bytes_t removed = {NULL, 0, 0}, added = {NULL, 0, 0};
+        buffer_t removed = {NULL, 0, 0}, added = {NULL, 0, 0};
         int failed = 0;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t i = 0; i < texts.n && !failed; i++)
             failed = change_of((const uint8_t *)texts.buffers.views[texts.ids[i]].buf + texts.starts[i], texts.lengths[i], &removed, &added, &out[0][i], &out[1][i], &out[2][i]) < 0;
         Py_END_ALLOW_THREADS
-        PyMem_RawFree(removed.bytes);
-        PyMem_RawFree(added.bytes);
+        free(removed.data);
+        free(added.data);
         for (int k = 0; k < 3; k++)
             PyBuffer_Release(&views[k]);
         result = failed ? PyErr_NoMemory() : Py_NewRef(Py_None);

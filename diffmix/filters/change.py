@@ -40,12 +40,14 @@ def change_scores(diffs: pl.Series) -> dict[str, pl.Series]:
     where = utf8_bytes(diffs)
     content, deleted, same = (np.zeros(len(diffs), dtype=np.int64) for _ in range(3))
     _line_stats.change(where.buffers, where.buffer_ids, where.starts, where.lengths, content, deleted, same)
-    valid = pl.Series(where.valid)
-    return {
-        "f_content_lines": pl.select(pl.when(valid).then(pl.Series(content, dtype=pl.Int32))).to_series(),
-        "f_whitespace_only": pl.select(pl.when(valid).then(pl.Series(same.astype(bool)))).to_series(),
-        "f_deleted_chars": pl.select(pl.when(valid).then(pl.Series(deleted, dtype=pl.Int32))).to_series(),
-    }
+    scores = pl.DataFrame(
+        {
+            "f_content_lines": pl.Series(content, dtype=pl.Int32),
+            "f_whitespace_only": pl.Series(same.astype(bool)),
+            "f_deleted_chars": pl.Series(deleted, dtype=pl.Int32),
+        }
+    ).select(pl.when(pl.Series(where.valid)).then(pl.all()).name.keep())
+    return {name: scores[name] for name in scores.columns}
 
 
 @register
