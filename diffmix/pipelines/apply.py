@@ -5,8 +5,9 @@ file back byte for byte. The training stage scores model generations with the
 same code: `verify_diff` classifies a diff in the states OpenELM's `verify_diff`
 names (stricter: a hunk whose text sits a few lines from where its header says
 is wrong_line_numbers, where `git apply` would take the offset), and
-`apply_lenient` applies by content, ignoring line numbers (after OpenELM's
-`apply_diff(use_line_number=False)`), so strict and lenient apply rates can be
+`apply_lenient` applies by content (after OpenELM's
+`apply_diff(use_line_number=False)`; line numbers only choose among repeated
+occurrences of a hunk's text), so strict and lenient apply rates can be
 reported side by side.
 
 Lines are split on "\\n" only: a CR stays part of its line, so CRLF files
@@ -176,8 +177,9 @@ def apply_lenient(before: str, diff: str) -> tuple[str, int]:
     """Apply by content, ignoring line numbers; return (result, hunks that failed).
 
     Each hunk's old side is searched from the end of the previous applied hunk
-    onwards; a hunk whose text is not found is skipped (as OpenELM does) and
-    counted. A no-newline marker is forgiven either way: one the file does not
+    onwards; where it occurs more than once, the occurrence at the line its header
+    names wins (the first one could be a repeated block earlier in the file). A
+    hunk whose text is not found is skipped (as OpenELM does) and counted. A no-newline marker is forgiven either way: one the file does not
     need, and one that is missing where the file's last line has no newline. A
     hunk with no old side (nothing to find) applies only to an empty file: in a
     file with text, a diff always carries context, and a run of `+` lines alone
@@ -190,10 +192,11 @@ def apply_lenient(before: str, diff: str) -> tuple[str, int]:
     failed = 0
     for hunk in hunks:
         old_side = hunk.old_side()
-        at = _find_block(old, old_side, cursor) if old_side else (0 if not old else -1)
+        named = hunk.old_start - 1 if hunk.old_len else hunk.old_start  # where the header puts it
+        at = _find_hunk(old, old_side, cursor, named) if old_side else (0 if not old else -1)
         if at < 0 and old_side and not old_side[-1].endswith("\n"):  # a marker the file does not need
             old_side = [*old_side[:-1], old_side[-1] + "\n"]
-            at = _find_block(old, old_side, cursor)
+            at = _find_hunk(old, old_side, cursor, named)
         if at < 0 and old_side and old and not old[-1].endswith("\n"):  # the marker missing at the file's end
             bare = [*old_side[:-1], old_side[-1].removesuffix("\n")]
             at = len(old) - len(bare) if len(bare) <= len(old) - cursor and old[len(old) - len(bare) :] == bare else -1
@@ -215,6 +218,13 @@ def verify_diff(before: str, diff: str) -> DiffState:
     except DiffError as exc:
         return exc.state
     return DiffState.VALID
+
+
+def _find_hunk(lines: list[str], block: list[str], start: int, named: int) -> int:
+    """`block` at index `named` when it is there (and not before `start`), else `_find_block`."""
+    if start <= named and lines[named : named + len(block)] == block:
+        return named
+    return _find_block(lines, block, start)
 
 
 def _find_block(lines: list[str], block: list[str], start: int) -> int:

@@ -226,3 +226,12 @@ def test_compiled_fast_path(before: str, diff: str, expected: str | None) -> Non
     except DiffError as exc:
         reference = exc.state
     assert expected is None or reference == expected
+
+
+def test_lenient_takes_the_named_occurrence_of_a_repeated_block() -> None:
+    """The hunk's context also occurs one line earlier: by content alone it would land there
+    (found by Hypothesis: the xdiff round trip above)."""
+    before, after = "a\na\na\na\n", "a\na\na\na\na"
+    diff = diff_texts(before, after).text
+    assert diff.startswith("@@ -2,3 +2,4 @@")
+    assert apply_lenient(before, diff) == (after, 0)
