@@ -39,6 +39,7 @@ from rich.progress import (  # noqa: E402
 
 from diffmix.demo import DEMO_ADDITION, DEMO_CORPUS, DEMO_FORMATS, DEMO_STEPS, DEMO_TRAIN, demo_recipes, find_repository  # noqa: E402
 from diffmix.errors import DiffmixError, first_line  # noqa: E402
+from diffmix.memory import keep_freed_memory  # noqa: E402
 from diffmix.pipelines import build as corpus  # noqa: E402
 from diffmix.pipelines.ingest import resolve_source  # noqa: E402
 from diffmix.pipelines.io import output_lock, remove_stale_temporaries  # noqa: E402
@@ -85,6 +86,17 @@ def dask_runner(workers: int = 2, dask_address: str | None = None) -> DaskTaskRu
             "env": {"POLARS_MAX_THREADS": str(polars_threads)},
         },
     )
+
+
+def dask_setup(worker: Any) -> None:
+    """Dask's preload hook: runs in each worker of `dask_runner`'s LocalCluster as it starts.
+
+    Without it, Dask's `MALLOC_TRIM_THRESHOLD_` makes every text, diff and shard buffer over
+    128 KB a fresh mapping: the dev build's data work took 23.0-25.4 s on 1 worker and
+    15.0-17.7 s on 2 against 21.7 s and 13.8-15.9 s with it (AMD EPYC, alternating runs),
+    peak RSS 905-913 MB against 919-927 MB.
+    """
+    keep_freed_memory()
 
 
 def _progress(futures: list[Any], label: str, keep_errors: bool = False) -> list[Any]:

@@ -427,13 +427,28 @@ def test_no_module_beside_flows_py_shadows_the_standard_library() -> None:
 
 def test_local_workers_start_with_diffmix_imported_and_a_share_of_the_cores() -> None:
     """Preloaded: no worker's first task waits for the imports. Polars, which would size its pool
-    to the whole machine in each worker, gets the worker's share of the cores."""
+    to the whole machine in each worker, gets the worker's share of the cores. glibc keeps freed
+    blocks for reuse there (Dask's MALLOC_TRIM_THRESHOLD_ would make every 8 MB text a fresh
+    mapping, about 2,000 page faults each)."""
     from distributed import Client, LocalCluster
 
     from diffmix.flows import dask_runner
 
+    def faults_per_block() -> float:
+        import resource
+
+        for _ in range(3):  # warm up
+            b"x" * (8 << 20)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(20):
+            b"x" * (8 << 20)
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20
+
     with LocalCluster(**dask_runner(2).cluster_kwargs) as cluster, Client(cluster) as client:
         loaded = client.run(lambda: "diffmix.pipelines.build" in sys.modules)
         pools = client.run(lambda: __import__("polars").thread_pool_size())
+        faults = client.run(faults_per_block)
     assert list(loaded.values()) == [True, True]
     assert list(pools.values()) == [max(1, (os.cpu_count() or 1) // 2)] * 2
+    if sys.platform.startswith("linux"):
+        assert max(faults.values()) < 100

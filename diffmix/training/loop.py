@@ -47,6 +47,7 @@ from tokenizers import Tokenizer
 from torch.nn.parallel import DistributedDataParallel
 
 from diffmix.errors import DiffmixError, first_line
+from diffmix.memory import keep_freed_memory
 from diffmix.pipelines.io import (
     atomic_open,
     check_output_dir,
@@ -168,27 +169,6 @@ def _set_threads(config: TrainConfig, world: int) -> None:
         torch.set_num_threads(config.threads)
     elif world > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-
-
-def keep_freed_memory() -> bool:
-    """Have glibc keep freed blocks up to 32 MB for reuse in this process; False where there is no glibc.
-
-    torch's CPU allocator does not cache: every step allocates and frees the same activations.
-    Dask starts its workers with `MALLOC_TRIM_THRESHOLD_=65536`, which also pins glibc's mmap
-    threshold at 128 KB, so each of those blocks was a fresh mapping, faulted in and zeroed on
-    every use: the demo's runs trained at 10-11k tokens/s there against 16-17k in a plain process
-    (same numbers either way: the allocator does not touch the arithmetic).
-    """
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 256 << 20))
 
 
 def configure_optimizer(model: GPT, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:

@@ -344,10 +344,10 @@ def test_a_run_folder_is_only_ever_this_run(copy_mixture: Path, tmp_path: Path) 
 
 _FAULTS_PER_ALLOCATION = """
 import resource, sys, torch
-from diffmix.training.loop import keep_freed_memory
+from diffmix.memory import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
-for _ in range(3):  # warm up
+for _ in range(12):  # warm up: torch's 64-byte-aligned blocks take a few rounds of frees to coalesce into one that fits
     torch.ones(2 << 20)  # 8 MB, as an activation of a training step
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):
