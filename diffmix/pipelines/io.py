@@ -88,14 +88,15 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.load(f)
 
 
-def write_ipc_stream(path: str | os.PathLike[str], table: pa.Table, max_chunksize: int | None = None) -> int:
+def write_ipc_stream(path: str | os.PathLike[str], table: pa.Table, max_chunksize: int | None = None, compression: str | None = None) -> int:
     """Atomically write `table` as one Arrow IPC *stream* file; return its size in bytes.
 
     The stream format (not the random-access file format) is what
-    `datasets.Dataset.from_file` memory-maps.
+    `datasets.Dataset.from_file` memory-maps. `compression` ("zstd", "lz4") compresses each
+    buffer: every Arrow reader (and `datasets`) still reads the file, but copies what it reads.
     """
     with atomic_open(path) as f:
-        with pa.ipc.new_stream(f, table.schema) as writer:
+        with pa.ipc.new_stream(f, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as writer:
             if table.num_rows:
                 # Batches of exactly max_chunksize rows whatever the chunks, else the table's own chunks.
                 if max_chunksize:

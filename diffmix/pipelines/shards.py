@@ -87,10 +87,10 @@ def write_table_shards(
     return entries
 
 
-def write_shard(root: str | os.PathLike[str], rel: str, table: pa.Table) -> FileEntry:
-    """Atomically write one shard and describe it (rows, bytes, sha256)."""
+def write_shard(root: str | os.PathLike[str], rel: str, table: pa.Table, compression: str | None = None) -> FileEntry:
+    """Atomically write one shard and describe it (rows, bytes, sha256); see `write_ipc_stream` for `compression`."""
     path = Path(root) / rel
-    size = write_ipc_stream(path, table, max_chunksize=BATCH_ROWS)
+    size = write_ipc_stream(path, table, max_chunksize=BATCH_ROWS, compression=compression)
     return FileEntry(path=rel, rows=table.num_rows, bytes=size, sha256=sha256_file(path))
 
 

@@ -74,6 +74,11 @@ def test_real_data_slice(tmp_path: Path, dev_parquet: Path) -> None:
 
     loaded = datasets.Dataset.from_file(str(out / read_manifest(out).shards[0].path))
     assert loaded.num_rows == read_manifest(out).shards[0].rows and "f_minhash" in loaded.column_names
+    # Rejects are written with zstd buffers: smaller than the texts they hold, and still read by `datasets`.
+    (reject_shard,) = read_manifest(out).rejects
+    dropped = datasets.Dataset.from_file(str(out / reject_shard.path))
+    assert dropped.num_rows == reject_shard.rows and dropped.column_names == rejects(out).columns
+    assert reject_shard.bytes < rejects(out)["text"].str.len_bytes().sum() / 2
 
 
 def test_one_document_per_id_across_inputs(tmp_path: Path) -> None:
