@@ -7,8 +7,10 @@ Prints (Markdown tables):
 * `diffmix build` with 1 and 2 Dask workers: wall time of the full input and of a
   tiny input (50 rows: the fixed start-up of the CLI, the Dask cluster and the
   flow), data work = T(full) - T(tiny), its ratio to the floor, peak RSS of any
-  process, and the 2-worker speed-up; with `--repeat N` every build runs N times and
-  the table gives the best of N (as the floor is the best of 5) and the median;
+  process, and the 2-worker speed-up; with `--repeat N` every build runs N times (the
+  repeats outermost, so 1 and 2 workers share each sitting), each full run paired with
+  the tiny run just before it, and the table gives the best of the N data works (as the
+  floor is the best of 5) and their median;
 * where the time of the last full build on each worker count went, from the flow's own task
   runs as Prefect recorded them: each phase's span and its tasks' summed run time;
 * the same build of the same rows rewritten as one row group (what pyarrow's and
@@ -152,37 +154,40 @@ def main() -> None:
         with prefect_api() as url:
             print(f"\nstart-up (own line, not in any throughput): local Prefect server {time.perf_counter() - start:.1f} s")
             env = {**os.environ, "PREFECT_API_URL": str(url)}
-            results = {}
-            timelines: list[list[object]] = []
-            for label, path in inputs.items():
-                for workers in args.workers if path == parquet else [max(args.workers)]:
-                    runs: dict[str, list[tuple[float, float]]] = {"tiny": [], "full": []}
-                    for _ in range(args.repeat):
+            # Repeats outermost, each build's 50-row and full runs back to back: every data work is
+            # a full run less the start-up run just before it, and 1 and 2 workers share each sitting.
+            results: dict[tuple[str, int], dict[str, list[tuple[float, float]]]] = {}
+            timelines: dict[int, list[list[object]]] = {}
+            for _ in range(args.repeat):
+                for label, path in inputs.items():
+                    for workers in args.workers if path == parquet else [max(args.workers)]:
+                        runs = results.setdefault((label, workers), {"tiny": [], "full": []})
                         for name, source in (("tiny", tiny), ("full", path)):
                             out = scratch / f"out-{name}-{workers}"
                             cmd = [sys.executable, "-m", "diffmix", "build", "--input", str(source), "--out", str(out), "--workers", str(workers)]
                             cmd += ["--config", args.config] if args.config else []
                             runs[name].append(run_measured(cmd, env))
                             shutil.rmtree(out)
-                    results[label, workers] = runs
-                    if path == parquet:
-                        timelines += flow_phases(workers)
+                        if path == parquet:
+                            timelines[workers] = flow_phases(workers)
         bench_rows = []
-        work: dict[tuple[str, int], float] = {}
+        best: dict[tuple[str, int], float] = {}
+        median: dict[tuple[str, int], float] = {}
         for (label, workers), runs in results.items():
-            t_tiny, t_full = (min(t for t, _ in runs[name]) for name in ("tiny", "full"))
-            work[label, workers] = t_full - t_tiny
-            median = statistics.median(t for t, _ in runs["full"]) - statistics.median(t for t, _ in runs["tiny"])
+            paired = [full - tiny for (full, _), (tiny, _) in zip(runs["full"], runs["tiny"], strict=True)]
+            best[label, workers], median[label, workers] = min(paired), statistics.median(paired)
             best_floor, median_floor = floors[label]
             rss = max(r for name in runs for _, r in runs[name])
-            bench_rows.append([label, workers, t_full, t_tiny, work[label, workers], work[label, workers] / best_floor, median, median / median_floor, rss])
-        print(f"\nbest of {args.repeat} run(s) of each build against the best floor; median against median")
-        headers = ["input", "workers", "T(full) s", "T(tiny) s = start-up", "data work s", "x floor", "median data work s", "median x median floor", "peak RSS MB (any process)"]
+            t_full, t_tiny = (min(t for t, _ in runs[name]) for name in ("full", "tiny"))
+            bench_rows.append([label, workers, t_full, t_tiny, best[label, workers], best[label, workers] / best_floor, median[label, workers], median[label, workers] / median_floor, rss])
+        print(f"\n{args.repeat} run(s) of each build; data work = each full run less the 50-row run just before it; best of them against the best floor, median against the median floor")
+        headers = ["input", "workers", "T(full) best s", "T(tiny) best s = start-up", "data work best s", "x floor", "median data work s", "median x median floor", "peak RSS MB (any process)"]
         print(table(headers, bench_rows))
-        if ("dev Parquet", 1) in work and ("dev Parquet", 2) in work:
-            print(f"\n2 workers vs 1 on the data work: {work['dev Parquet', 1] / work['dev Parquet', 2]:.2f}x")
+        if ("dev Parquet", 1) in best and ("dev Parquet", 2) in best:
+            one, two = ("dev Parquet", 1), ("dev Parquet", 2)
+            print(f"\n2 workers vs 1 on the data work: {best[one] / best[two]:.2f}x (best), {median[one] / median[two]:.2f}x (median)")
         print("\nwhere the last full build's time went (the flow's task runs as Prefect recorded them; seconds from the flow's start)")
-        print(table(["workers", "phase", "tasks", "from s", "to s", "wall s", "tasks' summed run s"], timelines))
+        print(table(["workers", "phase", "tasks", "from s", "to s", "wall s", "tasks' summed run s"], [row for w in sorted(timelines) for row in timelines[w]]))
         if not args.skip_diff:
             print()
             print(table(["diff engine", "pairs", "seconds", "ms / pair", "x slower than diffmix", "pairs differing from diffmix"], diff_engines(parquet)))
