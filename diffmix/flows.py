@@ -92,9 +92,7 @@ def dask_setup(worker: Any) -> None:
     """Dask's preload hook: runs in each worker of `dask_runner`'s LocalCluster as it starts.
 
     Without it, Dask's `MALLOC_TRIM_THRESHOLD_` makes every text, diff and shard buffer over
-    128 KB a fresh mapping: the dev build's data work took 23.0-25.4 s on 1 worker and
-    15.0-17.7 s on 2 against 21.7 s and 13.8-15.9 s with it (AMD EPYC, alternating runs),
-    peak RSS 905-913 MB against 919-927 MB.
+    128 KB a fresh mapping (BENCHMARKS.md, tenth round: about 3 s of a 14-25 s build).
     """
     keep_freed_memory()
 

@@ -179,7 +179,8 @@ def apply_lenient(before: str, diff: str) -> tuple[str, int]:
     Each hunk's old side is searched from the end of the previous applied hunk
     onwards; where it occurs more than once, the occurrence at the line its header
     names wins (the first one could be a repeated block earlier in the file). A
-    hunk whose text is not found is skipped (as OpenELM does) and counted. A no-newline marker is forgiven either way: one the file does not
+    hunk whose text is not found is skipped (as OpenELM does) and counted. A
+    no-newline marker is forgiven either way: one the file does not
     need, and one that is missing where the file's last line has no newline. A
     hunk with no old side (nothing to find) applies only to an empty file: in a
     file with text, a diff always carries context, and a run of `+` lines alone
