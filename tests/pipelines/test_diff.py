@@ -121,6 +121,17 @@ LIBGIT2_CASES = {
     "both empty": ("", ""),
     "CR-only line ends": ("a\rb\rc\r", "a\rB\rc\r"),
     "whitespace-only lines moved": ("a\n  \n\t\nb\n", "a\n\t\n  \nb\n"),
+    # The lines both sides share at their start and end are classified once (vendor/xdiff/xprepare.c).
+    "shared head and tail around one change": ("".join(f"{i}\n" for i in range(40)), "".join(f"{i}\n" for i in range(40)).replace("\n20\n", "\n20x\n")),
+    "only the unterminated last line differs": ("a\nb\nc", "a\nb\nd"),
+    "last line loses its newline": ("a\nb\nc\n", "a\nb\nc"),
+    "shared tail begins inside a line": ("xa\nb\nc\n", "ya\nb\nc\n"),
+    "one side is the other's head": ("a\nb\n", "a\nb\nc\nd\n"),
+    "shared head and tail would overlap": ("a\na\n", "a\na\na\n"),
+    "shared lines recur inside the change": ("dup\nA\ndup\nB\ndup\n" * 3, "dup\nA\ndup\nC\ndup\ndup\nB\ndup\n" + "dup\nA\ndup\nB\ndup\n" * 2),
+    # xdiff sets aside lines with many matches; the shared head's blank lines must count for both sides
+    "blank lines of the shared head counted on both sides": ("\n" * 6 + "x\n\nc\nc\nb\nb\n}\n}\n\n}\n}\ny\n", "\n" * 6 + "x\nc\nb\n}\n}\n\n}\n}\ny\n"),
+    "CRLF lines around a change": ("a\r\nb\r\nc\r\nd\r\n", "a\r\nB\r\nc\r\nd\r\n"),
 }
 
 

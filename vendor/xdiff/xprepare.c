@@ -57,8 +57,24 @@ static int xdl_init_classifier(xdlclassifier_t *cf, long size, long flags);
 static void xdl_free_classifier(xdlclassifier_t *cf);
 static int xdl_classify_record(unsigned int pass, xdlclassifier_t *cf, xrecord_t **rhash,
 			       unsigned int hbits, xrecord_t *rec);
+/*
+ * diffmix: the whole lines that both files share at their start and at their end, byte for
+ * byte (most of a real commit's lines), are classified once. Pass 2 gives each of them the
+ * class of the same line of file 1, which is the class xdl_classify_record finds for it
+ * (equal bytes, equal class; classes are numbered in order of first appearance, and file 1
+ * came first), counts it and chains it the same way, so the classifier, the records and
+ * their hash chains, and the diff, are what they were; only the hashing and the lookups of
+ * those lines are skipped.
+ */
+typedef struct s_xdlshared {
+	xdfile_t const *xdf1;
+	long head_end;   /* file 2's bytes [0, head_end): file 1's first records */
+	long tail_start; /* file 2's bytes [tail_start, size): file 1's records from tail_first on */
+	long tail_first;
+} xdlshared_t;
+
 static int xdl_prepare_ctx(unsigned int pass, mmfile_t *mf, long narec, xpparam_t const *xpp,
-			   xdlclassifier_t *cf, xdfile_t *xdf);
+			   xdlclassifier_t *cf, xdfile_t *xdf, xdlshared_t const *shared);
 static void xdl_free_ctx(xdfile_t *xdf);
 static int xdl_clean_mmatch(char const *dis, long i, long s, long e);
 static int xdl_cleanup_records(xdlclassifier_t *cf, xdfile_t *xdf1, xdfile_t *xdf2);
@@ -149,8 +165,66 @@ static int xdl_classify_record(unsigned int pass, xdlclassifier_t *cf, xrecord_t
 }
 
 
+static long xdl_common_head(char const *a, char const *b, long size) {
+	long i = 0;
+
+	while (i + 64 <= size && !memcmp(a + i, b + i, 64))
+		i += 64;
+	while (i < size && a[i] == b[i])
+		i++;
+	return i;
+}
+
+
+static long xdl_common_tail(char const *a_end, char const *b_end, long size) {
+	long i = 0;
+
+	while (i + 64 <= size && !memcmp(a_end - i - 64, b_end - i - 64, 64))
+		i += 64;
+	while (i < size && a_end[-i - 1] == b_end[-i - 1])
+		i++;
+	return i;
+}
+
+
+/* Where file 2's shared head ends and its shared tail starts (whole lines), after pass 1. */
+static void xdl_shared_ends(mmfile_t const *mf1, mmfile_t const *mf2, xdfile_t const *xdf1, xdlshared_t *sh) {
+	char const *a = mf1->ptr, *b = mf2->ptr;
+	long na = mf1->size, nb = mf2->size, smaller = na < nb ? na : nb, head, tail, lo, hi;
+
+	if (smaller == 0) {
+		sh->xdf1 = xdf1;
+		sh->head_end = 0;
+		sh->tail_start = nb;
+		sh->tail_first = xdf1->nrec;
+		return;
+	}
+	head = xdl_common_head(a, b, smaller);
+	while (head > 0 && a[head - 1] != '\n')
+		head--;
+	tail = xdl_common_tail(a + na, b + nb, smaller - head);
+	/* The tail starts a line in both files, or at its first line end that follows. */
+	if (tail > 0 && !((na == tail || a[na - tail - 1] == '\n') && (nb == tail || b[nb - tail - 1] == '\n'))) {
+		char const *newline = memchr(a + na - tail, '\n', (size_t) tail);
+		tail = newline ? (a + na) - (newline + 1) : 0;
+	}
+	/* file 1's first record at or after its tail (records lie in order) */
+	for (lo = 0, hi = xdf1->nrec; lo < hi; ) {
+		long mid = lo + (hi - lo) / 2;
+		if (xdf1->recs[mid]->ptr < a + na - tail)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	sh->xdf1 = xdf1;
+	sh->head_end = head;
+	sh->tail_start = tail > 0 ? nb - tail : nb;
+	sh->tail_first = lo;
+}
+
+
 static int xdl_prepare_ctx(unsigned int pass, mmfile_t *mf, long narec, xpparam_t const *xpp,
-			   xdlclassifier_t *cf, xdfile_t *xdf) {
+			   xdlclassifier_t *cf, xdfile_t *xdf, xdlshared_t const *shared) {
 	unsigned int hbits;
 	long nrec, hsize, bsize;
 	unsigned long hav;
@@ -180,17 +254,38 @@ static int xdl_prepare_ctx(unsigned int pass, mmfile_t *mf, long narec, xpparam_
 
 	nrec = 0;
 	if ((cur = blk = xdl_mmfile_first(mf, &bsize))) {
+		char const *head_end = shared ? blk + shared->head_end : blk;
+		char const *tail_start = shared ? blk + shared->tail_start : blk + bsize;
+		long tail_rec = shared ? shared->tail_first : 0;
 		for (top = blk + bsize; cur < top; ) {
+			xrecord_t const *same = NULL;  /* file 1's record of a shared line */
 			prev = cur;
-			hav = xdl_hash_record(&cur, top, xpp->flags);
+			if (cur < head_end)
+				same = shared->xdf1->recs[nrec];
+			else if (cur >= tail_start)
+				same = shared->xdf1->recs[tail_rec++];
+			if (same) {
+				cur += same->size;
+				hav = same->ha;
+			} else
+				hav = xdl_hash_record(&cur, top, xpp->flags);
 			if (XDL_ALLOC_GROW(recs, nrec + 1, narec))
 				goto abort;
 			if (!(crec = xdl_cha_alloc(&xdf->rcha)))
 				goto abort;
 			crec->ptr = prev;
 			crec->size = (long) (cur - prev);
-			crec->ha = hav;
 			recs[nrec++] = crec;
+			if (same) {
+				/* what xdl_classify_record does once it has found the class */
+				long hi = (long) XDL_HASHLONG(same->ha, hbits);
+				cf->rcrecs[same->ha]->len2++;
+				crec->ha = hav;
+				crec->next = rhash[hi];
+				rhash[hi] = crec;
+				continue;
+			}
+			crec->ha = hav;
 			if (xdl_classify_record(pass, cf, rhash, hbits, crec) < 0)
 				goto abort;
 		}
@@ -246,6 +341,7 @@ int xdl_prepare_env(mmfile_t *mf1, mmfile_t *mf2, xpparam_t const *xpp,
 		    xdfenv_t *xe) {
 	long enl1, enl2, sample;
 	xdlclassifier_t cf;
+	xdlshared_t shared;
 
 	memset(&cf, 0, sizeof(cf));
 
@@ -265,12 +361,13 @@ int xdl_prepare_env(mmfile_t *mf1, mmfile_t *mf2, xpparam_t const *xpp,
 	if (xdl_init_classifier(&cf, enl1 + enl2 + 1, xpp->flags) < 0)
 		return -1;
 
-	if (xdl_prepare_ctx(1, mf1, enl1, xpp, &cf, &xe->xdf1) < 0) {
+	if (xdl_prepare_ctx(1, mf1, enl1, xpp, &cf, &xe->xdf1, NULL) < 0) {
 
 		xdl_free_classifier(&cf);
 		return -1;
 	}
-	if (xdl_prepare_ctx(2, mf2, enl2, xpp, &cf, &xe->xdf2) < 0) {
+	xdl_shared_ends(mf1, mf2, &xe->xdf1, &shared);
+	if (xdl_prepare_ctx(2, mf2, enl2, xpp, &cf, &xe->xdf2, &shared) < 0) {
 
 		xdl_free_ctx(&xe->xdf1);
 		xdl_free_classifier(&cf);
