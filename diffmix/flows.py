@@ -43,7 +43,7 @@ from diffmix.memory import keep_freed_memory  # noqa: E402
 from diffmix.pipelines import build as corpus  # noqa: E402
 from diffmix.pipelines.ingest import resolve_source  # noqa: E402
 from diffmix.pipelines.io import output_lock, remove_stale_temporaries  # noqa: E402
-from diffmix.prefect_server import prefect_api  # noqa: E402
+from diffmix.prefect_server import prefect_api, share_api_tls_context  # noqa: E402
 from diffmix.schemas.config import BuildConfig, load_build_config  # noqa: E402
 from diffmix.schemas.manifest import PIPELINE_STAGES  # noqa: E402
 
@@ -92,9 +92,11 @@ def dask_setup(worker: Any) -> None:
     """Dask's preload hook: runs in each worker of `dask_runner`'s LocalCluster as it starts.
 
     Without it, Dask's `MALLOC_TRIM_THRESHOLD_` makes every text, diff and shard buffer over
-    128 KB a fresh mapping (BENCHMARKS.md, tenth round: about 3 s of a 14-25 s build).
+    128 KB a fresh mapping (BENCHMARKS.md, tenth round: about 3 s of a 14-25 s build), and
+    each task run parses the CA bundle two or three times (`share_api_tls_context`).
     """
     keep_freed_memory()
+    share_api_tls_context()
 
 
 def _progress(futures: list[Any], label: str, keep_errors: bool = False) -> list[Any]:

@@ -19,6 +19,7 @@ def prefect_api() -> Iterator[str | None]:
     """Use the configured Prefect API, or run one local server for this process and its workers."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    share_api_tls_context()
     if PREFECT_API_URL.value():
         yield PREFECT_API_URL.value()
         return
@@ -36,6 +37,46 @@ def prefect_api() -> Iterator[str | None]:
         else:
             os.environ["PREFECT_API_URL"] = previous
         server.stop()
+
+
+def share_api_tls_context() -> None:
+    """Have this process's Prefect API clients share one verified TLS context per CA file.
+
+    Prefect 3.8 builds `ssl.create_default_context(cafile=certifi.where())` for every API
+    client it opens, parsing the whole CA bundle (about 40 ms here), and a task run opens two
+    or three: most of a task's start on a Dask worker (BENCHMARKS.md, eleventh round). httpx
+    supports one SSLContext shared by many clients (Prefect's open pull request #19106 lets
+    callers pass one). Only Prefect's client module sees the cached function, and only the
+    verified context for a CA file is shared; the insecure one, which Prefect alters after
+    creating it, and every other call still get a fresh context. (httpcore sets the same ALPN
+    list on it for each TLS connection: one HTTP/2 setting per process.) Idempotent.
+    """
+    import ssl
+    import types
+
+    import prefect.client.orchestration as orchestration
+
+    if getattr(orchestration.ssl, "shared_by_diffmix", False):
+        return
+    create = ssl.create_default_context
+
+    @functools.lru_cache(maxsize=8)
+    def verified(cafile: str, version: tuple[int, int]) -> ssl.SSLContext:
+        return create(cafile=cafile)
+
+    def create_default_context(
+        purpose: ssl.Purpose = ssl.Purpose.SERVER_AUTH, *, cafile: Any = None, capath: Any = None, cadata: Any = None
+    ) -> ssl.SSLContext:
+        if purpose is ssl.Purpose.SERVER_AUTH and cafile is not None and capath is None and cadata is None:
+            stat = os.stat(cafile)  # a CA file replaced on disk gets a new context
+            return verified(os.fspath(cafile), (stat.st_mtime_ns, stat.st_size))
+        return create(purpose, cafile=cafile, capath=capath, cadata=cadata)
+
+    view = types.ModuleType("ssl")
+    view.__dict__.update(vars(ssl))
+    view.create_default_context = create_default_context  # type: ignore[attr-defined]
+    view.shared_by_diffmix = True  # type: ignore[attr-defined]
+    orchestration.ssl = view  # type: ignore[attr-defined]
 
 
 def _local_server() -> Any:

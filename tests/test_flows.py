@@ -429,7 +429,7 @@ def test_local_workers_start_with_diffmix_imported_and_a_share_of_the_cores() ->
     """Preloaded: no worker's first task waits for the imports. Polars, which would size its pool
     to the whole machine in each worker, gets the worker's share of the cores. glibc keeps freed
     blocks for reuse there (Dask's MALLOC_TRIM_THRESHOLD_ would make every 8 MB text a fresh
-    mapping, about 2,000 page faults each)."""
+    mapping, about 2,000 page faults each), and Prefect's API clients share one TLS context."""
     from distributed import Client, LocalCluster
 
     from diffmix.flows import dask_runner
@@ -448,7 +448,9 @@ def test_local_workers_start_with_diffmix_imported_and_a_share_of_the_cores() ->
         loaded = client.run(lambda: "diffmix.pipelines.build" in sys.modules)
         pools = client.run(lambda: __import__("polars").thread_pool_size())
         faults = client.run(faults_per_block)
+        shared_tls = client.run(lambda: getattr(__import__("prefect.client.orchestration", fromlist=["ssl"]).ssl, "shared_by_diffmix", False))
     assert list(loaded.values()) == [True, True]
+    assert list(shared_tls.values()) == [True, True]
     assert list(pools.values()) == [max(1, (os.cpu_count() or 1) // 2)] * 2
     if sys.platform.startswith("linux"):
         assert max(faults.values()) < 100
