@@ -56,7 +56,8 @@ def share_api_tls_context() -> None:
 
     import prefect.client.orchestration as orchestration
 
-    if getattr(orchestration.ssl, "shared_by_diffmix", False):
+    seen = getattr(orchestration, "ssl", None)  # a Prefect that no longer calls ssl there is left alone
+    if seen is not ssl:
         return
     create = ssl.create_default_context
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 
+import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.settings import PREFECT_API_TLS_INSECURE_SKIP_VERIFY, temporary_settings
 
@@ -33,3 +34,11 @@ def test_the_insecure_context_is_never_shared() -> None:
     assert tls_context(first) is not tls_context(second)
     assert tls_context(first).verify_mode == ssl.CERT_NONE
     assert tls_context(SyncPrefectClient(URL)).verify_mode == ssl.CERT_REQUIRED
+
+
+def test_a_prefect_without_the_ssl_call_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prefect.client.orchestration as orchestration
+
+    monkeypatch.delattr(orchestration, "ssl")
+    share_api_tls_context()
+    assert not hasattr(orchestration, "ssl")
