@@ -56,8 +56,7 @@ def share_api_tls_context() -> None:
 
     import prefect.client.orchestration as orchestration
 
-    seen = getattr(orchestration, "ssl", None)  # a Prefect that no longer calls ssl there is left alone
-    if seen is not ssl:
+    if getattr(orchestration, "ssl", None) is not ssl:  # done already, or a Prefect that no longer calls ssl there
         return
     create = ssl.create_default_context
 
@@ -76,7 +75,6 @@ def share_api_tls_context() -> None:
     view = types.ModuleType("ssl")
     view.__dict__.update(vars(ssl))
     view.create_default_context = create_default_context  # type: ignore[attr-defined]
-    view.shared_by_diffmix = True  # type: ignore[attr-defined]
     orchestration.ssl = view  # type: ignore[attr-defined]
 
 

@@ -448,7 +448,7 @@ def test_local_workers_start_with_diffmix_imported_and_a_share_of_the_cores() ->
         loaded = client.run(lambda: "diffmix.pipelines.build" in sys.modules)
         pools = client.run(lambda: __import__("polars").thread_pool_size())
         faults = client.run(faults_per_block)
-        shared_tls = client.run(lambda: getattr(__import__("prefect.client.orchestration", fromlist=["ssl"]).ssl, "shared_by_diffmix", False))
+        shared_tls = client.run(lambda: __import__("prefect.client.orchestration", fromlist=["ssl"]).ssl is not __import__("ssl"))
     assert list(loaded.values()) == [True, True]
     assert list(shared_tls.values()) == [True, True]
     assert list(pools.values()) == [max(1, (os.cpu_count() or 1) // 2)] * 2

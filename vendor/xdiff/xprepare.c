@@ -275,17 +275,16 @@ static int xdl_prepare_ctx(unsigned int pass, mmfile_t *mf, long narec, xpparam_
 				goto abort;
 			crec->ptr = prev;
 			crec->size = (long) (cur - prev);
+			crec->ha = hav;
 			recs[nrec++] = crec;
 			if (same) {
 				/* what xdl_classify_record does once it has found the class */
-				long hi = (long) XDL_HASHLONG(same->ha, hbits);
-				cf->rcrecs[same->ha]->len2++;
-				crec->ha = hav;
+				long hi = (long) XDL_HASHLONG(hav, hbits);
+				cf->rcrecs[hav]->len2++;
 				crec->next = rhash[hi];
 				rhash[hi] = crec;
 				continue;
 			}
-			crec->ha = hav;
 			if (xdl_classify_record(pass, cf, rhash, hbits, crec) < 0)
 				goto abort;
 		}
