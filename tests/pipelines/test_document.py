@@ -244,3 +244,31 @@ def test_a_frame_with_null_fields_gets_the_row_by_row_handling() -> None:
     fmt = get_format("openelm_v1")
     rendered, failures = render_rows(frame, fmt)
     assert failures == [None] and "<MSG> None\n" in rendered["text"][0]  # what render_by_rows gives
+
+
+def test_redaction_off_keeps_the_texts_and_the_columns_of_redaction_on() -> None:
+    """With every detector off nothing is scanned: the texts stay, nothing is counted, the text ids
+    are the distinct texts', and the frame has the columns (names and types) redaction on gives."""
+    from diffmix.filters.base import TEXT_IDS, distinct_ids
+    from diffmix.pipelines.document import redact_rows
+    from diffmix.schemas.config import RedactConfig
+
+    mail = "write to alice@corp-mail.net\n"
+    frame = pl.DataFrame(
+        {
+            "old_contents": ["a = 1\n", mail, "x\n"],
+            "new_contents": ["a = 2\n", mail + "more\n", "a = 1\n"],
+            "message": ["Fix", "Mail alice@corp-mail.net", "Move"],
+            "reason": [None, None, "too_large"],
+        },
+        schema_overrides={"reason": pl.String},
+    )
+    off, found = redact_rows(frame, RedactConfig(secrets=False, emails=False, ip_addresses=False))
+    on, found_on = redact_rows(frame, RedactConfig())
+    assert found == {} and found_on.get("email", 0) > 0
+    assert off.select("old_contents", "new_contents", "message", "reason").equals(frame.select("old_contents", "new_contents", "message", "reason"))
+    assert off["f_secrets"].to_list() == off["f_pii"].to_list() == [0, 0, 0]
+    assert off["f_secret_in_change"].to_list() == [False] * 3
+    ids = distinct_ids([frame["old_contents"], frame["new_contents"]])
+    assert off[TEXT_IDS[0]].equals(ids[0].alias(TEXT_IDS[0])) and off[TEXT_IDS[1]].equals(ids[1].alias(TEXT_IDS[1]))
+    assert off.schema == on.schema
