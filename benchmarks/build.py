@@ -47,7 +47,7 @@ from benchmarks.common import machine, require_dev_data, run_measured, table, ti
 
 def floor(parquet: Path, scratch: Path) -> dict[str, tuple[float, float]]:
     """Best and median of 5 reads of the Parquet, each written as one IPC stream: to the same file
-    each time, then (after a pause) to a new file each time, all kept until the 5 are done.
+    each time, then, after a pause, to a new file each time (the new files kept until all 5 are done).
 
     They differ by page-cache pages, not by work. This VM hands freed memory back to its host
     (virtio-balloon free page reporting: free 2 MB blocks, about 2 s after they are freed), and
