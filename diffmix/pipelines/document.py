@@ -158,9 +158,8 @@ def redact_rows(frame: pl.DataFrame, config: RedactConfig) -> tuple[pl.DataFrame
     frame = frame.with_columns(pl.col("old_contents").alias("old_original"), pl.col("new_contents").alias("new_original"))
     if not found:  # redaction off: the texts stay as they are, nothing is found
         ids = distinct_ids([frame["old_contents"], frame["new_contents"]])
-        zeros = pl.repeat(0, frame.height, dtype=pl.Int32, eager=True)
-        columns = [ids[0].alias(TEXT_IDS[0]), ids[1].alias(TEXT_IDS[1]), zeros.alias("f_secrets"), zeros.alias("f_pii")]
-        return frame.with_columns(*columns, pl.repeat(False, frame.height, dtype=pl.Boolean, eager=True).alias("f_secret_in_change")), {}
+        nothing = [pl.lit(0, pl.Int32).alias("f_secrets"), pl.lit(0, pl.Int32).alias("f_pii"), pl.lit(False).alias("f_secret_in_change")]
+        return frame.with_columns(ids[0].alias(TEXT_IDS[0]), ids[1].alias(TEXT_IDS[1]), *nothing), {}
     kinds: Counter[str] = Counter()
 
     def redacted(texts: pl.Series) -> pl.DataFrame:
