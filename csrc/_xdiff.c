@@ -236,9 +236,41 @@ typedef struct {
     Py_ssize_t size;
 } block_t;
 
+/* The two largest freed blocks of 1 MB or more, kept for the next call's documents and diffs.
+ * A partition's documents are tens of MB, above glibc's largest mmap threshold (32 MB): freed,
+ * they went back to the kernel and the next partition faulted as much in again, page by page
+ * (BENCHMARKS.md, fourteenth round: 13k faults a partition, 5k with the blocks kept). A worker
+ * keeps at most its two largest. Touched only with the GIL held (deallocation, and
+ * `openelm_documents` before it releases the GIL). */
+enum { KEPT = 2, KEEP_FROM = 1 << 20 };
+static buffer_t kept[KEPT];
+
+/* Keep data (size bytes allocated) if it outgrows the smaller kept block; 0: the caller frees it. */
+static int keep(char *data, size_t size)
+{
+    if (size < KEEP_FROM)
+        return 0;
+    int slot = kept[1].capacity < kept[0].capacity;
+    if (kept[slot].capacity >= size)
+        return 0;
+    free(kept[slot].data);
+    kept[slot] = (buffer_t){data, 0, size};
+    return 1;
+}
+
+/* The larger kept block as an empty buffer (no memory when none is kept), no longer kept. */
+static buffer_t take_kept(void)
+{
+    int slot = kept[1].capacity > kept[0].capacity;
+    buffer_t out = kept[slot];
+    kept[slot] = (buffer_t){NULL, 0, 0};
+    return out;
+}
+
 static void block_dealloc(block_t *self)
 {
-    free(self->data);
+    if (!keep(self->data, (size_t)self->size))
+        free(self->data);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -440,6 +472,8 @@ static PyObject *openelm_documents(PyObject *self, PyObject *args, PyObject *kwa
         PyErr_Format(PyExc_ValueError, "openelm_documents: field %zd of row %zd lies outside its buffer", outside / n, outside % n);
         goto done;
     }
+    d.text = take_kept();
+    d.diff = take_kept();
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n && status == 0; i++) {
         const char *field[FIELDS];

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from diffmix import _xdiff
 from diffmix.formats.base import get_format
 from diffmix.formats.edit import EditRecord, split_openelm
 from diffmix.pipelines.document import (
@@ -272,3 +274,40 @@ def test_redaction_off_keeps_the_texts_and_the_columns_of_redaction_on() -> None
     ids = distinct_ids([frame["old_contents"], frame["new_contents"]])
     assert off[TEXT_IDS[0]].equals(ids[0].alias(TEXT_IDS[0])) and off[TEXT_IDS[1]].equals(ids[1].alias(TEXT_IDS[1]))
     assert off.schema == on.schema
+
+
+def test_compiled_openelm_render_reuses_freed_output_blocks_without_touching_live_ones() -> None:
+    """The compiled loop keeps its two largest freed outputs (1 MB or more) for the next call:
+    a live result keeps its bytes while later calls render, and a kept block smaller or larger
+    than the next call needs gives the reference's documents."""
+    fmt = get_format("openelm_v1")
+
+    def rows(lines: int, tag: str) -> pl.DataFrame:
+        before = "".join(f"{tag} line {i}\n" for i in range(lines))
+        return _frame([(f"{tag}{k}.txt", before, f"Edit {k}", before.replace(f"{tag} line {k * 7}\n", "changed\n"), "M") for k in range(3)])
+
+    first = render_rows(rows(40_000, "a"), fmt)[0]  # about 2 MB of documents
+    first_texts = first["text"].to_list()
+    for frame in (rows(20_000, "b"), rows(80_000, "c"), rows(10_000, "d")):  # each reuses what the one before freed
+        rendered, failures = render_rows(frame, fmt)
+        reference, expected = render_by_rows(frame, fmt)
+        assert failures == expected == [None] * 3 and rendered.equals(reference)
+        del rendered
+    assert first["text"].to_list() == first_texts
+
+
+def test_the_compiled_loop_writes_into_the_block_the_last_call_freed() -> None:
+    def documents(lines: int) -> memoryview:
+        before = "".join(f"line {i}\n" for i in range(lines))
+        fields = [np.frombuffer(text.encode(), np.uint8) for text in ("p.txt", before, "Edit", before.replace("line 7\n", "x\n"))]
+        sizes = np.array([field.size for field in fields], np.int64)
+        result = _xdiff.openelm_documents(fields, np.arange(4, dtype=np.int64), np.zeros(4, np.int64), sizes, np.zeros(1, np.uint8), 3)
+        return memoryview(result[2])
+
+    def address(block: memoryview) -> int:
+        return int(np.frombuffer(block, np.uint8).ctypes.data)
+
+    freed = address(documents(200_000))  # 1.7 MB of document, freed at once
+    live = documents(100_000)
+    assert address(live) == freed and bytes(live).startswith(b"<NME> p.txt\n<BEF> line 0\n")
+    assert address(documents(100_000)) != freed  # the live block is not handed out again
