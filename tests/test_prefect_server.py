@@ -1,4 +1,4 @@
-"""The Prefect API plumbing: API clients share one verified TLS context per CA file."""
+"""The Prefect API plumbing: the command's own server, and API clients sharing one verified TLS context per CA file."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import ssl
 
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.settings import PREFECT_API_TLS_INSECURE_SKIP_VERIFY, temporary_settings
+from prefect.settings import PREFECT_API_TLS_INSECURE_SKIP_VERIFY, PREFECT_API_URL, get_current_settings, temporary_settings
 
-from diffmix.prefect_server import share_api_tls_context
+from diffmix import prefect_server
+from diffmix.prefect_server import prefect_api, share_api_tls_context
 
 URL = "http://127.0.0.1:9/api"  # never contacted: building a client opens no connection
 
@@ -42,3 +43,30 @@ def test_a_prefect_without_the_ssl_call_is_left_alone(monkeypatch: pytest.Monkey
     monkeypatch.delattr(orchestration, "ssl")
     share_api_tls_context()
     assert not hasattr(orchestration, "ssl")
+
+
+class _StandInServer:
+    """What `prefect_api` uses of Prefect's temporary server, without starting one."""
+
+    api_url = URL
+
+    def start(self, timeout: int) -> None:
+        self.timeout = timeout
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_flow_runs_on_the_commands_own_server_send_no_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = _StandInServer()
+    monkeypatch.setattr(prefect_server, "_local_server", lambda: server)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    default = get_current_settings().flows.heartbeat_frequency
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        with prefect_api() as url:
+            assert url == URL and get_current_settings().flows.heartbeat_frequency is None
+        assert server.stopped and get_current_settings().flows.heartbeat_frequency == default
+    assert default is not None
+    with temporary_settings(updates={PREFECT_API_URL: URL}):  # a configured server: its heartbeats stay
+        with prefect_api() as url:
+            assert url == URL and get_current_settings().flows.heartbeat_frequency == default
