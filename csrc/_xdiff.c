@@ -236,19 +236,21 @@ typedef struct {
     Py_ssize_t size;
 } block_t;
 
-/* The two largest freed blocks of 1 MB or more, kept for the next call's documents and diffs.
+/* The two largest freed blocks of 1 to 256 MB, kept for the next call's documents and diffs.
  * A partition's documents are tens of MB, above glibc's largest mmap threshold (32 MB): freed,
  * they went back to the kernel and the next partition faulted as much in again, page by page
- * (BENCHMARKS.md, fourteenth round: 13k faults a partition, 5k with the blocks kept). A worker
- * keeps at most its two largest. Touched only with the GIL held (deallocation, and
- * `openelm_documents` before it releases the GIL). */
-enum { KEPT = 2, KEEP_FROM = 1 << 20 };
+ * (BENCHMARKS.md, fourteenth round: 13k faults a partition, 5k with the blocks kept). At most
+ * 512 MB stays kept, in a long-lived worker of `--dask-address` too. Touched only with the GIL
+ * held (deallocation, and `openelm_documents` before it releases the GIL). */
+enum { KEPT = 2 };
+#define KEEP_FROM ((size_t)1 << 20)
+#define KEEP_UP_TO ((size_t)256 << 20)
 static buffer_t kept[KEPT];
 
 /* Keep data (size bytes allocated) if it outgrows the smaller kept block; 0: the caller frees it. */
 static int keep(char *data, size_t size)
 {
-    if (size < KEEP_FROM)
+    if (size < KEEP_FROM || size > KEEP_UP_TO)
         return 0;
     int slot = kept[1].capacity < kept[0].capacity;
     if (kept[slot].capacity >= size)
