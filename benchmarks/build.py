@@ -13,6 +13,9 @@ Prints (Markdown tables):
   repeats outermost, so 1 and 2 workers share each sitting), each full run paired with
   the tiny run just before it, and the table gives the best of the N data works (as the
   floor is the best of 5) and their median;
+* the memory bus at the start and at the end: one numpy copy stream alone, and each of two at
+  once (a sitting where two streams get little of one's bandwidth is one where 2 workers gain
+  little on the memory-bound steps);
 * where the time of the last full build on each worker count went, from the flow's own task
   runs as Prefect recorded them: each phase's span and its tasks' summed run time;
 * the same build of the same rows rewritten as one row group (what pyarrow's and
@@ -42,7 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import machine, require_dev_data, run_measured, table, timed  # noqa: E402
+from benchmarks.common import machine, memory_bus, require_dev_data, run_measured, table, timed  # noqa: E402
 
 
 def floor(parquet: Path, scratch: Path) -> dict[str, tuple[float, float]]:
@@ -153,6 +156,7 @@ def main() -> None:
     from diffmix.flows import prefect_api
 
     print(f"machine: {machine()}")
+    print(f"at start, {memory_bus()}")
     print(f"config: {args.config or 'built-in default (every filter, dedup and redaction on)'}\n")
     scratch = Path(tempfile.mkdtemp(prefix="diffmix-bench-"))
     try:
@@ -209,6 +213,7 @@ def main() -> None:
             print(f"\n2 workers vs 1 on the data work: {best[one] / best[two]:.2f}x (best), {median[one] / median[two]:.2f}x (median)")
         print("\nwhere the last full build's time went (the flow's task runs as Prefect recorded them; seconds from the flow's start)")
         print(table(["workers", "phase", "tasks", "from s", "to s", "wall s", "tasks' summed run s"], [row for w in sorted(timelines) for row in timelines[w]]))
+        print(f"\nat the end, {memory_bus()}")
         if not args.skip_diff:
             print()
             print(table(["diff engine", "pairs", "seconds", "ms / pair", "x slower than diffmix", "pairs differing from diffmix"], diff_engines(parquet)))

@@ -37,6 +37,36 @@ def machine() -> str:
     )
 
 
+# One numpy copy stream over 256 MB, timed from a shared start time (argv[1], time.time()) so
+# that streams in separate processes overlap; prints its GB/s.
+_COPY_STREAM = """
+import sys, time
+import numpy as np
+a = np.ones(256 << 20, np.uint8); b = np.empty_like(a); np.copyto(b, a)
+while time.time() < float(sys.argv[1]):
+    time.sleep(0.005)
+t = time.perf_counter()
+for _ in range(24):
+    np.copyto(b, a)
+print(24 * 256 / 1024 / (time.perf_counter() - t))
+"""
+
+
+def memory_bus() -> str:
+    """One line: GB/s of one numpy copy stream alone, then of each of two at once (separate
+    processes, started together). Two busy cores share the memory bus: what it leaves each one
+    bounds a 2-worker build's memory-bound steps (BENCHMARKS.md, fourteenth round)."""
+
+    def streams(n: int) -> list[float]:
+        start = f"{time.time() + 2.0:.3f}"  # past both processes' start and allocation
+        procs = [subprocess.Popen([sys.executable, "-c", _COPY_STREAM, start], stdout=subprocess.PIPE, text=True) for _ in range(n)]
+        return [float(p.communicate()[0]) for p in procs]
+
+    one, two = streams(1)[0], streams(2)
+    each = sum(two) / len(two)
+    return f"memory bus (numpy copy of 256 MB): one stream {one:.1f} GB/s; two at once {each:.1f} GB/s each ({each / one:.0%} of one)"
+
+
 def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
     """Best wall time of `repeat` calls, and the last result."""
     best, result = float("inf"), None
