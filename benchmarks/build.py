@@ -14,8 +14,7 @@ Prints (Markdown tables):
   the tiny run just before it, and the table gives the best of the N data works (as the
   floor is the best of 5) and their median;
 * the memory bus at the start and at the end: one numpy copy stream alone, and each of two at
-  once (a sitting where two streams get little of one's bandwidth is one where 2 workers gain
-  little on the memory-bound steps);
+  once (on a VM the share two busy cores get changes by the minute: a record of the host's state);
 * where the time of the last full build on each worker count went, from the flow's own task
   runs as Prefect recorded them: each phase's span and its tasks' summed run time;
 * the same build of the same rows rewritten as one row group (what pyarrow's and

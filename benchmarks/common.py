@@ -54,8 +54,10 @@ print(24 * 256 / 1024 / (time.perf_counter() - t))
 
 def memory_bus() -> str:
     """One line: GB/s of one numpy copy stream alone, then of each of two at once (separate
-    processes, started together). Two busy cores share the memory bus: what it leaves each one
-    bounds a 2-worker build's memory-bound steps (BENCHMARKS.md, fourteenth round)."""
+    processes, started together): how much of the memory bus two busy cores of this machine leave
+    each other right now. On a VM it changes by the minute (BENCHMARKS.md, fourteenth round:
+    53-62 % of one stream in most probes, 99-100 % in some); printed with a sitting as a record of
+    the host's state, not as its explanation (the build's spread did not follow it)."""
 
     def streams(n: int) -> list[float]:
         start = f"{time.time() + 2.0:.3f}"  # past both processes' start and allocation
