@@ -56,7 +56,7 @@ def memory_bus() -> str:
     """One line: GB/s of one numpy copy stream alone, then of each of two at once (separate
     processes, started together): how much of the memory bus two busy cores of this machine leave
     each other right now. On a VM it changes by the minute (BENCHMARKS.md, fourteenth round:
-    53-62 % of one stream in most probes, 99-100 % in some); printed with a sitting as a record of
+    53-62 % of one stream in 24 probes of 42, 92-101 % in 17); printed with a sitting as a record of
     the host's state, not as its explanation (the build's spread did not follow it)."""
 
     def streams(n: int) -> list[float]:
