@@ -277,7 +277,7 @@ def test_redaction_off_keeps_the_texts_and_the_columns_of_redaction_on() -> None
 
 
 def test_compiled_openelm_render_reuses_freed_output_blocks_without_touching_live_ones() -> None:
-    """The compiled loop keeps its two largest freed outputs (1 MB or more) for the next call:
+    """The compiled loop keeps its two largest freed outputs (1-256 MB) for the next call:
     a live result keeps its bytes while later calls render, and a kept block smaller or larger
     than the next call needs gives the reference's documents."""
     fmt = get_format("openelm_v1")
