@@ -156,8 +156,10 @@ def redact_rows(frame: pl.DataFrame, config: RedactConfig) -> tuple[pl.DataFrame
     """
     found = detectors(config.secrets, config.emails, config.ip_addresses)
     frame = frame.with_columns(pl.col("old_contents").alias("old_original"), pl.col("new_contents").alias("new_original"))
+    # Each distinct file text once (a file's new text is its old text at its next commit);
+    # the ids serve the scores too (redaction maps equal texts to equal texts).
+    ids = distinct_ids([frame["old_contents"], frame["new_contents"]])
     if not found:  # redaction off: the texts stay as they are, nothing is found
-        ids = distinct_ids([frame["old_contents"], frame["new_contents"]])
         nothing = [pl.lit(0, pl.Int32).alias("f_secrets"), pl.lit(0, pl.Int32).alias("f_pii"), pl.lit(False).alias("f_secret_in_change")]
         return frame.with_columns(ids[0].alias(TEXT_IDS[0]), ids[1].alias(TEXT_IDS[1]), *nothing), {}
     kinds: Counter[str] = Counter()
@@ -167,9 +169,6 @@ def redact_rows(frame: pl.DataFrame, config: RedactConfig) -> tuple[pl.DataFrame
         kinds.update(result.by_kind)
         return pl.DataFrame({"text": result.text, "secrets": result.secrets, "pii": result.pii})
 
-    # Each distinct file text once (a file's new text is its old text at its next commit);
-    # the ids serve the scores too (redaction maps equal texts to equal texts).
-    ids = distinct_ids([frame["old_contents"], frame["new_contents"]])
     old, new = on_distinct([frame["old_contents"], frame["new_contents"]], redacted, ids)
     message = redacted(frame["message"])
     frame = frame.with_columns(
