@@ -242,10 +242,9 @@ typedef struct {
  * (BENCHMARKS.md, fourteenth round: 13k faults a partition, 5k with the blocks kept). At most
  * 512 MB stays kept, in a long-lived worker of `--dask-address` too. Touched only with the GIL
  * held (deallocation, and `openelm_documents` before it releases the GIL). */
-enum { KEPT = 2 };
 #define KEEP_FROM ((size_t)1 << 20)
 #define KEEP_UP_TO ((size_t)256 << 20)
-static buffer_t kept[KEPT];
+static buffer_t kept[2];
 
 /* Keep data (size bytes allocated) if it outgrows the smaller kept block; 0: the caller frees it. */
 static int keep(char *data, size_t size)
