@@ -587,7 +587,7 @@ def _row_bytes(config: BuildConfig) -> pl.Expr:
     """A kept row's estimated bytes in a data shard, for cutting shards at about `shard_bytes`:
     its text, the other columns (~256), its MinHash signature and its token ids when the
     build stores them (int32 ids: about 2 bytes per text byte with a BPE, 4 with characters)."""
-    text = pl.col("text").str.len_bytes().cast(pl.Int64)
+    text = pl.col("text_bytes").cast(pl.Int64)
     fixed = 256 + (4 * config.filters.dedup.near.permutations if config.filters.dedup.near is not None else 0)
     token_bytes = 0 if config.tokenize is None else 4 if config.tokenize.kind == "char" else 2
     per_text_byte = 1 + token_bytes
@@ -598,7 +598,9 @@ def _initial_state(plan: BuildPlan, parts: list[Partition]) -> pl.DataFrame:
     frames = []
     for number, part in enumerate(parts):
         docs_path, _, _ = _partition_files(plan, part.key)
-        docs = pl.from_arrow(read_ipc_stream(docs_path, ["input_row", "doc_id", "author_date", "f_exact_bd", "f_exact_d", "f_whitespace_only", "text"]))
+        columns = read_ipc_stream(docs_path, ["input_row", "doc_id", "author_date", "f_exact_bd", "f_exact_d", "f_whitespace_only", "split", "text"])
+        # The texts' lengths from their offsets: the texts themselves stay on disk, unread.
+        docs = pl.from_arrow(columns.drop_columns("text").append_column("text_bytes", pc.binary_length(columns.column("text"))))
         assert isinstance(docs, pl.DataFrame)
         verdicts = read_ipc_stream(_verdicts_path(plan, part.key)).column("reason")
         frames.append(
@@ -607,12 +609,12 @@ def _initial_state(plan: BuildPlan, parts: list[Partition]) -> pl.DataFrame:
                 pl.int_range(0, docs.height, dtype=pl.Int64).alias("row"),
                 "input_row", "doc_id",
                 pl.col("author_date").str.to_datetime("%Y-%m-%dT%H:%M:%S%#z", time_zone="UTC", strict=False, time_unit="us").alias("date"),
-                "f_exact_bd", "f_exact_d", pl.col("f_whitespace_only").fill_null(False).alias("ws_only"),
+                "f_exact_bd", "f_exact_d", pl.col("f_whitespace_only").fill_null(False).alias("ws_only"), "split",
                 _row_bytes(plan.config).alias("size"),
                 pl.Series("reason", verdicts.to_pylist(), dtype=pl.String),
             )  # fmt: skip
         )
-    state = pl.concat(frames) if frames else pl.DataFrame(schema={"part": pl.Int32, "row": pl.Int64, "input_row": pl.Int64, "doc_id": pl.String, "date": pl.Datetime("us", "UTC"), "f_exact_bd": pl.UInt64, "f_exact_d": pl.UInt64, "ws_only": pl.Boolean, "size": pl.Int64, "reason": pl.String})
+    state = pl.concat(frames) if frames else pl.DataFrame(schema={"part": pl.Int32, "row": pl.Int64, "input_row": pl.Int64, "doc_id": pl.String, "date": pl.Datetime("us", "UTC"), "f_exact_bd": pl.UInt64, "f_exact_d": pl.UInt64, "ws_only": pl.Boolean, "split": pl.String, "size": pl.Int64, "reason": pl.String})
     state = state.with_row_index("node").with_columns(pl.col("node").cast(pl.Int64))
     # Keeper order inside a duplicate group: the oldest commit, then the smallest doc_id.
     order = state.select(pl.arg_sort_by(["date", "doc_id"], nulls_last=True)).to_series().to_numpy()
@@ -783,7 +785,7 @@ def prepare_tokenizer(plan: BuildPlan, specs: list[ShardSpec]) -> None:
         for spec in specs:
             for key, rows in spec.pieces:
                 docs_path, _, _ = _partition_files(plan, key)
-                yield from read_ipc_stream(docs_path, ["text"]).column("text").take(pa.array(rows, pa.int64())).to_pylist()
+                yield from read_ipc_stream(docs_path, ["text"], direct=True).column("text").take(pa.array(rows, pa.int64())).to_pylist()
 
     save_tokenizer(_tokenizer_for(plan.config, texts()), plan.work)
 
@@ -799,7 +801,7 @@ def _tokenizer_for(config: BuildConfig, texts: Iterable[str]) -> Tokenizer:
 
 def write_data_shard(plan: BuildPlan, spec: ShardSpec) -> FileEntry:
     """Gather the shard's rows from the staged partitions (tokenise them if configured), write it atomically."""
-    tables = [_rows_of(read_ipc_stream(_partition_files(plan, key)[0]), rows) for key, rows in spec.pieces]
+    tables = [_rows_of(read_ipc_stream(_partition_files(plan, key)[0], direct=True), rows) for key, rows in spec.pieces]
     # Left in pieces: the writer copies only the record batches that straddle two pieces.
     table = pa.concat_tables(tables) if tables else CORPUS_SCHEMA.empty_table()
     if plan.config.tokenize is not None:
@@ -861,9 +863,10 @@ def finalize(
     counts = Counts(rows_in=rows_in, kept=kept, dropped=dict(sorted(dropped.items())), by_stage=by_stage)
     if not counts.balanced() or remaining != kept:
         raise AssertionError(f"accounting identity broken: {counts}")
-    splits = Counter[str]()
-    for entry in shards:
-        splits.update(read_ipc_stream(plan.out / entry.path, ["split"]).column("split").to_pylist())
+    # The kept rows' splits from the dedup state (node order, as the decisions): the shards, written
+    # around the page cache, are not read back.
+    split = pl.from_arrow(read_ipc_stream(_dedup_dir(plan) / "state.arrow", ["split"])).to_series()
+    splits = Counter[str](split.filter(decisions["stage"].is_null()).to_list()) if parts else Counter[str]()
     tokenizer, tokens = _finish_tokens(plan, shards)
     redacted = Counter[str]()
     for s in stats:
@@ -934,7 +937,8 @@ class _PartitionRejects:
         self.decisions = read_ipc_stream(_decisions_path(plan, key))
         self.dropped = pc.indices_nonzero(pc.is_valid(self.decisions.column("stage")))
         self.structural = read_ipc_stream(rejects_path)
-        self.documents = read_ipc_stream(docs_path)
+        # Read whole (around the page cache) only when some document's text is to be copied.
+        self.documents = read_ipc_stream(docs_path, direct=len(self.dropped) > 0)
         # Lengths from the offsets alone: no text is read.
         self.text_bytes = pc.fill_null(pc.binary_length(self.documents.column("text")), 0).take(self.dropped).to_numpy().astype(np.int64)
         rows = np.concatenate([self.structural.column("input_row").to_numpy(), self.documents.column("input_row").take(self.dropped).to_numpy()])

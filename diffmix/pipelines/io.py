@@ -9,11 +9,14 @@ that the same inputs and config give the same bytes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -94,20 +97,138 @@ def write_ipc_stream(path: str | os.PathLike[str], table: pa.Table, max_chunksiz
     The stream format (not the random-access file format) is what
     `datasets.Dataset.from_file` memory-maps. `compression` ("zstd", "lz4") compresses each
     buffer: every Arrow reader (and `datasets`) still reads the file, but copies what it reads.
+    An uncompressed file of `DIRECT_MIN_BYTES` or more goes around the page cache (`write_direct`).
     """
-    with atomic_open(path) as f:
-        with pa.ipc.new_stream(f, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as writer:
-            if table.num_rows:
-                # Batches of exactly max_chunksize rows whatever the chunks, else the table's own chunks.
-                if max_chunksize:
-                    batches = [table.slice(start, max_chunksize) for start in range(0, table.num_rows, max_chunksize)]
-                else:
-                    batches = [pa.Table.from_batches([batch]) for batch in table.to_batches()]
-                for batch in batches:
-                    writer.write_table(_compact(batch))
-            else:  # one empty batch: `datasets` cannot map a stream without any (for some column types)
+    return write_ipc_stream_hashed(path, table, max_chunksize, compression, hashed=False)[0]
+
+
+def write_ipc_stream_hashed(
+    path: str | os.PathLike[str], table: pa.Table, max_chunksize: int | None = None, compression: str | None = None, hashed: bool = True
+) -> tuple[int, str]:
+    """`write_ipc_stream`, returning the file's size and hex sha256 (empty unless `hashed`)."""
+    options = pa.ipc.IpcWriteOptions(compression=compression)
+    batches: list[pa.Table] = []
+    if table.num_rows:
+        # Batches of exactly max_chunksize rows whatever the chunks, else the table's own chunks.
+        if max_chunksize:
+            batches = [_compact(table.slice(start, max_chunksize)) for start in range(0, table.num_rows, max_chunksize)]
+        else:
+            batches = [_compact(pa.Table.from_batches([batch])) for batch in table.to_batches()]
+
+    def write(sink: Any) -> None:
+        with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
+            for batch in batches:
+                writer.write_table(batch)
+            if not batches:  # one empty batch: `datasets` cannot map a stream without any (for some column types)
                 writer.write_batch(pa.RecordBatch.from_pylist([], schema=table.schema))
-    return os.path.getsize(path)
+
+    if compression is None and DIRECT_IO:  # (compressed, its size is known only by compressing)
+        counter = pa.MockOutputStream()
+        write(counter)
+        size = counter.size()
+        if size >= DIRECT_MIN_BYTES and (digest := write_direct(path, size, write, hashed)) is not None:
+            return size, digest
+    with atomic_open(path) as f:
+        write(f)
+    return os.path.getsize(path), sha256_file(path) if hashed else ""
+
+
+# Files of this size or more are written with O_DIRECT, from an anonymous buffer the process
+# keeps: on a VM whose freed memory goes back to the host (virtio-balloon free page reporting),
+# each page of a new file's page cache is a fresh host page, about 2.6 s of system time per GiB,
+# against 0.1 s through O_DIRECT (BENCHMARKS.md, fifteenth round). DIFFMIX_DIRECT_IO=0 turns it off.
+DIRECT_MIN_BYTES = 8 << 20
+DIRECT_IO = os.environ.get("DIFFMIX_DIRECT_IO", "1") != "0"
+_ALIGN = 4096  # O_DIRECT wants offsets, lengths and addresses aligned to the device's block
+_KEPT_BUFFER: list[mmap.mmap] = []  # the largest buffer a direct write used, for the next one
+_KEPT_LOCK = threading.Lock()
+_KEPT_MAX = 512 << 20
+
+
+def write_direct(path: str | os.PathLike[str], size: int, fill: Callable[[Any], None], hashed: bool = False) -> str | None:
+    """Atomically write the `size` bytes that `fill(sink)` writes, with O_DIRECT; return their hex
+    sha256 (empty unless `hashed`), or None, with nothing written, where the filesystem refuses
+    direct I/O (tmpfs): the caller writes through the page cache instead."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(final)
+    padded = -(-size // _ALIGN) * _ALIGN
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_DIRECT", 0), 0o666)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return None
+        raise
+    try:
+        buffer = _take_buffer(padded)
+        try:
+            _fill(buffer, size, fill)
+            with memoryview(buffer) as view:
+                digest = hashlib.sha256(view[:size]).hexdigest() if hashed else ""
+                done = 0
+                while done < padded:
+                    done += os.pwrite(fd, view[done:padded], done)
+        finally:
+            _keep_buffer(buffer)
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    except BaseException as exc:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.EINVAL:
+            return None
+        raise
+    os.close(fd)
+    os.replace(tmp, final)
+    return digest
+
+
+def _fill(buffer: mmap.mmap, size: int, fill: Callable[[Any], None]) -> None:
+    sink = pa.FixedSizeBufferWriter(pa.py_buffer(buffer))
+    fill(sink)
+    if sink.tell() != size:
+        raise RuntimeError(f"direct write: {sink.tell()} bytes written, {size} expected")
+    sink.close()
+
+
+def _take_buffer(size: int) -> mmap.mmap:
+    with _KEPT_LOCK:
+        if _KEPT_BUFFER and len(_KEPT_BUFFER[0]) >= size:
+            return _KEPT_BUFFER.pop()
+    return mmap.mmap(-1, -(-size // (16 << 20)) * (16 << 20))
+
+
+def _keep_buffer(buffer: mmap.mmap) -> None:
+    with _KEPT_LOCK:
+        if len(buffer) > _KEPT_MAX or (_KEPT_BUFFER and len(_KEPT_BUFFER[0]) >= len(buffer)):
+            return
+        _KEPT_BUFFER[:] = [buffer]
+
+
+def read_direct(path: str | os.PathLike[str]) -> pa.Buffer:
+    """A file's bytes read with O_DIRECT into a fresh anonymous buffer, not through the page cache
+    (through it where the filesystem refuses direct I/O)."""
+    size = os.path.getsize(path)
+    buffer = mmap.mmap(-1, max(-(-size // _ALIGN) * _ALIGN, _ALIGN))
+    with memoryview(buffer) as view:
+        for flags in (getattr(os, "O_DIRECT", 0), 0):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL and flags:
+                    continue
+                raise
+            try:
+                done = 0
+                while done < size and (n := os.preadv(fd, [view[done:]], done)):
+                    done += n
+                break
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or not flags:
+                    raise
+            finally:
+                os.close(fd)
+    return pa.py_buffer(buffer)[:size]
 
 
 def _compact(batch: pa.Table) -> pa.Table:
@@ -149,11 +270,12 @@ def _cut_strings(chunk: pa.Array) -> pa.Array | None:
     return pa.Array.from_buffers(chunk.type, rows, buffers, null_count=chunk.null_count, offset=start)
 
 
-def read_ipc_stream(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
+def read_ipc_stream(path: str | os.PathLike[str], columns: list[str] | None = None, direct: bool = False) -> pa.Table:
     """Memory-map an Arrow IPC stream file (zero copy for the columns read); a file that is not
-    one, or lacks a column asked for, fails in one line naming it."""
+    one, or lacks a column asked for, fails in one line naming it. `direct`: read it whole
+    around the page cache instead (`read_direct`), for a big file read once."""
     try:
-        with pa.memory_map(str(path)) as source:
+        with pa.BufferReader(read_direct(path)) if direct and DIRECT_IO else pa.memory_map(str(path)) as source:
             table = pa.ipc.open_stream(source).read_all()
     except pa.ArrowInvalid as exc:
         raise DiffmixError(f"{path}: not an Arrow IPC stream ({first_line(exc)})") from None

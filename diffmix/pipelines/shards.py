@@ -26,7 +26,7 @@ from diffmix.pipelines.io import (
     read_ipc_stream,
     read_json,
     sha256_file,
-    write_ipc_stream,
+    write_ipc_stream_hashed,
     write_json,
 )
 from diffmix.schemas.manifest import FileEntry, Manifest
@@ -89,9 +89,8 @@ def write_table_shards(
 
 def write_shard(root: str | os.PathLike[str], rel: str, table: pa.Table, compression: str | None = None) -> FileEntry:
     """Atomically write one shard and describe it (rows, bytes, sha256); see `write_ipc_stream` for `compression`."""
-    path = Path(root) / rel
-    size = write_ipc_stream(path, table, max_chunksize=BATCH_ROWS, compression=compression)
-    return FileEntry(path=rel, rows=table.num_rows, bytes=size, sha256=sha256_file(path))
+    size, sha256 = write_ipc_stream_hashed(Path(root) / rel, table, max_chunksize=BATCH_ROWS, compression=compression)
+    return FileEntry(path=rel, rows=table.num_rows, bytes=size, sha256=sha256)
 
 
 def _row_bytes(table: pa.Table) -> np.ndarray:

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import os
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 from diffmix.errors import DiffmixError
-from diffmix.pipelines.io import _compact, atomic_open, output_lock, read_ipc_stream, remove_stale_temporaries, write_ipc_stream
+from diffmix.pipelines import io
+from diffmix.pipelines.io import (
+    _compact,
+    atomic_open,
+    output_lock,
+    read_ipc_stream,
+    remove_stale_temporaries,
+    write_ipc_stream,
+    write_ipc_stream_hashed,
+)
 
 
 def _batch_rows(path: Path) -> list[int]:
@@ -106,3 +118,82 @@ def test_an_output_lock_leaves_no_empty_directory_and_ignores_a_file_in_the_way(
     (tmp_path / "afile").write_text("x")
     with output_lock(tmp_path / "afile"), output_lock(tmp_path / "afile" / "sub"):
         pass  # nothing to hold: the run's own checks name the problem
+
+
+def _table(rows: int) -> pa.Table:
+    return pa.table({"id": list(range(rows)), "text": [f"row {i} " + "x" * (i * 37 % 300) for i in range(rows)]})
+
+
+def _has_direct_io(folder: Path) -> bool:
+    try:
+        os.close(os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | getattr(os, "O_DIRECT", 0)))
+    except OSError:
+        return False
+    finally:
+        (folder / "probe").unlink(missing_ok=True)
+    return True
+
+
+@pytest.fixture
+def direct(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every uncompressed write goes around the page cache, however small."""
+    monkeypatch.setattr(io, "DIRECT_IO", True)
+    monkeypatch.setattr(io, "DIRECT_MIN_BYTES", 0)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 40, 1000])
+def test_direct_and_buffered_writes_give_the_same_bytes_and_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: int) -> None:
+    """Sizes that are not a multiple of the 4096-byte block: the padding is cut off again."""
+    table = _table(rows)
+    monkeypatch.setattr(io, "DIRECT_IO", False)
+    size, digest = write_ipc_stream_hashed(tmp_path / "buffered.arrow", table, max_chunksize=64)
+    monkeypatch.setattr(io, "DIRECT_IO", True)
+    monkeypatch.setattr(io, "DIRECT_MIN_BYTES", 0)
+    taken: list[str | None] = []
+    write_direct = io.write_direct
+    monkeypatch.setattr(io, "write_direct", lambda *args: taken.append(write_direct(*args)) or taken[-1])
+    assert write_ipc_stream_hashed(tmp_path / "direct.arrow", table, max_chunksize=64) == (size, digest)
+    assert taken == [digest] or (taken == [None] and not _has_direct_io(tmp_path))  # None: a buffered write instead
+    data = (tmp_path / "direct.arrow").read_bytes()
+    assert data == (tmp_path / "buffered.arrow").read_bytes() and len(data) == size and hashlib.sha256(data).hexdigest() == digest
+    assert write_ipc_stream(tmp_path / "unhashed.arrow", table, max_chunksize=64) == size
+    assert read_ipc_stream(tmp_path / "direct.arrow", direct=True).equals(read_ipc_stream(tmp_path / "buffered.arrow"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["buffered.arrow", "direct.arrow", "unhashed.arrow"]
+
+
+def test_a_kept_buffer_bigger_than_the_next_file_leaves_none_of_its_bytes_behind(tmp_path: Path, direct: None) -> None:
+    write_ipc_stream(tmp_path / "big.arrow", _table(5000))
+    write_ipc_stream(tmp_path / "small.arrow", _table(3))
+    assert io._KEPT_BUFFER and len(io._KEPT_BUFFER[0]) > (tmp_path / "small.arrow").stat().st_size
+    with pa.memory_map(str(tmp_path / "small.arrow")) as source:
+        reader = pa.ipc.open_stream(source)
+        assert reader.read_all().equals(_table(3)) and source.tell() == source.size()  # nothing after the end of stream
+
+
+def test_a_filesystem_without_direct_io_gets_a_buffered_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: None) -> None:
+    """tmpfs refuses O_DIRECT with EINVAL: the same file is written through the page cache instead."""
+    real_open = os.open
+
+    def no_direct(path: str, flags: int, *args: int) -> int:
+        if flags & getattr(os, "O_DIRECT", 0):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(io.os, "open", no_direct)
+    size, digest = write_ipc_stream_hashed(tmp_path / "f.arrow", _table(100))
+    assert hashlib.sha256((tmp_path / "f.arrow").read_bytes()).hexdigest() == digest and size == (tmp_path / "f.arrow").stat().st_size
+    assert read_ipc_stream(tmp_path / "f.arrow", direct=True).equals(_table(100))
+    assert [p.name for p in tmp_path.iterdir()] == ["f.arrow"]
+
+
+def test_a_direct_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: None) -> None:
+    path = tmp_path / "f.arrow"
+    path.write_bytes(b"old")
+
+    def disk_full(*args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io.os, "pwrite", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        write_ipc_stream(path, _table(100))
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.arrow"]
