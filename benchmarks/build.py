@@ -175,7 +175,10 @@ def main() -> None:
         start = time.perf_counter()
         with prefect_api() as url:
             print(f"\nstart-up (own line, not in any throughput): local Prefect server {time.perf_counter() - start:.1f} s")
-            env = {**os.environ, "PREFECT_API_URL": str(url)}
+            # No flow-run heartbeats: the flow engine joins their thread, which sleeps in 1 s steps, at
+            # each flow end; the wait (0-1 s, set by the flow's length modulo a second) would land in one
+            # run and not the other. `diffmix build` on its own server sends none either.
+            env = {**os.environ, "PREFECT_API_URL": str(url), "DIFFMIX_FLOW_HEARTBEATS": "0"}
             # Repeats outermost, each build's 50-row and full runs back to back: every data work is
             # a full run less the start-up run just before it, and 1 and 2 workers share each sitting.
             results: dict[tuple[str, int], dict[str, list[tuple[float, float]]]] = {}

@@ -70,3 +70,7 @@ def test_flow_runs_on_the_commands_own_server_send_no_heartbeats(monkeypatch: py
     with temporary_settings(updates={PREFECT_API_URL: URL}):  # a configured server: its heartbeats stay
         with prefect_api() as url:
             assert url == URL and get_current_settings().flows.heartbeat_frequency == default
+        monkeypatch.setenv("DIFFMIX_FLOW_HEARTBEATS", "0")  # unless told not to (the benchmarks)
+        with prefect_api() as url:
+            assert url == URL and get_current_settings().flows.heartbeat_frequency is None
+        assert get_current_settings().flows.heartbeat_frequency == default
