@@ -269,8 +269,10 @@ def _build_corpus(inputs: list[str], out: str, config: BuildConfig, overwrite: b
         specs = corpus.decide(plan, parts, edges)
         corpus.prepare_tokenizer(plan, specs)
         reject_specs = corpus.plan_reject_shards(plan, parts)
-        written = _progress([write_shard_task.submit(plan, s) for s in specs] + [write_rejects_task.submit(plan, s) for s in reject_specs], "shards")
-        shards, rejects = written[: len(specs)], written[len(specs) :]
+        jobs = corpus.heaviest_first([*specs, *reject_specs])
+        futures = [(write_shard_task if isinstance(job, corpus.ShardSpec) else write_rejects_task).submit(plan, job) for job in jobs]
+        written = dict(zip(map(id, jobs), _progress(futures, "shards")))
+        shards, rejects = [written[id(s)] for s in specs], [written[id(s)] for s in reject_specs]
         return corpus.finalize(plan, parts, stats, shards, rejects).to_json_dict()
     except DiffmixError:
         corpus.discard_incomplete(plan)

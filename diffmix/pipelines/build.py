@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import polars as pl
@@ -173,6 +173,7 @@ class ShardSpec:
     # of a list in a task's arguments, twice per submission, in the flow process (the 4 shards of
     # the dev data: 77 ms as lists, 2 ms as arrays, taken from the workers' 2 cores).
     pieces: list[tuple[str, np.ndarray]]
+    weight: int = 0  # bytes its task reads: the staged documents of its partitions (`heaviest_first`)
 
 
 # --- prepare ---------------------------------------------------------------------
@@ -400,11 +401,19 @@ def plan_partitions(plan: BuildPlan, staged: dict[int, list[str]]) -> list[Parti
     return partitions
 
 
-def heaviest_first(parts: list[Partition]) -> list[Partition]:
-    """The order to start partitions in: the heaviest first, so that the last to finish are
-    small ones and no worker waits long for another's big one (longest-processing-time-first).
-    Outputs do not depend on it: every result is keyed by its partition."""
-    return sorted(parts, key=lambda part: (-part.weight, part.index))
+class _Weighed(Protocol):
+    @property
+    def weight(self) -> int: ...
+
+
+Weighted = TypeVar("Weighted", bound=_Weighed)
+
+
+def heaviest_first(jobs: list[Weighted]) -> list[Weighted]:
+    """The order to start partitions (or shards) in: the heaviest first, ties in their given order,
+    so that the last to finish are small ones and no worker waits long for another's big one
+    (longest-processing-time-first). Outputs do not depend on it: every result is keyed by its job."""
+    return sorted(jobs, key=lambda job: -job.weight)
 
 
 def _read_partition(plan: BuildPlan, part: Partition) -> pa.Table:
@@ -429,8 +438,19 @@ def _partition_files(plan: BuildPlan, key: str) -> tuple[Path, Path, Path]:
 
 
 def _verdicts_path(plan: BuildPlan, key: str) -> Path:
-    """Each staged document's first failing rule (null: kept), aligned with `docs/{key}.arrow`."""
+    """Each staged document's first failing rule (`reason`, null: kept) and what the corpus-wide
+    decisions read of it (`_verdicts`), aligned with `docs/{key}.arrow`."""
     return plan.work / "verdicts" / f"{key}.arrow"
+
+
+def _verdicts(documents: pl.DataFrame, verdicts: pl.Series) -> pa.Table:
+    """The verdicts file: small, so that deciding never reads the staged texts (written around the
+    page cache, they would come from disk)."""
+    return documents.select(
+        "input_row", "doc_id", "author_date", "f_exact_bd", "f_exact_d", "f_whitespace_only", "split",
+        pl.col("text").str.len_bytes().cast(pl.Int64).alias("text_bytes"),
+        verdicts.cast(pl.String).alias("reason"),
+    ).to_arrow()  # fmt: skip
 
 
 def _decisions_path(plan: BuildPlan, key: str) -> Path:
@@ -488,7 +508,7 @@ def process_partition(plan: BuildPlan, part: Partition) -> PartitionStats:
     clock.lap("rules_lazy")
     rejected = pl.concat([_structural_rejects(f.filter(pl.col("reason").is_not_null()), label) for f in (frame, alive, ready)])
     write_ipc_stream(docs_path, _staged_documents(documents))
-    write_ipc_stream(_verdicts_path(plan, part.key), verdicts.to_frame("reason").to_arrow())
+    write_ipc_stream(_verdicts_path(plan, part.key), _verdicts(documents, verdicts))
     write_ipc_stream(rejects_path, _as_rejects(rejected.to_arrow()))
     clock.lap("write")
     stats = PartitionStats(
@@ -597,12 +617,8 @@ def _row_bytes(config: BuildConfig) -> pl.Expr:
 def _initial_state(plan: BuildPlan, parts: list[Partition]) -> pl.DataFrame:
     frames = []
     for number, part in enumerate(parts):
-        docs_path, _, _ = _partition_files(plan, part.key)
-        columns = read_ipc_stream(docs_path, ["input_row", "doc_id", "author_date", "f_exact_bd", "f_exact_d", "f_whitespace_only", "split", "text"])
-        # The texts' lengths from their offsets: the texts themselves stay on disk, unread.
-        docs = pl.from_arrow(columns.drop_columns("text").append_column("text_bytes", pc.binary_length(columns.column("text"))))
+        docs = pl.from_arrow(read_ipc_stream(_verdicts_path(plan, part.key)))
         assert isinstance(docs, pl.DataFrame)
-        verdicts = read_ipc_stream(_verdicts_path(plan, part.key)).column("reason")
         frames.append(
             docs.select(
                 pl.lit(number, dtype=pl.Int32).alias("part"),
@@ -611,7 +627,7 @@ def _initial_state(plan: BuildPlan, parts: list[Partition]) -> pl.DataFrame:
                 pl.col("author_date").str.to_datetime("%Y-%m-%dT%H:%M:%S%#z", time_zone="UTC", strict=False, time_unit="us").alias("date"),
                 "f_exact_bd", "f_exact_d", pl.col("f_whitespace_only").fill_null(False).alias("ws_only"), "split",
                 _row_bytes(plan.config).alias("size"),
-                pl.Series("reason", verdicts.to_pylist(), dtype=pl.String),
+                pl.col("reason").cast(pl.String),
             )  # fmt: skip
         )
     state = pl.concat(frames) if frames else pl.DataFrame(schema={"part": pl.Int32, "row": pl.Int64, "input_row": pl.Int64, "doc_id": pl.String, "date": pl.Datetime("us", "UTC"), "f_exact_bd": pl.UInt64, "f_exact_d": pl.UInt64, "ws_only": pl.Boolean, "split": pl.String, "size": pl.Int64, "reason": pl.String})
@@ -735,7 +751,8 @@ def decide(plan: BuildPlan, parts: list[Partition], edge_files: list[str] | None
         # Runs of consecutive rows from the same partition become one piece.
         cuts = [start, *(start + 1 + np.flatnonzero(np.diff(owner[start:stop]))).tolist(), stop]
         pieces = [(parts[int(owner[a])].key, row[a:b].astype(np.int64)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
-        specs.append(ShardSpec(index, len(ranges), pieces))
+        read = sum(_partition_files(plan, key)[0].stat().st_size for key in {key for key, _ in pieces})
+        specs.append(ShardSpec(index, len(ranges), pieces, read))
     return specs
 
 
@@ -905,6 +922,7 @@ class RejectShardSpec:
     index: int
     count: int
     pieces: list[tuple[str, int, int]]  # (partition key, start, stop) among the partition's rejects in input order
+    weight: int = 0  # its rows' estimated bytes (`heaviest_first`)
 
 
 def plan_reject_shards(plan: BuildPlan, parts: list[Partition]) -> list[RejectShardSpec]:
@@ -923,7 +941,7 @@ def plan_reject_shards(plan: BuildPlan, parts: list[Partition]) -> list[RejectSh
             lo, hi = max(start, bounds[k]), min(stop, bounds[k + 1])
             if hi > lo:
                 pieces.append((part.key, int(lo - bounds[k]), int(hi - bounds[k])))
-        specs.append(RejectShardSpec(index, len(ranges), pieces))
+        specs.append(RejectShardSpec(index, len(ranges), pieces, int(size[start:stop].sum())))
     return specs
 
 
@@ -938,7 +956,8 @@ class _PartitionRejects:
         self.dropped = pc.indices_nonzero(pc.is_valid(self.decisions.column("stage")))
         self.structural = read_ipc_stream(rejects_path)
         # Read whole (around the page cache) only when some document's text is to be copied.
-        self.documents = read_ipc_stream(docs_path, direct=len(self.dropped) > 0)
+        self.docs_path = docs_path
+        self.documents = read_ipc_stream(docs_path)  # mapped: ids and lengths only
         # Lengths from the offsets alone: no text is read.
         self.text_bytes = pc.fill_null(pc.binary_length(self.documents.column("text")), 0).take(self.dropped).to_numpy().astype(np.int64)
         rows = np.concatenate([self.structural.column("input_row").to_numpy(), self.documents.column("input_row").take(self.dropped).to_numpy()])
@@ -952,13 +971,15 @@ class _PartitionRejects:
         picked = self.order[start:stop]
         n = self.structural.num_rows
         is_structural = picked < n
+        # Dropped documents' texts to copy: the staged file read whole, around the page cache.
+        documents = read_ipc_stream(self.docs_path, direct=True) if not is_structural.all() else self.documents
         structural_index = pa.array(np.where(is_structural, picked, 0), pa.int64(), mask=~is_structural)
         document_index = self.dropped.take(pa.array(np.where(is_structural, 0, picked - n), pa.int64(), mask=is_structural))
         columns = {}
         for wanted in REJECT_SCHEMA:
             sides = [
                 table.column(wanted.name).take(index).cast(wanted.type)
-                for table, index in ((self.structural, structural_index), (self.documents, document_index), (self.decisions, document_index))
+                for table, index in ((self.structural, structural_index), (documents, document_index), (self.decisions, document_index))
                 # a side whose column is all null (structural rows have no text) adds nothing
                 if wanted.name in table.column_names and table.column(wanted.name).null_count < table.num_rows
             ]
@@ -1087,7 +1108,7 @@ def refilter_partition(plan: BuildPlan, part: Partition) -> None:
     table = _with_split(table, plan.config)
     table, verdicts = engine.decide_rows(table, plan.config)
     write_ipc_stream(docs_path, _staged_documents(table))
-    write_ipc_stream(_verdicts_path(plan, part.key), verdicts.to_frame("reason").to_arrow())
+    write_ipc_stream(_verdicts_path(plan, part.key), _verdicts(table, verdicts))
     write_json(stats_path, {"key": part.key, "documents": table.height})
 
 

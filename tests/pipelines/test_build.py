@@ -150,3 +150,24 @@ def test_a_build_killed_while_writing_shards_or_overwriting_is_taken_up_again(tm
 def test_the_heaviest_partitions_start_first_and_ties_keep_their_order() -> None:
     parts = [Partition(i, 0, "in.parquet", 0, 0, 1, 0, weight) for i, weight in enumerate([5, 9, 5, 1, 9])]
     assert [p.index for p in heaviest_first(parts)] == [1, 4, 0, 2, 3]
+
+
+def test_the_shards_that_read_most_start_first(tmp_path: Path) -> None:
+    """A data shard weighs the staged documents it reads (a partition cut by a shard boundary is
+    read by both); a rejects shard its rows' bytes."""
+    from diffmix.pipelines.build import RejectShardSpec, ShardSpec, decide, plan_partitions, plan_reject_shards, process_partition
+    from diffmix.schemas.config import BuildConfig
+    from tests.filters.conftest import write_commits
+    from tests.filters.test_refilter import mixed_rows
+
+    plan = prepare_build([str(write_commits(tmp_path / "in.parquet", mixed_rows(), row_group_size=4))], tmp_path / "out", BuildConfig(partition_rows=4, shard_bytes=20_000))
+    parts = plan_partitions(plan, {})
+    for part in parts:
+        process_partition(plan, part)
+    specs, rejects = decide(plan, parts), plan_reject_shards(plan, parts)
+    assert len(specs) > 2 and rejects
+    for spec in specs:
+        assert spec.weight == sum((plan.work / "docs" / f"{key}.arrow").stat().st_size for key in {key for key, _ in spec.pieces})
+    assert all(spec.weight > 0 for spec in rejects)
+    jobs = [ShardSpec(0, 2, [], 5), RejectShardSpec(0, 1, [], 9), ShardSpec(1, 2, [], 5)]
+    assert heaviest_first(jobs) == [jobs[1], jobs[0], jobs[2]]
