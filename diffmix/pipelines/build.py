@@ -507,7 +507,7 @@ def process_partition(plan: BuildPlan, part: Partition) -> PartitionStats:
     documents, verdicts = engine.decide_rows(documents, plan.config, sources if window.whole_file else None)
     clock.lap("rules_lazy")
     rejected = pl.concat([_structural_rejects(f.filter(pl.col("reason").is_not_null()), label) for f in (frame, alive, ready)])
-    write_ipc_stream(docs_path, _staged_documents(documents))
+    write_ipc_stream(docs_path, _staged_documents(documents), direct=_read_once(plan.config))
     write_ipc_stream(_verdicts_path(plan, part.key), _verdicts(documents, verdicts))
     write_ipc_stream(rejects_path, _as_rejects(rejected.to_arrow()))
     clock.lap("write")
@@ -802,7 +802,7 @@ def prepare_tokenizer(plan: BuildPlan, specs: list[ShardSpec]) -> None:
         for spec in specs:
             for key, rows in spec.pieces:
                 docs_path, _, _ = _partition_files(plan, key)
-                yield from read_ipc_stream(docs_path, ["text"], direct=True).column("text").take(pa.array(rows, pa.int64())).to_pylist()
+                yield from _staged_for_copy(plan, docs_path, read_ipc_stream(docs_path), len(rows)).column("text").take(pa.array(rows, pa.int64())).to_pylist()
 
     save_tokenizer(_tokenizer_for(plan.config, texts()), plan.work)
 
@@ -818,12 +818,32 @@ def _tokenizer_for(config: BuildConfig, texts: Iterable[str]) -> Tokenizer:
 
 def write_data_shard(plan: BuildPlan, spec: ShardSpec) -> FileEntry:
     """Gather the shard's rows from the staged partitions (tokenise them if configured), write it atomically."""
-    tables = [_rows_of(read_ipc_stream(_partition_files(plan, key)[0], direct=True), rows) for key, rows in spec.pieces]
+    tables = []
+    for key, rows in spec.pieces:
+        path = _partition_files(plan, key)[0]
+        tables.append(_rows_of(_staged_for_copy(plan, path, read_ipc_stream(path), len(rows)), rows))
     # Left in pieces: the writer copies only the record batches that straddle two pieces.
     table = pa.concat_tables(tables) if tables else CORPUS_SCHEMA.empty_table()
     if plan.config.tokenize is not None:
         table = tokenize_documents(table.combine_chunks(), load_tokenizer(plan.work))
     return write_shard(plan.out, f"{DATA_DIR}/{shard_name(spec.index, spec.count)}", table)
+
+
+def _read_once(config: BuildConfig) -> bool:
+    """Whether the shards read each staged document once: no rule, dedup or cap can drop one. The
+    staged files then go around the page cache (`write_direct`: on this VM new page cache costs
+    more than the disk). When documents can be dropped, the data shards and the rejects each read
+    parts of every file (a sixth and the rest, with the default filters): the files stay in it."""
+    filters, exclude = config.filters, config.split.exclude
+    drops = filters.rules or filters.dedup.exact_before_diff or filters.dedup.exact_diff or filters.dedup.near or filters.caps.whitespace_only is not None
+    return not drops and not (exclude.repos or exclude.commits or exclude.files)
+
+
+def _staged_for_copy(plan: BuildPlan, path: Path, mapped: pa.Table, rows: int) -> pa.Table:
+    """A partition's staged documents (`mapped`: the file memory-mapped) to copy `rows` of them
+    from: read whole around the page cache when it was written that way and the rows are half of
+    it or more, else as mapped (only the pages of the rows taken are read)."""
+    return read_ipc_stream(path, direct=True) if _read_once(plan.config) and 2 * rows >= mapped.num_rows > 0 else mapped
 
 
 def _rows_of(table: pa.Table, rows: Sequence[int] | np.ndarray) -> pa.Table:
@@ -955,8 +975,7 @@ class _PartitionRejects:
         self.decisions = read_ipc_stream(_decisions_path(plan, key))
         self.dropped = pc.indices_nonzero(pc.is_valid(self.decisions.column("stage")))
         self.structural = read_ipc_stream(rejects_path)
-        # Read whole (around the page cache) only when some document's text is to be copied.
-        self.docs_path = docs_path
+        self.plan, self.docs_path = plan, docs_path
         self.documents = read_ipc_stream(docs_path)  # mapped: ids and lengths only
         # Lengths from the offsets alone: no text is read.
         self.text_bytes = pc.fill_null(pc.binary_length(self.documents.column("text")), 0).take(self.dropped).to_numpy().astype(np.int64)
@@ -971,8 +990,7 @@ class _PartitionRejects:
         picked = self.order[start:stop]
         n = self.structural.num_rows
         is_structural = picked < n
-        # Dropped documents' texts to copy: the staged file read whole, around the page cache.
-        documents = read_ipc_stream(self.docs_path, direct=True) if not is_structural.all() else self.documents
+        documents = _staged_for_copy(self.plan, self.docs_path, self.documents, int((~is_structural).sum()))
         structural_index = pa.array(np.where(is_structural, picked, 0), pa.int64(), mask=~is_structural)
         document_index = self.dropped.take(pa.array(np.where(is_structural, 0, picked - n), pa.int64(), mask=is_structural))
         columns = {}
@@ -1107,7 +1125,7 @@ def refilter_partition(plan: BuildPlan, part: Partition) -> None:
     assert isinstance(table, pl.DataFrame)
     table = _with_split(table, plan.config)
     table, verdicts = engine.decide_rows(table, plan.config)
-    write_ipc_stream(docs_path, _staged_documents(table))
+    write_ipc_stream(docs_path, _staged_documents(table), direct=_read_once(plan.config))
     write_ipc_stream(_verdicts_path(plan, part.key), _verdicts(table, verdicts))
     write_json(stats_path, {"key": part.key, "documents": table.height})
 

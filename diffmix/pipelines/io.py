@@ -92,19 +92,25 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.load(f)
 
 
-def write_ipc_stream(path: str | os.PathLike[str], table: pa.Table, max_chunksize: int | None = None, compression: str | None = None) -> int:
+def write_ipc_stream(path: str | os.PathLike[str], table: pa.Table, max_chunksize: int | None = None, compression: str | None = None, direct: bool = True) -> int:
     """Atomically write `table` as one Arrow IPC *stream* file; return its size in bytes.
 
     The stream format (not the random-access file format) is what
     `datasets.Dataset.from_file` memory-maps. `compression` ("zstd", "lz4") compresses each
     buffer: every Arrow reader (and `datasets`) still reads the file, but copies what it reads.
-    An uncompressed file of `DIRECT_MIN_BYTES` or more goes around the page cache (`write_direct`).
+    An uncompressed file of `DIRECT_MIN_BYTES` or more goes around the page cache (`write_direct`)
+    unless not `direct`: a file to be read in parts, and more than once, is better kept in it.
     """
-    return write_ipc_stream_hashed(path, table, max_chunksize, compression, hashed=False)[0]
+    return write_ipc_stream_hashed(path, table, max_chunksize, compression, hashed=False, direct=direct)[0]
 
 
 def write_ipc_stream_hashed(
-    path: str | os.PathLike[str], table: pa.Table, max_chunksize: int | None = None, compression: str | None = None, hashed: bool = True
+    path: str | os.PathLike[str],
+    table: pa.Table,
+    max_chunksize: int | None = None,
+    compression: str | None = None,
+    hashed: bool = True,
+    direct: bool = True,
 ) -> tuple[int, str]:
     """`write_ipc_stream`, returning the file's size and hex sha256 (empty unless `hashed`)."""
     options = pa.ipc.IpcWriteOptions(compression=compression)
@@ -123,7 +129,7 @@ def write_ipc_stream_hashed(
             if not batches:  # one empty batch: `datasets` cannot map a stream without any (for some column types)
                 writer.write_batch(pa.RecordBatch.from_pylist([], schema=table.schema))
 
-    if compression is None and DIRECT_IO:  # (compressed, its size is known only by compressing)
+    if direct and compression is None and DIRECT_IO:  # (compressed, its size is known only by compressing)
         counter = pa.MockOutputStream()
         write(counter)
         size = counter.size()

@@ -154,14 +154,18 @@ def test_tokenised_shards_stay_near_their_target_size(tmp_path: Path) -> None:
     assert len(sizes) > 2 and max(sizes[:-1]) < 1.6 * 40_000, sizes  # token ids and signatures are counted, not only the text
 
 
-def test_writes_around_the_page_cache_give_the_same_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Staged documents and shards written and read with O_DIRECT (every file, however small, here),
-    with filters dropping documents (their texts go to rejects) and a tokenizer trained on the kept ones."""
+@pytest.mark.parametrize("filters", [{}, {"rules": [], "dedup": {"exact_before_diff": False, "exact_diff": False, "near": None}, "caps": {"whitespace_only": None}}], ids=["every-filter", "none"])
+def test_writes_around_the_page_cache_give_the_same_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, filters: dict[str, object]) -> None:
+    """Shards (and, where nothing can drop a document, the staged documents) written and read with
+    O_DIRECT (every file, however small, here), with structural rejects, filters dropping documents
+    (their texts go to rejects) and a tokenizer trained on the kept ones."""
     from diffmix.pipelines import io
+    from diffmix.pipelines.build import _read_once
     from tests.filters.conftest import tree_bytes
 
     parquet = write_commits(tmp_path / "in.parquet", mixed_rows(), row_group_size=4)
-    config = BuildConfig.model_validate({"partition_rows": 5, "shard_bytes": 20_000, "tokenize": {"kind": "bpe", "vocab_size": 300}})
+    config = BuildConfig.model_validate({"partition_rows": 5, "shard_bytes": 20_000, "tokenize": {"kind": "bpe", "vocab_size": 300}, "filters": filters})
+    assert _read_once(config) is bool(filters)  # the staged documents go around the page cache only where nothing drops one
     trees = {}
     for name, direct in (("buffered", False), ("direct", True)):
         monkeypatch.setattr(io, "DIRECT_IO", direct)
