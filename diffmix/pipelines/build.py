@@ -101,6 +101,9 @@ from diffmix.schemas.config import BuildConfig
 from diffmix.schemas.manifest import PIPELINE_STAGES, Counts, FileEntry, InputEntry, Manifest
 
 WORK_DIR = ".work"
+# The layout of the files under WORK_DIR: a killed build's work is taken up only by the same layout.
+# 2: the verdicts files carry the decision columns (`_verdicts`), the dedup state the split.
+WORK_FORMAT = 2
 # Under --overwrite the build it replaces waits here until the new manifest is written
 # (put back if the new build fails on bad input), so a failed overwrite loses nothing.
 PREVIOUS_DIR = ".previous"
@@ -302,7 +305,7 @@ def finished_build(out: str | Path, config: BuildConfig, sources: list[Source]) 
 
 def _reset_work_if_stale(plan: BuildPlan, mode: str = "build") -> None:
     marker = plan.work / "plan.json"
-    identity = {"config_hash": plan.config_hash, "inputs": [i.model_dump() for i in plan.inputs], "mode": mode}
+    identity = {"config_hash": plan.config_hash, "inputs": [i.model_dump() for i in plan.inputs], "mode": mode, "work_format": WORK_FORMAT}
     if marker.is_file() and read_json(marker) != identity:
         shutil.rmtree(plan.work)
     plan.work.mkdir(parents=True, exist_ok=True)
@@ -830,12 +833,13 @@ def write_data_shard(plan: BuildPlan, spec: ShardSpec) -> FileEntry:
 
 
 def _read_once(config: BuildConfig) -> bool:
-    """Whether the shards read each staged document once: no rule, dedup or cap can drop one. The
-    staged files then go around the page cache (`write_direct`: on this VM new page cache costs
-    more than the disk). When documents can be dropped, the data shards and the rejects each read
-    parts of every file (a sixth and the rest, with the default filters): the files stay in it."""
-    filters, exclude = config.filters, config.split.exclude
-    drops = filters.rules or filters.dedup.exact_before_diff or filters.dedup.exact_diff or filters.dedup.near or filters.caps.whitespace_only is not None
+    """Whether the shards read each staged document once: no rule, dedup or cap can drop one (but
+    for a repeated id, dropped always and rare; its reject reads through the mapping). The staged
+    files then go around the page cache (`write_direct`: on this VM new page cache costs more than
+    the disk). When documents can be dropped, the data shards and the rejects each read parts of
+    every file (a sixth and the rest, with the default filters): the files stay in it."""
+    filters, exclude, cap = config.filters, config.split.exclude, config.filters.caps.whitespace_only
+    drops = filters.rules or filters.dedup.exact_before_diff or filters.dedup.exact_diff or filters.dedup.near or (cap is not None and cap < 1.0)
     return not drops and not (exclude.repos or exclude.commits or exclude.files)
 
 

@@ -8,6 +8,7 @@ that the same inputs and config give the same bytes.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
@@ -258,26 +259,27 @@ def read_direct(path: str | os.PathLike[str]) -> pa.Buffer:
 
 
 _READ_POOL: list[mmap.mmap] = []  # read buffers no array uses any more
+# Buffers the finalizer handed back, moved to the pool by the next read. The finalizer takes no
+# lock: it can run inside a garbage collection that starts while this thread holds one.
+_READ_RETURNED: collections.deque[mmap.mmap] = collections.deque()
 _READ_POOL_MAX = 384 << 20
 
 
 def _read_buffer(size: int) -> np.ndarray:
     """A pooled anonymous buffer of at least `size` bytes, as an array that returns it to the pool when freed."""
     with _KEPT_LOCK:
+        while _READ_RETURNED:
+            returned = _READ_RETURNED.popleft()
+            if sum(map(len, _READ_POOL)) + len(returned) <= _READ_POOL_MAX:
+                _READ_POOL.append(returned)
         fits = [b for b in _READ_POOL if len(b) >= size]
         if fits:
             _READ_POOL.remove(buffer := min(fits, key=len))
         else:
             buffer = mmap.mmap(-1, -(-size // (16 << 20)) * (16 << 20))
     memory = np.frombuffer(buffer, dtype=np.uint8)
-    weakref.finalize(memory, _pool_read_buffer, buffer)
+    weakref.finalize(memory, _READ_RETURNED.append, buffer)
     return memory
-
-
-def _pool_read_buffer(buffer: mmap.mmap) -> None:
-    with _KEPT_LOCK:
-        if sum(map(len, _READ_POOL)) + len(buffer) <= _READ_POOL_MAX:
-            _READ_POOL.append(buffer)
 
 
 def _compact(batch: pa.Table) -> pa.Table:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pygit2
 import pytest
 
@@ -171,3 +172,25 @@ def test_the_shards_that_read_most_start_first(tmp_path: Path) -> None:
     assert all(spec.weight > 0 for spec in rejects)
     jobs = [ShardSpec(0, 2, [], 5), RejectShardSpec(0, 1, [], 9), ShardSpec(1, 2, [], 5)]
     assert heaviest_first(jobs) == [jobs[1], jobs[0], jobs[2]]
+
+
+def test_work_left_in_another_layout_is_not_taken_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed build's `.work` written by a diffmix with other work files (here, verdicts without
+    the decision columns) is discarded and rebuilt, not read."""
+    from diffmix.pipelines import build as corpus
+    from diffmix.pipelines.io import write_ipc_stream
+    from diffmix.schemas.config import BuildConfig
+    from tests.filters.conftest import run_build, tree_bytes, write_commits
+    from tests.filters.test_refilter import mixed_rows
+
+    parquet = str(write_commits(tmp_path / "in.parquet", mixed_rows(), row_group_size=4))
+    config = BuildConfig(partition_rows=4)
+    run_build([parquet], tmp_path / "fresh", config)
+    with monkeypatch.context() as older:
+        older.setattr(corpus, "WORK_FORMAT", corpus.WORK_FORMAT - 1)
+        plan = prepare_build([parquet], tmp_path / "out", config)
+        for part in corpus.plan_partitions(plan, {}):
+            corpus.process_partition(plan, part)
+            write_ipc_stream(plan.work / "verdicts" / f"{part.key}.arrow", pa.table({"reason": pa.nulls(1, pa.string())}))
+    run_build([parquet], tmp_path / "out", config)  # killed there; taken up by this diffmix
+    assert tree_bytes(tmp_path / "out") == tree_bytes(tmp_path / "fresh")

@@ -197,3 +197,25 @@ def test_a_direct_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path
     with pytest.raises(OSError, match="No space"):
         write_ipc_stream(path, _table(100))
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.arrow"]
+
+
+def test_a_read_buffer_freed_while_its_lock_is_held_does_not_deadlock(tmp_path: Path, direct: None) -> None:
+    """A table read around the page cache can be freed by a garbage collection that starts inside
+    the pool's own locked code: its buffer must go back without taking that lock again."""
+    import gc
+    import threading
+
+    write_ipc_stream(tmp_path / "f.arrow", _table(200))
+    cycle: list[object] = [read_ipc_stream(tmp_path / "f.arrow", direct=True)]
+    cycle.append(cycle)  # freed only by the cycle collector
+    del cycle
+
+    def collect_holding_the_lock() -> None:
+        with io._KEPT_LOCK:
+            gc.collect()
+
+    worker = threading.Thread(target=collect_holding_the_lock, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert read_ipc_stream(tmp_path / "f.arrow", direct=True).equals(_table(200))  # the returned buffer is reused
