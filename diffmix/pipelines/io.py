@@ -141,16 +141,13 @@ def write_ipc_stream_hashed(
     return os.path.getsize(path), sha256_file(path) if hashed else ""
 
 
-# Files of this size or more are written with O_DIRECT, from an anonymous buffer the process
-# keeps: on a VM whose freed memory goes back to the host (virtio-balloon free page reporting),
-# each page of a new file's page cache is a fresh host page, about 2.6 s of system time per GiB,
-# against 0.1 s through O_DIRECT (BENCHMARKS.md, fifteenth round). DIFFMIX_DIRECT_IO=0 turns it off.
+# Files of this size or more are written with O_DIRECT, from a pooled anonymous buffer: on a VM
+# whose freed memory goes back to the host (virtio-balloon free page reporting), each page of a new
+# file's page cache is a fresh host page, about 2.6 s of system time per GiB, against 0.1 s
+# through O_DIRECT (BENCHMARKS.md, fifteenth round). DIFFMIX_DIRECT_IO=0 turns it off.
 DIRECT_MIN_BYTES = 8 << 20
 DIRECT_IO = os.environ.get("DIFFMIX_DIRECT_IO", "1") != "0"
 _ALIGN = 4096  # O_DIRECT wants offsets, lengths and addresses aligned to the device's block
-_KEPT_BUFFER: list[mmap.mmap] = []  # the largest buffer a direct write used, for the next one
-_KEPT_LOCK = threading.Lock()
-_KEPT_MAX = 512 << 20
 
 
 def write_direct(path: str | os.PathLike[str], size: int, fill: Callable[[Any], None], hashed: bool = False) -> str | None:
@@ -160,7 +157,7 @@ def write_direct(path: str | os.PathLike[str], size: int, fill: Callable[[Any], 
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(final)
-    padded = -(-size // _ALIGN) * _ALIGN
+    padded = _round_up(size, _ALIGN)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_DIRECT", 0), 0o666)
     except OSError as exc:
@@ -168,18 +165,15 @@ def write_direct(path: str | os.PathLike[str], size: int, fill: Callable[[Any], 
             return None
         raise
     try:
-        buffer = _take_buffer(padded)
-        try:
-            _fill(buffer, size, fill)
-            with memoryview(buffer) as view:
-                # Hashed while the disk writes: both release the GIL.
-                hasher = _Hasher(view[:size]) if hashed else None
-                done = 0
-                while done < padded:
-                    done += os.pwrite(fd, view[done:padded], done)
-                digest = hasher.hexdigest() if hasher else ""
-        finally:
-            _keep_buffer(buffer)
+        buffer = _pooled_buffer(padded)  # back to the pool when this call's last view of it is gone
+        _fill(buffer, size, fill)
+        with memoryview(buffer) as view:
+            # Hashed while the disk writes: both release the GIL.
+            hasher = _Hasher(view[:size]) if hashed else None
+            done = 0
+            while done < padded:
+                done += os.pwrite(fd, view[done:padded], done)
+            digest = hasher.hexdigest() if hasher else ""
         os.ftruncate(fd, size)
         os.fsync(fd)
     except BaseException as exc:
@@ -209,7 +203,7 @@ class _Hasher(threading.Thread):
         return self.digest.hexdigest()
 
 
-def _fill(buffer: mmap.mmap, size: int, fill: Callable[[Any], None]) -> None:
+def _fill(buffer: np.ndarray, size: int, fill: Callable[[Any], None]) -> None:
     sink = pa.FixedSizeBufferWriter(pa.py_buffer(buffer))
     fill(sink)
     if sink.tell() != size:
@@ -217,26 +211,12 @@ def _fill(buffer: mmap.mmap, size: int, fill: Callable[[Any], None]) -> None:
     sink.close()
 
 
-def _take_buffer(size: int) -> mmap.mmap:
-    with _KEPT_LOCK:
-        if _KEPT_BUFFER and len(_KEPT_BUFFER[0]) >= size:
-            return _KEPT_BUFFER.pop()
-    return mmap.mmap(-1, -(-size // (16 << 20)) * (16 << 20))
-
-
-def _keep_buffer(buffer: mmap.mmap) -> None:
-    with _KEPT_LOCK:
-        if len(buffer) > _KEPT_MAX or (_KEPT_BUFFER and len(_KEPT_BUFFER[0]) >= len(buffer)):
-            return
-        _KEPT_BUFFER[:] = [buffer]
-
-
 def read_direct(path: str | os.PathLike[str]) -> pa.Buffer:
     """A file's bytes read with O_DIRECT, not through the page cache (through it where the filesystem
-    refuses direct I/O), into an anonymous buffer that goes back to a pool for the next read when
-    the last Arrow array over it is freed: a fresh buffer costs about 0.5 s of faults per GiB here."""
+    refuses direct I/O), into a pooled buffer that goes back to the pool when the last Arrow array
+    over it is freed."""
     size = os.path.getsize(path)
-    memory = _read_buffer(max(-(-size // _ALIGN) * _ALIGN, _ALIGN))
+    memory = _pooled_buffer(max(_round_up(size, _ALIGN), _ALIGN))
     with memoryview(memory) as view:
         for flags in (getattr(os, "O_DIRECT", 0), 0):
             try:
@@ -258,28 +238,35 @@ def read_direct(path: str | os.PathLike[str]) -> pa.Buffer:
     return pa.py_buffer(memory)[:size]
 
 
-_READ_POOL: list[mmap.mmap] = []  # read buffers no array uses any more
-# Buffers the finalizer handed back, moved to the pool by the next read. The finalizer takes no
+# Anonymous buffers of direct reads and writes that no array uses any more, for the next one: a
+# fresh one costs about 0.5 s of faults per GiB here. At most _POOL_MAX bytes stay pooled.
+_POOL: list[mmap.mmap] = []
+_POOL_LOCK = threading.Lock()
+_POOL_MAX = 512 << 20
+# Buffers the finalizer handed back, moved to the pool by the next call. The finalizer takes no
 # lock: it can run inside a garbage collection that starts while this thread holds one.
-_READ_RETURNED: collections.deque[mmap.mmap] = collections.deque()
-_READ_POOL_MAX = 384 << 20
+_RETURNED: collections.deque[mmap.mmap] = collections.deque()
 
 
-def _read_buffer(size: int) -> np.ndarray:
+def _pooled_buffer(size: int) -> np.ndarray:
     """A pooled anonymous buffer of at least `size` bytes, as an array that returns it to the pool when freed."""
-    with _KEPT_LOCK:
-        while _READ_RETURNED:
-            returned = _READ_RETURNED.popleft()
-            if sum(map(len, _READ_POOL)) + len(returned) <= _READ_POOL_MAX:
-                _READ_POOL.append(returned)
-        fits = [b for b in _READ_POOL if len(b) >= size]
+    with _POOL_LOCK:
+        while _RETURNED:
+            returned = _RETURNED.popleft()
+            if sum(map(len, _POOL)) + len(returned) <= _POOL_MAX:
+                _POOL.append(returned)
+        fits = [b for b in _POOL if len(b) >= size]
         if fits:
-            _READ_POOL.remove(buffer := min(fits, key=len))
+            _POOL.remove(buffer := min(fits, key=len))
         else:
-            buffer = mmap.mmap(-1, -(-size // (16 << 20)) * (16 << 20))
+            buffer = mmap.mmap(-1, _round_up(size, 16 << 20))
     memory = np.frombuffer(buffer, dtype=np.uint8)
-    weakref.finalize(memory, _READ_RETURNED.append, buffer)
+    weakref.finalize(memory, _RETURNED.append, buffer)
     return memory
+
+
+def _round_up(size: int, to: int) -> int:
+    return -(-size // to) * to
 
 
 def _compact(batch: pa.Table) -> pa.Table:
