@@ -43,7 +43,7 @@ from diffmix.memory import keep_freed_memory  # noqa: E402
 from diffmix.pipelines import build as corpus  # noqa: E402
 from diffmix.pipelines.ingest import resolve_source  # noqa: E402
 from diffmix.pipelines.io import output_lock, remove_stale_temporaries  # noqa: E402
-from diffmix.prefect_server import prefect_api, share_api_tls_context  # noqa: E402
+from diffmix.prefect_server import prefect_api, reuse_task_settings, share_api_tls_context  # noqa: E402
 from diffmix.schemas.config import BuildConfig, load_build_config  # noqa: E402
 from diffmix.schemas.manifest import PIPELINE_STAGES  # noqa: E402
 
@@ -93,10 +93,12 @@ def dask_setup(worker: Any) -> None:
 
     Without it, Dask's `MALLOC_TRIM_THRESHOLD_` makes every text, diff and shard buffer over
     128 KB a fresh mapping (BENCHMARKS.md, tenth round: about 3 s of a 14-25 s build), and
-    each task run parses the CA bundle two or three times (`share_api_tls_context`).
+    each task run parses the CA bundle two or three times (`share_api_tls_context`) and
+    builds Prefect's settings anew (`reuse_task_settings`).
     """
     keep_freed_memory()
     share_api_tls_context()
+    reuse_task_settings()
 
 
 def _progress(futures: list[Any], label: str, keep_errors: bool = False) -> list[Any]:

@@ -27,6 +27,8 @@ def prefect_api() -> Iterator[str | None]:
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     share_api_tls_context()
+    reuse_serialized_settings()
+    reuse_task_settings()  # task runs in this process (a thread pool's) hydrate settings too
     if PREFECT_API_URL.value():
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}) if os.environ.get("DIFFMIX_FLOW_HEARTBEATS") == "0" else contextlib.nullcontext():
             yield PREFECT_API_URL.value()
@@ -84,6 +86,71 @@ def share_api_tls_context() -> None:
     view.__dict__.update(vars(ssl))
     view.create_default_context = create_default_context  # type: ignore[attr-defined]
     orchestration.ssl = view  # type: ignore[attr-defined]
+
+
+def reuse_task_settings() -> None:
+    """Have this process's task runs build Prefect's settings once per distinct settings sent.
+
+    Every task run submitted through a task runner carries the flow's settings, serialised,
+    and the task engine validates them into a new `Settings` on arrival (`hydrated_context`):
+    pydantic-settings reads the environment, dotenv and TOML sources again, about 20 ms per
+    task here, more than the rest of a task's start together. Settings are immutable, so the
+    context built for the same serialised settings is reused (its `profile` and `settings`
+    passed as instances are not validated again). Settings that differ in any value get their
+    own. Prefect's own draft of this (PrefectHQ/prefect#20853, for its process pool) keyed
+    the cache the same way. Idempotent; a Prefect whose task engine no longer calls
+    `hydrated_context` is left alone.
+    """
+    import hashlib
+    import pickle
+
+    import prefect.context as context
+    import prefect.task_engine as task_engine
+
+    original = getattr(task_engine, "hydrated_context", None)
+    if original is not context.hydrated_context:  # done already, or a Prefect that changed
+        return
+    built: dict[bytes, Any] = {}
+
+    def hydrated_context(serialized_context: dict[str, Any] | None = None, client: Any = None) -> Any:
+        settings = (serialized_context or {}).get("settings_context")
+        if settings:
+            key = hashlib.sha256(pickle.dumps(settings)).digest()
+            if key not in built:
+                if len(built) >= 16:  # a long-lived worker serving many differently-configured flows
+                    built.clear()
+                built[key] = context.SettingsContext(**settings)
+            serialized_context = {**serialized_context, "settings_context": {"profile": built[key].profile, "settings": built[key].settings}}  # type: ignore[dict-item]
+        return original(serialized_context, client)
+
+    task_engine.hydrated_context = hydrated_context  # type: ignore[assignment]
+
+
+def reuse_serialized_settings() -> None:
+    """Serialise the current Prefect settings once, not once per task submitted.
+
+    A task runner sends the flow's settings with every task (`serialize_context`): a pydantic
+    dump of the whole settings model, about 15 ms of the flow process's CPU per task, taken
+    from the cores its workers run on. The last context's dump is kept and handed out again
+    (a copy) while the same context holds the same settings object; Prefect replaces settings
+    (`temporary_settings` makes new ones), it does not change them in place. Idempotent.
+    """
+    import copy
+
+    from prefect.context import SettingsContext
+
+    original = SettingsContext.serialize
+    if hasattr(original, "__wrapped__"):
+        return
+    last: list[Any] = [None, None, None, None]  # the context, its settings, include_secrets, the dump
+
+    @functools.wraps(original)
+    def serialize(self: Any, include_secrets: bool = True) -> dict[str, Any]:
+        if last[0] is not self or last[1] is not self.settings or last[2] != include_secrets:
+            last[:] = [self, self.settings, include_secrets, original(self, include_secrets=include_secrets)]
+        return copy.deepcopy(last[3])
+
+    SettingsContext.serialize = serialize  # type: ignore[method-assign]
 
 
 def _local_server() -> Any:

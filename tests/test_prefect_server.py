@@ -1,4 +1,5 @@
-"""The Prefect API plumbing: the command's own server, and API clients sharing one verified TLS context per CA file."""
+"""The Prefect API plumbing: the command's own server, API clients sharing one verified TLS context per CA file,
+and task runs that serialise and hydrate the settings once, not once per task."""
 
 from __future__ import annotations
 
@@ -6,10 +7,17 @@ import ssl
 
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.settings import PREFECT_API_TLS_INSECURE_SKIP_VERIFY, PREFECT_API_URL, get_current_settings, temporary_settings
+from prefect.context import SettingsContext, serialize_context
+from prefect.settings import (
+    PREFECT_API_TLS_INSECURE_SKIP_VERIFY,
+    PREFECT_API_URL,
+    PREFECT_TASKS_DEFAULT_RETRIES,
+    get_current_settings,
+    temporary_settings,
+)
 
 from diffmix import prefect_server
-from diffmix.prefect_server import prefect_api, share_api_tls_context
+from diffmix.prefect_server import prefect_api, reuse_serialized_settings, reuse_task_settings, share_api_tls_context
 
 URL = "http://127.0.0.1:9/api"  # never contacted: building a client opens no connection
 
@@ -74,3 +82,50 @@ def test_flow_runs_on_the_commands_own_server_send_no_heartbeats(monkeypatch: py
         with prefect_api() as url:
             assert url == URL and get_current_settings().flows.heartbeat_frequency is None
         assert get_current_settings().flows.heartbeat_frequency == default
+
+
+def hydrated_settings(serialized: dict[str, object]) -> SettingsContext:
+    """The settings context a task run enters for a serialised context, as the task engine hydrates it."""
+    import prefect.task_engine as task_engine
+
+    with task_engine.hydrated_context(serialized):
+        context = SettingsContext.get()
+        assert context is not None
+        return context
+
+
+def test_task_runs_build_the_same_settings_once() -> None:
+    reuse_task_settings()
+    reuse_task_settings()  # idempotent: one wrapper
+    sent = serialize_context()
+    first, second = hydrated_settings(sent), hydrated_settings(serialize_context())
+    assert first.settings is second.settings  # built once
+    assert first.settings == get_current_settings() and first.profile == SettingsContext.get().profile  # type: ignore[union-attr]
+    with temporary_settings(updates={PREFECT_TASKS_DEFAULT_RETRIES: 7}):
+        changed = hydrated_settings(serialize_context())
+    assert changed.settings is not first.settings and changed.settings.tasks.default_retries == 7
+    assert hydrated_settings(sent).settings.tasks.default_retries == get_current_settings().tasks.default_retries
+
+
+def test_a_context_without_settings_hydrates_as_before() -> None:
+    import prefect.task_engine as task_engine
+
+    reuse_task_settings()
+    before = SettingsContext.get()
+    with task_engine.hydrated_context({}):
+        assert SettingsContext.get() is before
+
+
+def test_settings_are_serialised_once_per_settings_object() -> None:
+    reuse_serialized_settings()
+    reuse_serialized_settings()  # idempotent
+    context = SettingsContext.get()
+    assert context is not None
+    first, second = context.serialize(), context.serialize()
+    assert first == second and first is not second  # a copy each time: a caller may change its own
+    first["settings"].clear()
+    assert context.serialize() == second
+    with temporary_settings(updates={PREFECT_TASKS_DEFAULT_RETRIES: 5}):
+        assert SettingsContext.get().serialize()["settings"]["tasks"]["default_retries"] == 5  # type: ignore[union-attr]
+    assert context.serialize() == second
+    assert context.serialize(include_secrets=False) == type(context).serialize.__wrapped__(context, include_secrets=False)  # type: ignore[attr-defined]
