@@ -28,7 +28,6 @@ def prefect_api() -> Iterator[str | None]:
 
     share_api_tls_context()
     reuse_serialized_settings()
-    reuse_task_settings()  # task runs in this process (a thread pool's) hydrate settings too
     if PREFECT_API_URL.value():
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}) if os.environ.get("DIFFMIX_FLOW_HEARTBEATS") == "0" else contextlib.nullcontext():
             yield PREFECT_API_URL.value()
@@ -98,8 +97,11 @@ def reuse_task_settings() -> None:
     context built for the same serialised settings is reused (its `profile` and `settings`
     passed as instances are not validated again). Settings that differ in any value get their
     own. Prefect's own draft of this (PrefectHQ/prefect#20853, for its process pool) keyed
-    the cache the same way. Idempotent; a Prefect whose task engine no longer calls
-    `hydrated_context` is left alone.
+    the cache the same way. Fields the flow left unset are read from the worker's own sources
+    once, when its first task run builds them: `dask_runner`'s workers live for one flow run;
+    a long-lived cluster that preloads `diffmix.flows` keeps them until its workers restart.
+    Thread-safe (a worker may run tasks on several threads). Idempotent; a Prefect whose task
+    engine no longer calls `hydrated_context` is left alone.
     """
     import hashlib
     import pickle
@@ -116,11 +118,13 @@ def reuse_task_settings() -> None:
         settings = (serialized_context or {}).get("settings_context")
         if settings:
             key = hashlib.sha256(pickle.dumps(settings)).digest()
-            if key not in built:
+            hydrated = built.get(key)
+            if hydrated is None:
+                hydrated = context.SettingsContext(**settings)
                 if len(built) >= 16:  # a long-lived worker serving many differently-configured flows
                     built.clear()
-                built[key] = context.SettingsContext(**settings)
-            serialized_context = {**serialized_context, "settings_context": {"profile": built[key].profile, "settings": built[key].settings}}  # type: ignore[dict-item]
+                built[key] = hydrated
+            serialized_context = {**serialized_context, "settings_context": {"profile": hydrated.profile, "settings": hydrated.settings}}  # type: ignore[dict-item]
         return original(serialized_context, client)
 
     task_engine.hydrated_context = hydrated_context  # type: ignore[assignment]
@@ -133,7 +137,8 @@ def reuse_serialized_settings() -> None:
     dump of the whole settings model, about 15 ms of the flow process's CPU per task, taken
     from the cores its workers run on. The last context's dump is kept and handed out again
     (a copy) while the same context holds the same settings object; Prefect replaces settings
-    (`temporary_settings` makes new ones), it does not change them in place. Idempotent.
+    (`temporary_settings` makes new ones), it does not change them in place. Thread-safe (the
+    cached entry is read once per call). Idempotent.
     """
     import copy
 
@@ -142,13 +147,15 @@ def reuse_serialized_settings() -> None:
     original = SettingsContext.serialize
     if hasattr(original, "__wrapped__"):
         return
-    last: list[Any] = [None, None, None, None]  # the context, its settings, include_secrets, the dump
+    last: list[tuple[Any, Any, bool, dict[str, Any]] | None] = [None]  # (the context, its settings, include_secrets, the dump)
 
     @functools.wraps(original)
     def serialize(self: Any, include_secrets: bool = True) -> dict[str, Any]:
-        if last[0] is not self or last[1] is not self.settings or last[2] != include_secrets:
-            last[:] = [self, self.settings, include_secrets, original(self, include_secrets=include_secrets)]
-        return copy.deepcopy(last[3])
+        entry = last[0]
+        if entry is None or entry[0] is not self or entry[1] is not self.settings or entry[2] != include_secrets:
+            entry = (self, self.settings, include_secrets, original(self, include_secrets=include_secrets))
+            last[0] = entry
+        return copy.deepcopy(entry[3])
 
     SettingsContext.serialize = serialize  # type: ignore[method-assign]
 

@@ -4,6 +4,11 @@ and task runs that serialise and hydrate the settings once, not once per task.""
 from __future__ import annotations
 
 import ssl
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
@@ -129,3 +134,71 @@ def test_settings_are_serialised_once_per_settings_object() -> None:
         assert SettingsContext.get().serialize()["settings"]["tasks"]["default_retries"] == 5  # type: ignore[union-attr]
     assert context.serialize() == second
     assert context.serialize(include_secrets=False) == type(context).serialize.__wrapped__(context, include_secrets=False)  # type: ignore[attr-defined]
+
+
+def run_with_a_pause(function: Callable[[], object], code: object, line: str, meanwhile: Callable[[], object]) -> object:
+    """`function()` on a thread that stops at the first line of `code` containing `line` until
+    `meanwhile()` has run on another: the interleaving a race would need, made certain."""
+    source = Path(code.co_filename).read_text().splitlines()  # type: ignore[attr-defined]
+    paused, resumed = threading.Event(), threading.Event()
+
+    def tracer(frame: Any, event: str, arg: object) -> Any:
+        if frame.f_code is not code:
+            return None
+
+        def per_line(frame: Any, event: str, arg: object) -> Any:
+            if event == "line" and line in source[frame.f_lineno - 1] and not paused.is_set():
+                paused.set()
+                resumed.wait(10)
+            return per_line
+
+        return per_line
+
+    result: dict[str, object] = {}
+
+    def traced() -> None:
+        sys.settrace(tracer)
+        try:
+            result["value"] = function()
+        except Exception as exc:  # reported to the test below
+            result["value"] = exc
+        finally:
+            sys.settrace(None)
+
+    thread = threading.Thread(target=traced)
+    thread.start()
+    assert paused.wait(10)
+    meanwhile()
+    resumed.set()
+    thread.join(10)
+    return result["value"]
+
+
+def test_a_serialisation_racing_another_context_keeps_its_own_settings() -> None:
+    reuse_serialized_settings()
+    with temporary_settings(updates={PREFECT_TASKS_DEFAULT_RETRIES: 1}):
+        mine = SettingsContext.get()
+    with temporary_settings(updates={PREFECT_TASKS_DEFAULT_RETRIES: 2}):
+        other = SettingsContext.get()
+    assert mine is not None and other is not None
+    dump = run_with_a_pause(mine.serialize, type(mine).serialize.__code__, "return copy.deepcopy", other.serialize)
+    assert dump["settings"]["tasks"]["default_retries"] == 1  # type: ignore[index]
+
+
+def test_a_hydration_racing_a_full_cache_keeps_its_own_settings() -> None:
+    import prefect.task_engine as task_engine
+
+    reuse_task_settings()
+
+    def sent(retries: int) -> dict[str, object]:
+        with temporary_settings(updates={PREFECT_TASKS_DEFAULT_RETRIES: retries}):
+            return {"settings_context": serialize_context()["settings_context"]}
+
+    mine = sent(41)
+
+    def many_others() -> None:  # more distinct settings than the cache keeps: it is emptied at least once
+        for retries in range(100, 120):
+            hydrated_settings(sent(retries))
+
+    hydrated = run_with_a_pause(lambda: hydrated_settings(mine), task_engine.hydrated_context.__code__, "serialized_context = {**serialized_context", many_others)
+    assert isinstance(hydrated, SettingsContext) and hydrated.settings.tasks.default_retries == 41
