@@ -980,10 +980,11 @@ class _PartitionRejects:
         self.dropped = pc.indices_nonzero(pc.is_valid(self.decisions.column("stage")))
         self.structural = read_ipc_stream(rejects_path)
         self.plan, self.docs_path = plan, docs_path
-        self.documents = read_ipc_stream(docs_path)  # mapped: ids and lengths only
-        # Lengths from the offsets alone: no text is read.
-        self.text_bytes = pc.fill_null(pc.binary_length(self.documents.column("text")), 0).take(self.dropped).to_numpy().astype(np.int64)
-        rows = np.concatenate([self.structural.column("input_row").to_numpy(), self.documents.column("input_row").take(self.dropped).to_numpy()])
+        self.documents = read_ipc_stream(docs_path)  # mapped: read when rows are taken
+        # Input rows and text lengths from the verdicts file: the staged texts are not touched.
+        verdicts = read_ipc_stream(_verdicts_path(plan, key), ["input_row", "text_bytes"])
+        self.text_bytes = pc.fill_null(verdicts.column("text_bytes"), 0).take(self.dropped).to_numpy().astype(np.int64)
+        rows = np.concatenate([self.structural.column("input_row").to_numpy(), verdicts.column("input_row").take(self.dropped).to_numpy()])
         self.order = np.argsort(rows, kind="stable")
 
     def rows(self, start: int, stop: int) -> pa.Table:
