@@ -70,6 +70,26 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         raise
 
 
+def link_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Atomically give the finished file `src` the name `dst` too: a hard link (nothing copied),
+    a copy where the filesystem has none. `src` is never changed after (files are replaced, not
+    rewritten), so the two names keep the same bytes; doing it again is harmless."""
+    final = Path(dst)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.samefile(src, final):  # (renaming a link over another of the same file does nothing)
+            return
+    tmp = _tmp_name(final)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # EXDEV, EPERM, ENOTSUP, EMLINK: copy instead
+        with open(src, "rb") as f, atomic_open(tmp) as g:
+            while chunk := f.read(_HASH_CHUNK):
+                g.write(chunk)
+    os.replace(tmp, final)
+
+
 def check_output_dir(path: str | os.PathLike[str]) -> None:
     """Fail in one line when an output path, or a folder above it, exists and is not a directory."""
     try:
@@ -273,15 +293,31 @@ def _compact(batch: pa.Table) -> pa.Table:
     """The rows in buffers that end where the rows end. The IPC writer pads a sliced column with
     the bytes that follow it in its parent buffer, so the file's bytes would depend on how the
     same rows happened to lie in memory (a refilter's rejects differed from a fresh build's).
-    A column that uses all of its buffers is kept as it is; a string column (the documents' text:
-    nearly all of a shard's bytes) is cut without copying its bytes; the rest is copied."""
+    A column that uses all of its buffers (and has no bit set past its rows) is kept as it is; a
+    string column (the documents' text: nearly all of a shard's bytes) is cut without copying its
+    bytes; the rest is copied."""
     columns = []
     for column in batch.columns:
         chunks = column.chunks
-        whole = len(chunks) == 1 and chunks[0].nbytes == chunks[0].get_total_buffer_size()
+        whole = len(chunks) == 1 and chunks[0].nbytes == chunks[0].get_total_buffer_size() and _no_bits_past_the_rows(chunks[0])
         cut = _cut_strings(chunks[0]) if len(chunks) == 1 and not whole else None
         columns.append(chunks[0] if whole else cut if cut is not None else pa.concat_arrays(chunks))
     return pa.Table.from_arrays(columns, schema=batch.schema)
+
+
+def _no_bits_past_the_rows(array: pa.Array) -> bool:
+    """Whether each bitmap's last byte (validity; a boolean column's values) is clear past the last
+    row. The writer copies that byte as it is, and Polars leaves there whatever its computation left
+    (a fresh build's score column and a refilter's, the same rows, differed there); a copy clears it."""
+    rows = len(array) + array.offset
+    bitmaps = array.buffers()[:2] if pa.types.is_boolean(array.type) else array.buffers()[:1]
+    if rows % 8 and any(b is not None and b.size * 8 >= rows and np.frombuffer(b, np.uint8)[(rows - 1) // 8] >> (rows % 8) for b in bitmaps):
+        return False
+    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        return _no_bits_past_the_rows(array.values)
+    if pa.types.is_struct(array.type):
+        return all(_no_bits_past_the_rows(array.field(i)) for i in range(array.type.num_fields))
+    return True
 
 
 _OFFSET_WIDTH = {pa.string(): 4, pa.binary(): 4, pa.large_string(): 8, pa.large_binary(): 8}

@@ -48,6 +48,17 @@ def holds_only_shards(folder: Path) -> bool:
     return folder.is_dir() and not foreign_entries(folder, lambda path: bool(_SHARD_NAME.match(path.name)) and path.is_file())
 
 
+def remove_unlisted_shards(directory: str | os.PathLike[str], entries: list[FileEntry]) -> None:
+    """Delete shard files in `DIR/data/` and `DIR/rejects/` that `entries` do not list: what a build
+    killed under another config (another shard count) left there."""
+    listed = {entry.path for entry in entries}
+    for sub in (DATA_DIR, REJECTS_DIR):
+        folder = Path(directory) / sub
+        for path in folder.iterdir() if folder.is_dir() else ():
+            if _SHARD_NAME.match(path.name) and f"{sub}/{path.name}" not in listed:
+                path.unlink()
+
+
 def shard_name(index: int, count: int) -> str:
     return f"part-{index:05d}-of-{count:05d}.arrow"
 

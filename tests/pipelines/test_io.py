@@ -66,6 +66,41 @@ def test_a_slice_writes_the_same_bytes_whatever_lies_after_it(tmp_path: Path, ki
     assert (tmp_path / "a.arrow").read_bytes() == (tmp_path / "b.arrow").read_bytes() == (tmp_path / "c.arrow").read_bytes()
 
 
+@pytest.mark.parametrize("kind", [pa.int32(), pa.bool_(), pa.string(), pa.list_(pa.int32())])
+def test_bits_past_the_last_row_are_not_written(tmp_path: Path, kind: pa.DataType) -> None:
+    """A bitmap's last byte can carry set bits past the last row (Polars leaves them): the file
+    holds the rows' bits alone, so the same rows write the same bytes."""
+    rows = pa.array([{pa.int32(): 7, pa.bool_(): True, pa.string(): "s", pa.list_(pa.int32()): [1]}[kind], None, None], kind)
+    validity, *rest = rows.buffers()
+    dirty_validity = pa.py_buffer(bytes([validity.to_pybytes()[0] | 0b1111_1000]))
+    if kind == pa.bool_():  # its values are a bitmap too
+        rest = [pa.py_buffer(bytes([rest[0].to_pybytes()[0] | 0b1111_1000]))]
+    children = [rows.values] if kind == pa.list_(pa.int32()) else None
+    buffers = [dirty_validity, *rest[: 2 if kind == pa.string() else 1]]
+    dirty = pa.Array.from_buffers(kind, 3, buffers, null_count=2, children=children) if children else pa.Array.from_buffers(kind, 3, buffers, null_count=2)
+    assert dirty.equals(rows) and dirty.buffers()[0] != rows.buffers()[0]
+    write_ipc_stream(tmp_path / "clean.arrow", pa.table({"c": rows}))
+    write_ipc_stream(tmp_path / "dirty.arrow", pa.table({"c": dirty}))
+    assert (tmp_path / "dirty.arrow").read_bytes() == (tmp_path / "clean.arrow").read_bytes()
+
+
+def test_a_link_names_the_same_bytes_and_a_copy_stands_in_where_links_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = tmp_path / "work" / "staged.arrow"
+    write_ipc_stream(source, pa.table({"n": list(range(100))}))
+    io.link_file(source, tmp_path / "data" / "part.arrow")
+    io.link_file(source, tmp_path / "data" / "part.arrow")  # again (a resumed build): harmless
+    assert os.path.samefile(source, tmp_path / "data" / "part.arrow") and os.listdir(tmp_path / "data") == ["part.arrow"]
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    io.link_file(source, tmp_path / "elsewhere" / "part.arrow")
+    assert (tmp_path / "elsewhere" / "part.arrow").read_bytes() == source.read_bytes()
+    assert not os.path.samefile(source, tmp_path / "elsewhere" / "part.arrow")
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == ["part.arrow"]  # no temporary left
+
+
 def test_a_string_slice_without_nulls_is_written_without_a_copy() -> None:
     """Nearly all of a shard's bytes are one such column (the documents' text)."""
     parent = pa.array(["a" * 10, "b" * 20, "c" * 30, "d"], pa.large_string())
