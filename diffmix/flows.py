@@ -271,9 +271,11 @@ def _build_corpus(inputs: list[str], out: str, config: BuildConfig, overwrite: b
         specs = corpus.decide(plan, parts, edges)
         corpus.prepare_tokenizer(plan, specs)
         reject_specs = corpus.plan_reject_shards(plan, parts)
-        jobs = corpus.heaviest_first([*specs, *reject_specs])
+        # Shards that are a partition's staged file already: a link each, here (no task to wait for).
+        linked = {id(s): entry for s in specs if (entry := corpus.link_data_shard(plan, s)) is not None}
+        jobs = corpus.heaviest_first([*(s for s in specs if id(s) not in linked), *reject_specs])
         futures = [(write_shard_task if isinstance(job, corpus.ShardSpec) else write_rejects_task).submit(plan, job) for job in jobs]
-        written = dict(zip(map(id, jobs), _progress(futures, "shards")))
+        written = linked | dict(zip(map(id, jobs), _progress(futures, "shards")))
         shards, rejects = [written[id(s)] for s in specs], [written[id(s)] for s in reject_specs]
         return corpus.finalize(plan, parts, stats, shards, rejects).to_json_dict()
     except DiffmixError:

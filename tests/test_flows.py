@@ -6,6 +6,7 @@ SIGKILL, bad input through the CLI, and real data (a slice of the dev Parquet).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import json
@@ -355,9 +356,17 @@ def test_build_with_every_filter_off_keeps_every_document(tmp_path: Path, histor
             "redact": {"secrets": False, "emails": False, "ip_addresses": False},
         },
     }
-    manifest = run_build_corpus([str(history)], str(tmp_path / "out"), workers=1, config_overrides=off)
+    outs = [tmp_path / f"w{workers}" for workers in (1, 2)]
+    for workers, out in zip((1, 2), outs):
+        manifest = run_build_corpus([str(history), str(_parquet(tmp_path))], str(out), workers=workers, config_overrides=off)
     assert manifest["counts"]["dropped"] == manifest["counts"]["by_stage"]["structural"]["dropped"]
     assert manifest["counts"]["kept"] == manifest["counts"]["by_stage"]["structural"]["kept"] > 0
+    # Nothing dropped after a partition: each partition's staged file became its shard (linked by the flow).
+    shards = [load_table(outs[0], manifest=read_manifest(outs[0]).model_copy(update={"shards": [e]})) for e in read_manifest(outs[0]).shards]
+    first_rows = manifest["partitions"]
+    owners = [{bisect.bisect_right(first_rows, row) for row in s["input_row"].to_pylist()} for s in shards]
+    assert len(shards) > 2 and all(len(owner) == 1 for owner in owners) and len(set.union(*owners)) == len(shards)  # one shard a partition
+    assert tree_digest(outs[0]) == tree_digest(outs[1])
 
 
 def test_task_panics_become_errors() -> None:

@@ -77,6 +77,10 @@ class Manifest(BaseModel):
     formats: dict[str, int] = Field(default_factory=dict)
     tokenizer: dict[str, Any] | None = None
     tokens: dict[str, Any] | None = None
+    # A corpus's partitions (its units of work), as the first input row of each: data shards
+    # follow them in a build that drops nothing after a partition. None: a mixture, a synthetic
+    # corpus, or a corpus built before they were recorded.
+    partitions: list[int] | None = None
     # Stage-specific reports (dedup clusters, mixture audit table, ...).
     reports: dict[str, Any] = Field(default_factory=dict)
 

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -14,7 +15,7 @@ from diffmix.filters.engine import CORPUS_SCHEMA
 from diffmix.formats.base import get_format
 from diffmix.pipelines.shards import read_manifest
 from diffmix.schemas.config import BuildConfig
-from tests.filters.conftest import data, rejects, run_build, write_commits
+from tests.filters.conftest import data, rejects, run_build, tree_bytes, write_commits
 from tests.filters.test_refilter import mixed_rows
 
 
@@ -154,24 +155,95 @@ def test_tokenised_shards_stay_near_their_target_size(tmp_path: Path) -> None:
     assert len(sizes) > 2 and max(sizes[:-1]) < 1.6 * 40_000, sizes  # token ids and signatures are counted, not only the text
 
 
-@pytest.mark.parametrize("filters", [{}, {"rules": [], "dedup": {"exact_before_diff": False, "exact_diff": False, "near": None}, "caps": {"whitespace_only": None}}], ids=["every-filter", "none"])
-def test_writes_around_the_page_cache_give_the_same_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, filters: dict[str, object]) -> None:
+NOTHING_DROPS = {"rules": [], "dedup": {"exact_before_diff": False, "exact_diff": False, "near": None}, "caps": {"whitespace_only": None}}
+
+
+@pytest.mark.parametrize(("filters", "tokenized"), [({}, True), (NOTHING_DROPS, True), (NOTHING_DROPS, False)], ids=["every-filter", "none", "none-untokenized"])
+def test_writes_around_the_page_cache_give_the_same_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, filters: dict[str, object], tokenized: bool) -> None:
     """Shards (and, where nothing can drop a document, the staged documents) written and read with
     O_DIRECT (every file, however small, here), with structural rejects, filters dropping documents
-    (their texts go to rejects) and a tokenizer trained on the kept ones."""
+    (their texts go to rejects) and a tokenizer trained on the kept ones; untokenized, with shards
+    that are the staged files themselves."""
     from diffmix.pipelines import io
-    from diffmix.pipelines.build import _read_once
+    from diffmix.pipelines.build import _read_once, _shard_per_partition
     from tests.filters.conftest import tree_bytes
 
     parquet = write_commits(tmp_path / "in.parquet", mixed_rows(), row_group_size=4)
-    config = BuildConfig.model_validate({"partition_rows": 5, "shard_bytes": 20_000, "tokenize": {"kind": "bpe", "vocab_size": 300}, "filters": filters})
+    tokenize = {"kind": "bpe", "vocab_size": 300} if tokenized else None
+    config = BuildConfig.model_validate({"partition_rows": 5, "shard_bytes": 20_000, "tokenize": tokenize, "filters": filters})
     assert _read_once(config) is bool(filters)  # the staged documents go around the page cache only where nothing drops one
+    assert _shard_per_partition(config) is (bool(filters) and not tokenized)
     trees = {}
     for name, direct in (("buffered", False), ("direct", True)):
         monkeypatch.setattr(io, "DIRECT_IO", direct)
         monkeypatch.setattr(io, "DIRECT_MIN_BYTES", 0)
         manifest = run_build([str(parquet)], tmp_path / name, config, workers=2)
-        assert len(manifest.shards) > 1 and manifest.counts.dropped and manifest.tokenizer
+        assert len(manifest.shards) > 1 and manifest.counts.dropped and bool(manifest.tokenizer) is tokenized
         assert manifest.splits == dict(sorted(Counter(data(tmp_path / name)["split"].to_list()).items()))  # counted without reading the shards
         trees[name] = tree_bytes(tmp_path / name)
     assert trees["direct"] == trees["buffered"]
+
+
+def _with_a_repeated_id(rows: list[dict]) -> list[dict]:
+    """`rows` plus, at the end (another partition), an input's other version of the first row's change:
+    the same repository, commit and path (so the same `doc_id`), a later date, another edit."""
+    first = rows[0]
+    return [*rows, {**first, "new_contents": first["new_contents"] + "# the other input's version\n", "author_date": "2024-06-01T00:00:00Z"}]
+
+
+def test_shards_follow_partitions_where_nothing_drops_a_document(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No rule, dedup, cap or tokenizer: each partition writes its documents as its data shard will
+    hold them, and the shard is a link to that file; a partition that lost a document after it (a
+    repeated id) is written again without it. Either way the bytes are those of a shard written
+    from the kept rows, cut at every partition's first row and at about `shard_bytes`."""
+    from diffmix.pipelines import build
+
+    parquet = write_commits(tmp_path / "in.parquet", _with_a_repeated_id(mixed_rows()), row_group_size=10)
+    # Partitions of 3 and 4 rows (a row group of 10 cut in three): the 4-row ones pass `shard_bytes`.
+    config = BuildConfig.model_validate({"partition_rows": 4, "shard_bytes": 9_000, "filters": NOTHING_DROPS})
+    linked: list[str] = []
+    real_link = build.link_file
+    monkeypatch.setattr(build, "link_file", lambda src, dst: (linked.append(Path(dst).name), real_link(src, dst)))
+    manifest = run_build([str(parquet)], tmp_path / "linked", config, workers=2)
+    assert manifest.counts.dropped.get("duplicate_id") == 1
+    assert manifest.partitions is not None and manifest.partitions[:4] == [0, 3, 7, 10]
+    # Every shard holds rows of one partition; a partition cut by `shard_bytes` makes several.
+    first_rows = np.array(manifest.partitions)
+    owners = [set(np.searchsorted(first_rows, pa.ipc.open_stream(tmp_path / "linked" / e.path).read_all()["input_row"].to_numpy(), "right")) for e in manifest.shards]
+    assert all(len(owner) == 1 for owner in owners) and len(owners) > len({min(o) for o in owners})
+    assert 0 < len(linked) < len(manifest.shards)  # shards of several pieces, and the repeated id's partition, are written
+    # The same bytes as shards written from the kept rows, and as a build whose files stay in the page cache.
+    monkeypatch.setattr(build, "link_data_shard", lambda plan, spec: None)
+    run_build([str(parquet)], tmp_path / "written", config, workers=2)
+    assert tree_bytes(tmp_path / "linked") == tree_bytes(tmp_path / "written")
+    (dropped,) = rejects(tmp_path / "linked").filter(pl.col("reason") == "duplicate_id").to_dicts()
+    assert dropped["text"].startswith("<NME> ") and dropped["input_row"] == len(mixed_rows())  # the later copy, with its text
+
+
+def test_shards_are_cut_across_partitions_where_documents_can_be_dropped(tmp_path: Path) -> None:
+    from diffmix.pipelines.build import _shard_per_partition
+
+    parquet = write_commits(tmp_path / "in.parquet", mixed_rows(), row_group_size=4)
+    for filters, tokenize in (({}, None), (NOTHING_DROPS, {"kind": "char", "vocab_size": 300})):
+        config = BuildConfig.model_validate({"partition_rows": 5, "filters": filters, "tokenize": tokenize})
+        assert not _shard_per_partition(config)
+        manifest = run_build([str(parquet)], tmp_path / f"out-{len(filters)}", config)
+        assert len(manifest.shards) == 1 and len(manifest.partitions or []) > 1
+
+
+def test_a_build_killed_after_linking_some_shards_gives_the_same_bytes(tmp_path: Path) -> None:
+    from diffmix.pipelines import build
+
+    parquet = str(write_commits(tmp_path / "in.parquet", mixed_rows(), row_group_size=4))
+    config = BuildConfig.model_validate({"partition_rows": 4, "filters": NOTHING_DROPS})
+    run_build([parquet], tmp_path / "fresh", config)
+    plan = build.prepare_build([parquet], tmp_path / "killed", config)
+    parts = build.plan_partitions(plan, {})
+    for part in parts:
+        build.process_partition(plan, part)
+    build.prepare_dedup(plan, parts)
+    specs = build.decide(plan, parts)
+    assert all(build.link_data_shard(plan, spec) for spec in specs[:2])  # killed here
+    (plan.out / "data" / "part-00002-of-00099.arrow").write_bytes(b"half")  # and a shard of another plan
+    run_build([parquet], tmp_path / "killed", config)
+    assert tree_bytes(tmp_path / "killed") == tree_bytes(tmp_path / "fresh")

@@ -79,6 +79,36 @@ def test_refilter_equals_a_fresh_build(tmp_path: Path, change: str) -> None:
     assert refilter(refiltered, back, base) == read_manifest(back)
 
 
+# Nothing drops a document after its partition: the shards follow the partitions. (The source
+# needs the same MinHash setting, none, as its stored scores depend on it.)
+NOTHING_DROPS = {"rules": [], "dedup": {"exact_before_diff": False, "exact_diff": False, "near": None}, "caps": {"whitespace_only": None}}
+SOME_DROP = {"rules": ["license", "trivial"], "dedup": {"near": None}}
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["partitions", "older-manifest"])
+def test_refilter_to_shards_that_follow_partitions(tmp_path: Path, recorded: bool) -> None:
+    """Into a config where shards follow partitions, a refilter cuts them at its source's partitions,
+    as a fresh build does; for a corpus built before its manifest recorded them, as if it were one
+    partition (the same rows, in the same order)."""
+    from diffmix.pipelines.shards import write_manifest
+
+    parquet = write_commits(tmp_path / "in.parquet", mixed_rows(), row_group_size=5)
+    source = tmp_path / "source"
+    run_build([str(parquet)], source, BuildConfig.model_validate({"partition_rows": 6, "filters": SOME_DROP}))
+    if not recorded:
+        write_manifest(source, read_manifest(source).model_copy(update={"partitions": None}))
+    config = BuildConfig.model_validate({"partition_rows": 6, "filters": NOTHING_DROPS})
+    fresh, refiltered = tmp_path / "fresh", tmp_path / "refiltered"
+    run_build([str(parquet)], fresh, config)
+    manifest = refilter(source, refiltered, config)
+    assert len(read_manifest(fresh).shards) > 1 and data(fresh).height > data(source).height  # documents came back
+    if recorded:
+        assert tree_bytes(refiltered) == tree_bytes(fresh)
+    else:
+        assert manifest.partitions == [0] and len(manifest.shards) == 1
+        assert data(refiltered).equals(data(fresh)) and rejects(refiltered).equals(rejects(fresh))
+
+
 def test_refilter_fills_lazy_scores_that_become_needed(tmp_path: Path) -> None:
     parquet = write_commits(tmp_path / "in.parquet", mixed_rows())
     no_budget = BuildConfig.model_validate({"filters": {"rules": ["license", "message"]}})
