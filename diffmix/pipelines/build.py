@@ -1065,9 +1065,12 @@ class _PartitionRejects:
         sides = [(self.structural, structural_index)]
         if not is_structural.all():
             staged_row = self.dropped.to_numpy()[np.where(is_structural, 0, picked - n)]
-            taken = np.unique(staged_row[~is_structural])  # just these rows of the staged file, in order
-            documents = _rows_of(_staged_for_copy(self.plan, self.docs_path, read_ipc_stream(self.docs_path), len(taken)), taken)
-            sides.append((documents, pa.array(np.searchsorted(taken, staged_row), pa.int64(), mask=is_structural)))
+            documents = _staged_for_copy(self.plan, self.docs_path, read_ipc_stream(self.docs_path), int((~is_structural).sum()))
+            document_row = staged_row
+            if documents.num_rows and documents.column(0).num_chunks > 1:  # (a take over several chunks joins them first)
+                taken = np.unique(staged_row[~is_structural])
+                documents, document_row = _rows_of(documents, taken), np.searchsorted(taken, staged_row)
+            sides.append((documents, pa.array(document_row, pa.int64(), mask=is_structural)))
             sides.append((self.decisions, pa.array(staged_row, pa.int64(), mask=is_structural)))
         columns = {}
         for wanted in REJECT_SCHEMA:
