@@ -26,7 +26,7 @@ import yaml
 from diffmix.cli import main
 from diffmix.flows import run_build_corpus
 from diffmix.formats.base import get_format
-from diffmix.pipelines.shards import load_table, read_manifest
+from diffmix.pipelines.shards import load_table, open_dataset, read_manifest
 from tests.conftest import commit_files, damage_first_page, git
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -367,6 +367,7 @@ def test_build_with_every_filter_off_keeps_every_document(tmp_path: Path, histor
     owners = [{bisect.bisect_right(first_rows, row) for row in s["input_row"].to_pylist()} for s in shards]
     assert len(shards) > 2 and all(len(owner) == 1 for owner in owners) and len(set.union(*owners)) == len(shards)  # one shard a partition
     assert tree_digest(outs[0]) == tree_digest(outs[1])
+    open_dataset(outs[0])  # every linked shard's size, sha256 and rows as the manifest says
 
 
 def test_task_panics_become_errors() -> None:
