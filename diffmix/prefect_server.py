@@ -96,12 +96,13 @@ def reuse_task_settings() -> None:
     task here, more than the rest of a task's start together. Prefect never changes a settings
     object in place (it makes new ones), so the context built for the same serialised settings
     is reused (its `profile` and `settings`, passed as instances, are not validated again).
-    Settings that differ in any value get their own. Prefect's own draft of this (PrefectHQ/prefect#20853, for its process pool) keyed
-    the cache the same way. Fields the flow left unset are read from the worker's own sources
-    once, when its first task run builds them: `dask_runner`'s workers live for one flow run;
-    a long-lived cluster that preloads `diffmix.flows` keeps them until its workers restart.
-    Thread-safe (a worker may run tasks on several threads). Idempotent; a Prefect whose task
-    engine no longer calls `hydrated_context` is left alone.
+    Settings that differ in any value get their own. Prefect's own draft of this
+    (PrefectHQ/prefect#20853, for its process pool) keyed the cache the same way. Fields the
+    flow left unset are read from the worker's own sources once, when its first task run builds
+    them: `dask_runner`'s workers live for one flow run; a long-lived cluster that preloads
+    `diffmix.flows` keeps them until its workers restart. Thread-safe (a worker may run tasks on
+    several threads). Idempotent; a Prefect whose task engine no longer calls `hydrated_context`
+    is left alone.
     """
     import hashlib
     import pickle

@@ -174,7 +174,7 @@ class PartitionStats:
     redacted: dict[str, int] = field(default_factory=dict)  # findings per detector kind
     seconds: dict[str, float] = field(default_factory=dict)  # time per step (for benchmarks; not in the manifest)
     # Where shards follow partitions: the staged documents' file, written as their data shard
-    # ({"bytes", "sha256"}), for `write_data_shard` to link when the shard takes every row.
+    # ({"bytes", "sha256"}), for `link_data_shard` to link when the shard takes every row.
     shard_file: dict[str, Any] | None = None
 
 
@@ -187,7 +187,6 @@ class ShardSpec:
     # the dev data: 77 ms as lists, 2 ms as arrays, taken from the workers' 2 cores).
     pieces: list[tuple[str, np.ndarray]]
     weight: int = 0  # bytes its task reads: the staged documents of its partitions (`heaviest_first`)
-    whole: bool = False  # one partition's every staged document, where shards follow partitions
 
 
 # --- prepare ---------------------------------------------------------------------
@@ -521,12 +520,12 @@ def process_partition(plan: BuildPlan, part: Partition) -> PartitionStats:
     documents, verdicts = engine.decide_rows(documents, plan.config, sources if window.whole_file else None)
     clock.lap("rules_lazy")
     rejected = pl.concat([_structural_rejects(f.filter(pl.col("reason").is_not_null()), label) for f in (frame, alive, ready)])
-    shard_file = None
+    staged, shard_file = _staged_documents(documents), None
     if _shard_per_partition(plan.config):  # written once, as shipped: the shard phase links it
-        entry = write_shard(plan.work, docs_path.relative_to(plan.work).as_posix(), _staged_documents(documents))
+        entry = write_shard(plan.work, docs_path.relative_to(plan.work).as_posix(), staged)
         shard_file = {"bytes": entry.bytes, "sha256": entry.sha256}
     else:
-        write_ipc_stream(docs_path, _staged_documents(documents), direct=_read_once(plan.config))
+        write_ipc_stream(docs_path, staged, direct=_read_once(plan.config))
     write_ipc_stream(_verdicts_path(plan, part.key), _verdicts(documents, verdicts))
     write_ipc_stream(rejects_path, _as_rejects(rejected.to_arrow()))
     clock.lap("write")
@@ -765,15 +764,13 @@ def decide(plan: BuildPlan, parts: list[Partition], edge_files: list[str] | None
     kept = state.filter(pl.col("stage").is_null()).sort("node")
     owner, row, size = kept["part"].to_numpy().astype(np.int64), kept["row"].to_numpy(), kept["size"].to_numpy()
     ranges = _shard_ranges(plan, size, kept["input_row"].to_numpy(), parts)
-    staged_rows = np.bincount(state["part"].to_numpy(), minlength=len(parts))
     specs = []
     for index, (start, stop) in enumerate(ranges):
         # Runs of consecutive rows from the same partition become one piece.
         cuts = [start, *(start + 1 + np.flatnonzero(np.diff(owner[start:stop]))).tolist(), stop]
         pieces = [(parts[int(owner[a])].key, row[a:b].astype(np.int64)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
-        whole = _shard_per_partition(plan.config) and len(pieces) == 1 and stop - start == staged_rows[owner[start]]
-        read = 0 if whole else sum(_partition_files(plan, key)[0].stat().st_size for key in {key for key, _ in pieces})
-        specs.append(ShardSpec(index, len(ranges), pieces, read, whole))
+        read = sum(_partition_files(plan, key)[0].stat().st_size for key in {key for key, _ in pieces})
+        specs.append(ShardSpec(index, len(ranges), pieces, read))
     return specs
 
 
@@ -861,12 +858,13 @@ def _tokenizer_for(config: BuildConfig, texts: Iterable[str]) -> Tokenizer:
 def link_data_shard(plan: BuildPlan, spec: ShardSpec) -> FileEntry | None:
     """The shard as a link to the staged file that already holds its bytes (`_shard_per_partition`:
     a partition's every document); None where it has to be written (`write_data_shard`)."""
-    if not spec.whole:
+    if not _shard_per_partition(plan.config) or len(spec.pieces) != 1:
         return None
     key, rows = spec.pieces[0]
     docs_path, _, stats_path = _partition_files(plan, key)
-    staged = read_json(stats_path).get("shard_file")  # (a refilter's staged files are not shards)
-    if staged is None:
+    stats = read_json(stats_path)
+    staged = stats.get("shard_file")  # (a refilter's staged files are not shards)
+    if staged is None or len(rows) != stats["documents"]:  # (rows dropped after the partition)
         return None
     rel = f"{DATA_DIR}/{shard_name(spec.index, spec.count)}"
     link_file(docs_path, plan.out / rel)

@@ -17,6 +17,7 @@ import json
 import mmap
 import os
 import re
+import shutil
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -85,8 +86,7 @@ def link_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
         os.link(src, tmp)
     except OSError:  # EXDEV, EPERM, ENOTSUP, EMLINK: copy instead
         with open(src, "rb") as f, atomic_open(tmp) as g:
-            while chunk := f.read(_HASH_CHUNK):
-                g.write(chunk)
+            shutil.copyfileobj(f, g, _HASH_CHUNK)
     os.replace(tmp, final)
 
 
