@@ -223,7 +223,9 @@ TEXT_IDS = ("old_text_id", "new_text_id")
 
 def distinct_ids(columns: list[pl.Series]) -> list[pl.Series]:
     """For each column, the index of each row's text among the distinct texts of all columns (first seen first)."""
-    joined = pl.concat(columns)
+    # One chunk: Polars gathers a string column of several chunks by copying every gathered
+    # text; of one chunk, by copying views (rechunking string views copies no text).
+    joined = pl.concat(columns, rechunk=True)
     # Ids over one 64-bit hash per text (a pass over the bytes; grouping the texts themselves
     # hashed them twice), checked against the texts: a collision falls back to the texts.
     index = _first_seen_index(joined.hash(seed=0))
@@ -259,7 +261,7 @@ def on_distinct(columns: list[pl.Series], score: Callable[[pl.Series], pl.DataFr
     ids = ids if ids is not None else distinct_ids(columns)
     # Dense ids: rows dropped since the ids were made leave gaps.
     index = (pl.concat(ids).rank("dense") - 1).cast(pl.UInt32)
-    values = score(pl.concat(columns).gather(_first_rows(index)))
+    values = score(pl.concat(columns, rechunk=True).gather(_first_rows(index)))  # one chunk: see distinct_ids
     out, start = [], 0
     for column in columns:
         out.append(values.select(pl.all().gather(index.slice(start, len(column)))))

@@ -121,6 +121,24 @@ def test_scores_on_distinct_texts_survive_gaps_in_the_ids() -> None:
     assert lengths[0]["n"].to_list() == [2, 4, None, 2] and lengths[1]["n"].to_list() == [3, 1, 2, 4]
 
 
+def test_distinct_texts_of_chunked_columns() -> None:
+    """Columns of several chunks (a refilter's batches), each text long enough to live outside
+    its view, get the same ids and scores as single chunks (both are joined into one chunk first)."""
+    import polars as pl
+
+    from diffmix.filters.base import distinct_ids, on_distinct
+
+    texts = [f"file text number {i % 5} " * 3 for i in range(12)]
+    old = pl.concat([pl.Series("old", texts[:5]), pl.Series("old", texts[5:])], rechunk=False)
+    new = pl.concat([pl.Series("new", texts[1:4]), pl.Series("new", [*texts[4:], "new text " * 4])], rechunk=False)
+    assert old.n_chunks() == new.n_chunks() == 2
+    ids = distinct_ids([old, new])
+    assert [i.to_list() for i in ids] == [[0, 1, 2, 3, 4] * 2 + [0, 1], [1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1, 5]]
+    scored = on_distinct([old, new], lambda t: t.str.len_bytes().to_frame("n"), ids)
+    assert scored[0]["n"].to_list() == [len(t) for t in texts]
+    assert scored[1]["n"].to_list() == [len(t) for t in [*texts[1:], "new text " * 4]]
+
+
 def _chunked(values: list[str | None]) -> object:
     import polars as pl
 
