@@ -25,7 +25,7 @@ apply_defaults()  # before Prefect is imported
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.exceptions import ExternalSignal  # noqa: E402
-from prefect.futures import as_completed  # noqa: E402
+from prefect.futures import PrefectFuture, as_completed, wait  # noqa: E402
 from prefect.states import Failed, State  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect_dask import DaskTaskRunner  # noqa: E402
@@ -146,6 +146,22 @@ def _task(fn: Callable[..., Any], name: str, **options: Any) -> Any:
     return task(_panics_as_errors(fn), name=name, cache_policy=NO_CACHE, **options)
 
 
+def _unless_abandoned(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn(plan, ...)`, refused once the flow has given the build up: a task still queued when
+    another found bad input must not write into the output the flow then removes."""
+
+    @functools.wraps(fn)
+    def call(plan: corpus.BuildPlan, *args: Any, **kwargs: Any) -> Any:
+        corpus.check_not_abandoned(plan)
+        return fn(plan, *args, **kwargs)
+
+    return call
+
+
+def _corpus_task(fn: Callable[..., Any], name: str, **options: Any) -> Any:
+    return _task(_unless_abandoned(fn), name, retries=RETRIES, retry_condition_fn=_transient, **options)
+
+
 def _named_by_out(verb: str, runtime: str = "flow_run") -> Callable[[], str]:
     """A run-name function: `verb <out's folder name>` (Prefect's default is a random pair of words)."""
 
@@ -160,11 +176,11 @@ def _named_by_out(verb: str, runtime: str = "flow_run") -> Callable[[], str]:
 
 # --- corpus build ---------------------------------------------------------------
 
-stage_source_task = _task(corpus.stage_source, "stage_source", task_run_name="stage input {source_index}", retries=RETRIES, retry_condition_fn=_transient)
-process_partition_task = _task(corpus.process_partition, "process_partition", task_run_name="documents {part.key}", retries=RETRIES, retry_condition_fn=_transient)
-write_shard_task = _task(corpus.write_data_shard, "write_shard", task_run_name="data shard {spec.index}", retries=RETRIES, retry_condition_fn=_transient)
-write_rejects_task = _task(corpus.write_reject_shard, "write_rejects", task_run_name="rejects shard {spec.index}", retries=RETRIES, retry_condition_fn=_transient)
-near_dedup_task = _task(corpus.near_dedup_group, "near_dedup", task_run_name="near-dedup band group {group}", retries=RETRIES, retry_condition_fn=_transient)
+stage_source_task = _corpus_task(corpus.stage_source, "stage_source", task_run_name="stage input {source_index}")
+process_partition_task = _corpus_task(corpus.process_partition, "process_partition", task_run_name="documents {part.key}")
+write_shard_task = _corpus_task(corpus.write_data_shard, "write_shard", task_run_name="data shard {spec.index}")
+write_rejects_task = _corpus_task(corpus.write_reject_shard, "write_rejects", task_run_name="rejects shard {spec.index}")
+near_dedup_task = _corpus_task(corpus.near_dedup_group, "near_dedup", task_run_name="near-dedup band group {group}")
 
 
 def _env_count(name: str, default: int) -> int:
@@ -256,29 +272,38 @@ def _build_corpus(inputs: list[str], out: str, config: BuildConfig, overwrite: b
     plan = corpus.prepare_build(inputs, out, config, overwrite=overwrite)
     if plan.complete:
         return corpus.read_manifest(plan.out).to_json_dict()
+    submitted: list[PrefectFuture[Any]] = []
+
+    def submit(task: Any, *args: Any) -> PrefectFuture[Any]:
+        submitted.append(future := task.submit(plan, *args))
+        return future
+
     try:
         if plan.synthetic:
             return corpus.build_synthetic(plan).to_json_dict()
         streams = corpus.stream_source_indices(plan)
-        staged_futures = [stage_source_task.submit(plan, i) for i in streams]
-        staged = dict(zip(streams, _progress(staged_futures, "ingest")))
+        staged = dict(zip(streams, _progress([submit(stage_source_task, i) for i in streams], "ingest")))
         parts = corpus.plan_partitions(plan, staged)
         started = corpus.heaviest_first(parts)
-        done = dict(zip((p.key for p in started), _progress([process_partition_task.submit(plan, p) for p in started], "documents")))
+        done = dict(zip((p.key for p in started), _progress([submit(process_partition_task, p) for p in started], "documents")))
         stats = [done[p.key] for p in parts]
         groups = corpus.prepare_dedup(plan, parts)  # filter verdicts + exact dedup; near-dedup band groups
-        edges = _progress([near_dedup_task.submit(plan, parts, g) for g in groups], "dedup")
+        edges = _progress([submit(near_dedup_task, parts, g) for g in groups], "dedup")
         specs = corpus.decide(plan, parts, edges)
         corpus.prepare_tokenizer(plan, specs)
         reject_specs = corpus.plan_reject_shards(plan, parts)
         # Shards that are a partition's staged file already: a link each, here (no task to wait for).
         linked = {id(s): entry for s in specs if (entry := corpus.link_data_shard(plan, s)) is not None}
         jobs = corpus.heaviest_first([*(s for s in specs if id(s) not in linked), *reject_specs])
-        futures = [(write_shard_task if isinstance(job, corpus.ShardSpec) else write_rejects_task).submit(plan, job) for job in jobs]
+        futures = [submit(write_shard_task if isinstance(job, corpus.ShardSpec) else write_rejects_task, job) for job in jobs]
         written = linked | dict(zip(map(id, jobs), _progress(futures, "shards")))
         shards, rejects = [written[id(s)] for s in specs], [written[id(s)] for s in reject_specs]
         return corpus.finalize(plan, parts, stats, shards, rejects).to_json_dict()
     except DiffmixError:
+        # Tasks still running finish (a staging stops at its next chunk); queued ones refuse to
+        # start. Only then is the output removed: a task writing after that would make it again.
+        corpus.abandon(plan)
+        wait(submitted)
         corpus.discard_incomplete(plan)
         raise
 

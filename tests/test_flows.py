@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from diffmix.cli import main
+from diffmix.errors import DiffmixError
 from diffmix.flows import run_build_corpus
 from diffmix.formats.base import get_format
 from diffmix.pipelines.shards import load_table, open_dataset, read_manifest
@@ -286,6 +287,44 @@ def test_a_failed_overwrite_leaves_the_previous_build(tmp_path: Path, history: P
     assert tree_digest(out) == before and sorted(p.name for p in out.iterdir()) == ["data", "manifest.json", "rejects"]
     run_build_corpus([str(history)], str(out), workers=1, config_overrides={**SMALL, "partition_rows": 7}, overwrite=True)
     assert tree_digest(out) != before and not (out / ".previous").exists() and not (out / ".work").exists()
+
+
+def test_bad_input_found_by_one_task_waits_for_the_others(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """One input fails at its second line while another is still being staged: the output was
+    removed while that staging went on writing (and made its folders again), and Dask's cancel
+    printed a second line. Now the flow waits for running tasks before it removes anything."""
+    body = "".join(f"line {j} of a file long enough to take a while to stage\n" for j in range(300))
+    rows = [{"commit": f"{i:040x}", "new_file": f"f{i}.py", "old_contents": body, "new_contents": body + f"{i}\n", "message": f"m {i}"} for i in range(3000)]
+    (tmp_path / "good.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "broken.jsonl").write_text('{"commit": "c", "new_file": "x", "old_contents": "a", "new_contents": "b", "message": "m"}\n{oops\n')
+    out = tmp_path / "out"
+    (tmp_path / "config.yaml").write_text("partition_rows: 500\n")  # a staged chunk at a time
+    argv = ["build", "--input", str(tmp_path / "good.jsonl"), "--input", str(tmp_path / "broken.jsonl"), "--out", str(out), "--workers", "2", "--config", str(tmp_path / "config.yaml")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.jsonl: broken JSON line 2" in err[0], err
+    assert not out.exists()
+
+
+def test_a_task_of_an_abandoned_build_writes_nothing(tmp_path: Path) -> None:
+    from diffmix import flows
+    from diffmix.pipelines import build as corpus
+    from diffmix.schemas.config import load_build_config
+
+    config = load_build_config(None, **SMALL)
+    plan = corpus.prepare_build([str(_parquet(tmp_path))], tmp_path / "out", config)
+    part = corpus.plan_partitions(plan, {})[0]
+    corpus.abandon(plan)
+    before = tree_digest(plan.out)
+    with pytest.raises(DiffmixError, match="abandoned after an error elsewhere"):
+        flows.process_partition_task.fn(plan, part)
+    assert tree_digest(plan.out) == before
+    plan = corpus.prepare_build([str(_parquet(tmp_path))], tmp_path / "out", config)  # a rerun takes the work up again
+    flows.process_partition_task.fn(plan, part)
+    corpus.discard_incomplete(plan)
+    with pytest.raises(DiffmixError, match="abandoned"):  # its work directory gone: no task makes it again
+        flows.process_partition_task.fn(plan, part)
+    assert not plan.out.exists()
 
 
 def test_real_data_slice_round_trips(tmp_path: Path, dev_parquet: Path) -> None:

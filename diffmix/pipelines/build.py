@@ -111,6 +111,9 @@ WORK_FORMAT = 3
 # Under --overwrite the build it replaces waits here until the new manifest is written
 # (put back if the new build fails on bad input), so a failed overwrite loses nothing.
 PREVIOUS_DIR = ".previous"
+# In WORK_DIR once the flow has given the build up (bad input found by a task): tasks still
+# queued refuse to start, so nothing writes into the output the flow is about to remove.
+ABANDONED = "abandoned"
 CORPUS_SCHEMA = engine.CORPUS_SCHEMA
 # Rejects keep ids and metadata; only filter/dedup/cap rejects keep their text and scores (for --refilter).
 REJECT_SCHEMA = reject_schema(CORPUS_SCHEMA)
@@ -319,6 +322,7 @@ def _reset_work_if_stale(plan: BuildPlan, mode: str = "build") -> None:
     if marker.is_file() and read_json(marker) != identity:
         shutil.rmtree(plan.work)
     plan.work.mkdir(parents=True, exist_ok=True)
+    (plan.work / ABANDONED).unlink(missing_ok=True)  # a killed build's, given up just before the kill
     remove_stale_temporaries(plan.out)
     write_json(marker, identity)
 
@@ -327,6 +331,19 @@ def _remove_scratch(plan: BuildPlan) -> None:
     """Once the manifest is written: the work directory, and the build an --overwrite replaced."""
     shutil.rmtree(plan.work, ignore_errors=True)
     shutil.rmtree(plan.out / PREVIOUS_DIR, ignore_errors=True)
+
+
+def abandon(plan: BuildPlan) -> None:
+    """Give the build up: from now on `check_not_abandoned` fails in every task that starts."""
+    if plan.work.is_dir():
+        (plan.work / ABANDONED).touch()
+
+
+def check_not_abandoned(plan: BuildPlan) -> None:
+    """Raise if the flow has given this build up, or its work directory is gone: a task that
+    went on would write into an output being removed (and make its folders again)."""
+    if not plan.work.is_dir() or (plan.work / ABANDONED).exists():
+        raise DiffmixError(f"{plan.out}: the build was abandoned after an error elsewhere")
 
 
 def discard_incomplete(plan: BuildPlan) -> None:
@@ -378,6 +395,7 @@ def stage_source(plan: BuildPlan, source_index: int) -> list[str]:
     pending_rows = 0
 
     def flush(tables: list[pa.Table]) -> None:
+        check_not_abandoned(plan)  # a long staging stops at its next chunk once another task found bad input
         path = folder / f"chunk-{len(chunks):05d}.arrow"
         write_ipc_stream(path, pa.concat_tables(tables).combine_chunks())
         chunks.append(str(path))
