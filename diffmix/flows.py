@@ -12,6 +12,7 @@ workers; otherwise each worker process would start a temporary server of its own
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from diffmix.settings import apply_defaults
 
 apply_defaults()  # before Prefect is imported
 
+from distributed.comm.core import CommClosedError  # noqa: E402
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.exceptions import ExternalSignal  # noqa: E402
@@ -94,11 +96,41 @@ def dask_setup(worker: Any) -> None:
     Without it, Dask's `MALLOC_TRIM_THRESHOLD_` makes every text, diff and shard buffer over
     128 KB a fresh mapping (BENCHMARKS.md, tenth round: about 3 s of a 14-25 s build), and
     each task run parses the CA bundle two or three times (`share_api_tls_context`) and
-    builds Prefect's settings anew (`reuse_task_settings`).
+    builds Prefect's settings anew (`reuse_task_settings`); a heartbeat caught by the cluster's
+    shutdown would print a traceback after a build that succeeded (`quiet_closed_scheduler_heartbeats`).
     """
     keep_freed_memory()
     share_api_tls_context()
     reuse_task_settings()
+    quiet_closed_scheduler_heartbeats()
+
+
+class _ClosedSchedulerHeartbeat(logging.Filter):
+    """Dask's "heartbeat failed" error, when the scheduler's end was closed, as a debug record."""
+
+    message = "Failed to communicate with scheduler during heartbeat."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if record.msg != self.message or not isinstance(error, CommClosedError):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def quiet_closed_scheduler_heartbeats() -> None:
+    """A local worker's heartbeat that finds the scheduler's connection closed is logged at
+    debug level, not as an error with a traceback.
+
+    The scheduler of `dask_runner`'s LocalCluster lives in the flow's process and closes with
+    the flow. A heartbeat in flight while the cluster shuts down fails with `CommClosedError`,
+    and Dask logs it with its whole traceback (dask/distributed#7105): here, after about one
+    build in 20 to 60 on 2 workers that had succeeded. Other heartbeat failures (a timeout)
+    stay errors.
+    """
+    logger = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _ClosedSchedulerHeartbeat) for f in logger.filters):
+        logger.addFilter(_ClosedSchedulerHeartbeat())
 
 
 def _progress(futures: list[Any], label: str, keep_errors: bool = False) -> list[Any]:

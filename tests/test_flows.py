@@ -10,6 +10,7 @@ import bisect
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -498,8 +499,57 @@ def test_local_workers_start_with_diffmix_imported_and_a_share_of_the_cores() ->
         pools = client.run(lambda: __import__("polars").thread_pool_size())
         faults = client.run(faults_per_block)
         shared_tls = client.run(lambda: __import__("prefect.client.orchestration", fromlist=["ssl"]).ssl is not __import__("ssl"))
+        heartbeat_filters = client.run(lambda: [type(f).__name__ for f in __import__("logging").getLogger("distributed.worker").filters])
     assert list(loaded.values()) == [True, True]
     assert list(shared_tls.values()) == [True, True]
+    assert list(heartbeat_filters.values()) == [["_ClosedSchedulerHeartbeat"]] * 2
     assert list(pools.values()) == [max(1, (os.cpu_count() or 1) // 2)] * 2
     if sys.platform.startswith("linux"):
         assert max(faults.values()) < 100
+
+
+@pytest.mark.parametrize(
+    ("message", "error", "level", "shown"),
+    [
+        ("Failed to communicate with scheduler during heartbeat.", "closed", logging.WARNING, False),  # the shutdown race
+        ("Failed to communicate with scheduler during heartbeat.", "closed", logging.DEBUG, True),  # kept for debugging
+        ("Failed to communicate with scheduler during heartbeat.", "timeout", logging.WARNING, True),  # a scheduler that does not answer
+        ("Unexpected exception during heartbeat. Closing worker.", "closed", logging.WARNING, True),
+        ("Failed to communicate with scheduler during heartbeat.", None, logging.WARNING, True),
+    ],
+)
+def test_a_heartbeat_to_a_closed_scheduler_is_not_an_error(message: str, error: str | None, level: int, shown: bool) -> None:
+    import inspect
+
+    from distributed.comm.core import CommClosedError
+    from distributed.worker import Worker
+
+    from diffmix.flows import _ClosedSchedulerHeartbeat, quiet_closed_scheduler_heartbeats
+
+    assert _ClosedSchedulerHeartbeat.message in inspect.getsource(Worker.heartbeat)  # the message Dask logs
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logger = logging.getLogger("distributed.worker")
+    before = (logger.level, list(logger.filters))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        quiet_closed_scheduler_heartbeats()
+        quiet_closed_scheduler_heartbeats()  # installed once
+        assert len(logger.filters) == len(before[1]) + 1
+        try:
+            if error == "closed":
+                raise CommClosedError("in <TCP (closed) ConnectionPool.heartbeat_worker>: Stream is closed")
+            if error == "timeout":
+                raise TimeoutError("heartbeat_worker timed out")
+            logger.error(message)
+        except OSError:
+            logger.exception(message)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before[0])
+        logger.filters[:] = before[1]
+    assert [r.getMessage() for r in seen] == ([message] if shown else [])
+    if shown and error == "closed" and message.startswith("Failed"):
+        assert seen[0].levelno == logging.DEBUG
