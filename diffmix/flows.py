@@ -23,7 +23,6 @@ from diffmix.settings import apply_defaults
 
 apply_defaults()  # before Prefect is imported
 
-from distributed.comm.core import CommClosedError  # noqa: E402
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.exceptions import ExternalSignal  # noqa: E402
@@ -111,8 +110,13 @@ class _ClosedSchedulerHeartbeat(logging.Filter):
     message = "Failed to communicate with scheduler during heartbeat."
 
     def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if record.msg != self.message or not isinstance(error, CommClosedError):
+        if record.msg != self.message or not record.exc_info:
+            return True
+        # Imported here, not at the top: importing distributed before Prefect would give Dask its
+        # own stderr handler in the flow's process (Prefect's console handler keeps it quiet now).
+        from distributed.comm.core import CommClosedError
+
+        if not isinstance(record.exc_info[1], CommClosedError):
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)

@@ -502,7 +502,7 @@ def test_local_workers_start_with_diffmix_imported_and_a_share_of_the_cores() ->
         heartbeat_filters = client.run(lambda: [type(f).__name__ for f in __import__("logging").getLogger("distributed.worker").filters])
     assert list(loaded.values()) == [True, True]
     assert list(shared_tls.values()) == [True, True]
-    assert list(heartbeat_filters.values()) == [["_ClosedSchedulerHeartbeat"]] * 2
+    assert all("_ClosedSchedulerHeartbeat" in names for names in heartbeat_filters.values())
     assert list(pools.values()) == [max(1, (os.cpu_count() or 1) // 2)] * 2
     if sys.platform.startswith("linux"):
         assert max(faults.values()) < 100
