@@ -1,6 +1,6 @@
 """Corpus build of the whole dev Parquet against the I/O floor, measured in one run.
 
-    python benchmarks/build.py [--workers 1 2] [--repeat N] [--skip-diff] [--skip-one-group] [--config FILE]
+    python benchmarks/build.py [--workers 1 2] [--repeat N] [--skip-diff] [--skip-one-group] [--skip-ceiling] [--config FILE]
 
 Prints (Markdown tables):
 * the floor: pyarrow reading the Parquet and writing the same rows as one Arrow IPC stream,
@@ -15,6 +15,8 @@ Prints (Markdown tables):
   floor is the best of 5) and their median;
 * the memory bus at the start and at the end: one numpy copy stream alone, and each of two at
   once (on a VM the share two busy cores get changes by the minute: a record of the host's state);
+* the ceiling of the 2-vs-1 ratio in the same sitting: the build's partitions alone, no Prefect
+  and no Dask, in 1 and 2 plain processes set up as the workers are (`partition_ceiling`);
 * where the time of the last full build on each worker count went, from the flow's own task
   runs as Prefect recorded them: each phase's span and its tasks' summed run time;
 * the same build of the same rows rewritten as one row group (what pyarrow's and
@@ -39,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -112,6 +115,78 @@ def diff_engines(parquet: Path) -> list[list[object]]:
     ]
 
 
+def _ceiling_process(plan: Any, parts: list[Any], order: list[int], warm: tuple[Any, list[Any]], taken: Any, barrier: Any, ends: Any) -> None:
+    """One process of `partition_ceiling`: set up as `dask_setup` sets up a Dask worker, warmed on
+    the 50-row input, then taking partitions from the shared counter in `order` until none is left."""
+    from diffmix.memory import keep_freed_memory
+
+    keep_freed_memory()
+    import diffmix.flows  # noqa: F401  (what each Dask worker preloads)
+    from diffmix.pipelines import build as corpus
+
+    for part in warm[1]:
+        corpus.process_partition(warm[0], part)
+    barrier.wait()
+    cpu = time.process_time()
+    while True:
+        with taken.get_lock():
+            index, taken.value = taken.value, taken.value + 1
+        if index >= len(order):
+            break
+        corpus.process_partition(plan, parts[order[index]])
+    ends.put((time.monotonic(), time.process_time() - cpu))
+
+
+def partition_ceiling(parquet: Path, tiny: Path, scratch: Path, config: str | None, processes: int) -> tuple[float, float]:
+    """Wall and CPU seconds (all threads of all processes) of the build's partitions alone, no
+    Prefect and no Dask: `processes` plain processes with a Dask worker's environment and set-up
+    take them heaviest first from a shared counter, as the flow submits them. Each first runs the
+    50-row input's partition, as the start-up run that the build's data work subtracts does, so
+    what is timed is the partitions themselves, heap growth included. The ratio of 1 process to 2
+    is what the two cores give this code with no orchestration at all: the ceiling of the build's
+    2-vs-1 in the same sitting."""
+    import multiprocessing
+
+    import dask
+
+    from diffmix.flows import local_worker_env
+    from diffmix.pipelines import build as corpus
+    from diffmix.schemas.config import load_build_config
+
+    settings = load_build_config(config)
+
+    def planned(source: Path, out: Path) -> tuple[Any, list[Any]]:
+        plan = corpus.prepare_build([corpus.resolve_source(str(source)).canonical_uri()], out, settings)
+        return plan, corpus.plan_partitions(plan, {})
+
+    outs = [scratch / "ceiling", *(scratch / f"ceiling-warm-{k}" for k in range(processes))]
+    plan, parts = planned(parquet, outs[0])
+    order = [parts.index(part) for part in corpus.heaviest_first(parts)]
+    context = multiprocessing.get_context("spawn")
+    taken, barrier, ends = context.Value("i", 0), context.Barrier(processes + 1), context.Queue()
+    env = {**{k: str(v) for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()}, **local_worker_env(processes)}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # a spawned process starts with the parent's environment
+    try:
+        children = [context.Process(target=_ceiling_process, args=(plan, parts, order, planned(tiny, out), taken, barrier, ends)) for out in outs[1:]]
+        for child in children:
+            child.start()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    barrier.wait(timeout=600)
+    start = time.monotonic()
+    results = [ends.get(timeout=600) for _ in children]
+    for child in children:
+        child.join()
+    for out in outs:
+        shutil.rmtree(out, ignore_errors=True)
+    return max(end for end, _ in results) - start, sum(cpu for _, cpu in results)
+
+
 PHASES = (("documents", "documents "), ("near-dedup", "near-dedup "), ("shards", "data shard "), ("shards", "rejects shard "), ("ingest", "stage input "))
 
 
@@ -147,6 +222,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs of every build: the table shows the best and the median")
     parser.add_argument("--skip-diff", action="store_true")
     parser.add_argument("--skip-one-group", action="store_true", help="skip the build of the same rows rewritten as one row group")
+    parser.add_argument("--skip-ceiling", action="store_true", help="skip the partitions alone in plain processes (the 2-vs-1 ceiling)")
     parser.add_argument("--config", help="a build config (default: the built-in one, every filter on); e.g. benchmarks/configs/filters-off.yaml")
     args = parser.parse_args()
     parquet = require_dev_data()
@@ -183,6 +259,7 @@ def main() -> None:
             # a full run less the start-up run just before it, and 1 and 2 workers share each sitting.
             results: dict[tuple[str, int], dict[str, list[tuple[float, float]]]] = {}
             timelines: dict[int, list[list[object]]] = {}
+            ceilings: dict[int, list[tuple[float, float]]] = {}
             for _ in range(args.repeat):
                 for label, path in inputs.items():
                     for workers in args.workers if path == parquet else [max(args.workers)]:
@@ -195,6 +272,9 @@ def main() -> None:
                             shutil.rmtree(out)
                         if path == parquet:
                             timelines[workers] = flow_phases(workers)
+                if not args.skip_ceiling:
+                    for workers in args.workers:
+                        ceilings.setdefault(workers, []).append(partition_ceiling(parquet, tiny, scratch, args.config, workers))
         bench_rows = []
         best: dict[tuple[str, int], float] = {}
         median: dict[tuple[str, int], float] = {}
@@ -213,6 +293,16 @@ def main() -> None:
         if ("dev Parquet", 1) in best and ("dev Parquet", 2) in best:
             one, two = ("dev Parquet", 1), ("dev Parquet", 2)
             print(f"\n2 workers vs 1 on the data work: {best[one] / best[two]:.2f}x (best), {median[one] / median[two]:.2f}x (median)")
+        if ceilings:
+            print("\nthe partitions alone (no Prefect, no Dask): plain processes set up as the workers are, each warmed on the 50-row input, taking the partitions heaviest first")
+            spans = {w: [wall for wall, _ in runs] for w, runs in ceilings.items()}
+            cpus = {w: statistics.median(cpu for _, cpu in runs) for w, runs in ceilings.items()}
+            print(table(["processes", "best s", "median s", "median CPU s (all threads)"], [[w, min(spans[w]), statistics.median(spans[w]), cpus[w]] for w in sorted(spans)]))
+            if 1 in spans and 2 in spans:
+                print(
+                    f"2 processes vs 1 on the partitions alone: {min(spans[1]) / min(spans[2]):.2f}x (best), "
+                    f"{statistics.median(spans[1]) / statistics.median(spans[2]):.2f}x (median): the ceiling of the build's 2 workers vs 1 in this sitting"
+                )
         print("\nwhere the last full build's time went (the flow's task runs as Prefect recorded them; seconds from the flow's start)")
         print(table(["workers", "phase", "tasks", "from s", "to s", "wall s", "tasks' summed run s"], [row for w in sorted(timelines) for row in timelines[w]]))
         print(f"\nat the end, {memory_bus()}")

@@ -72,10 +72,7 @@ def dask_runner(workers: int = 2, dask_address: str | None = None) -> DaskTaskRu
     if dask_address:
         return DaskTaskRunner(address=dask_address)
     # Each worker imports diffmix (and Prefect) as it starts, all at once, not at its first task:
-    # a worker's first task would wait ~1 s for it while the others work. Polars sizes its thread
-    # pool to the machine, so N single-threaded workers would run N threads per core; they get a
-    # share of the cores (Dask already sets OMP_NUM_THREADS=1, which Arrow's pool reads).
-    polars_threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+    # a worker's first task would wait ~1 s for it while the others work.
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={
@@ -84,9 +81,18 @@ def dask_runner(workers: int = 2, dask_address: str | None = None) -> DaskTaskRu
             "processes": True,
             "dashboard_address": ":0",
             "preload": ["diffmix.flows"],
-            "env": {"POLARS_MAX_THREADS": str(polars_threads)},
+            "env": local_worker_env(workers),
         },
     )
+
+
+def local_worker_env(workers: int) -> dict[str, str]:
+    """What `dask_runner`'s local workers get in their environment, beyond Dask's own settings.
+
+    Polars sizes its thread pool to the machine, so N single-threaded workers would run N threads
+    per core; they get a share of the cores (Dask already sets OMP_NUM_THREADS=1, which Arrow's
+    pool reads)."""
+    return {"POLARS_MAX_THREADS": str(max(1, (os.cpu_count() or 1) // max(workers, 1)))}
 
 
 def dask_setup(worker: Any) -> None:
