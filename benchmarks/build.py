@@ -35,10 +35,12 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import queue
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -118,23 +120,40 @@ def diff_engines(parquet: Path) -> list[list[object]]:
 def _ceiling_process(plan: Any, parts: list[Any], order: list[int], warm: tuple[Any, list[Any]], taken: Any, barrier: Any, ends: Any) -> None:
     """One process of `partition_ceiling`: set up as `dask_setup` sets up a Dask worker, warmed on
     the 50-row input, then taking partitions from the shared counter in `order` until none is left."""
-    from diffmix.memory import keep_freed_memory
+    try:
+        from diffmix.memory import keep_freed_memory
 
-    keep_freed_memory()
-    import diffmix.flows  # noqa: F401  (what each Dask worker preloads)
-    from diffmix.pipelines import build as corpus
+        keep_freed_memory()
+        import diffmix.flows  # noqa: F401  (what each Dask worker preloads)
+        from diffmix.pipelines import build as corpus
 
-    for part in warm[1]:
-        corpus.process_partition(warm[0], part)
-    barrier.wait()
-    cpu = time.process_time()
-    while True:
-        with taken.get_lock():
-            index, taken.value = taken.value, taken.value + 1
-        if index >= len(order):
-            break
-        corpus.process_partition(plan, parts[order[index]])
-    ends.put((time.monotonic(), time.process_time() - cpu))
+        for part in warm[1]:
+            corpus.process_partition(warm[0], part)
+        barrier.wait()
+        cpu = time.process_time()
+        while True:
+            with taken.get_lock():
+                index, taken.value = taken.value, taken.value + 1
+            if index >= len(order):
+                break
+            corpus.process_partition(plan, parts[order[index]])
+        ends.put((time.monotonic(), time.process_time() - cpu))
+    except BaseException as exc:  # the parent reports it in one line instead of waiting on the barrier
+        barrier.abort()
+        ends.put(f"{type(exc).__name__}: {exc}")
+
+
+def _results(ends: Any, children: list[Any]) -> list[Any]:
+    """One result from each child; a child that died without one (killed, crashed) is a one-line exit."""
+    results: list[Any] = []
+    while len(results) < len(children):
+        try:
+            results.append(ends.get(timeout=1))
+        except queue.Empty:
+            if not any(child.is_alive() for child in children) and ends.empty():
+                codes = ", ".join(str(child.exitcode) for child in children)
+                raise SystemExit(f"the partitions alone (the 2-vs-1 ceiling): a process ended without a result (exit codes {codes})") from None
+    return results
 
 
 def partition_ceiling(parquet: Path, tiny: Path, scratch: Path, config: str | None, processes: int) -> tuple[float, float]:
@@ -168,7 +187,7 @@ def partition_ceiling(parquet: Path, tiny: Path, scratch: Path, config: str | No
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # a spawned process starts with the parent's environment
     try:
-        children = [context.Process(target=_ceiling_process, args=(plan, parts, order, planned(tiny, out), taken, barrier, ends)) for out in outs[1:]]
+        children = [context.Process(target=_ceiling_process, args=(plan, parts, order, planned(tiny, out), taken, barrier, ends), daemon=True) for out in outs[1:]]
         for child in children:
             child.start()
     finally:
@@ -177,13 +196,21 @@ def partition_ceiling(parquet: Path, tiny: Path, scratch: Path, config: str | No
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    barrier.wait(timeout=600)
-    start = time.monotonic()
-    results = [ends.get(timeout=600) for _ in children]
-    for child in children:
-        child.join()
-    for out in outs:
-        shutil.rmtree(out, ignore_errors=True)
+    try:
+        try:
+            barrier.wait(timeout=600)
+        except threading.BrokenBarrierError:
+            pass  # a process failed: its message is in `ends`
+        start = time.monotonic()
+        results = _results(ends, children)
+        failed = [result for result in results if isinstance(result, str)]
+        if failed:
+            raise SystemExit(f"the partitions alone (the 2-vs-1 ceiling) failed: {failed[0]}")
+    finally:
+        for child in children:
+            child.join(timeout=60)
+        for out in outs:
+            shutil.rmtree(out, ignore_errors=True)
     return max(end for end, _ in results) - start, sum(cpu for _, cpu in results)
 
 
