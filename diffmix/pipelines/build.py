@@ -514,7 +514,7 @@ def process_partition(plan: BuildPlan, part: Partition) -> PartitionStats:
     frame = pl.from_arrow(table, rechunk=False)
     assert isinstance(frame, pl.DataFrame)
     frame = frame.with_columns(
-        pl.Series("doc_id", doc_ids(frame["repos"].to_list(), frame["commit"].to_list(), frame["new_file"].to_list())),
+        pl.Series("doc_id", doc_ids(frame["repos"].to_list(), frame["commit"].to_list(), frame["new_file"].to_list()), dtype=pl.String),
         normalized_message(pl.col("message")).alias("message"),
         pl.col("repos").alias("repo"),
         pl.col("new_file").alias("path"),

@@ -194,3 +194,15 @@ def test_work_left_in_another_layout_is_not_taken_up(tmp_path: Path, monkeypatch
             write_ipc_stream(plan.work / "verdicts" / f"{part.key}.arrow", pa.table({"reason": pa.nulls(1, pa.string())}))
     run_build([parquet], tmp_path / "out", config)  # killed there; taken up by this diffmix
     assert tree_bytes(tmp_path / "out") == tree_bytes(tmp_path / "fresh")
+
+
+def test_a_history_of_one_empty_commit_builds_an_empty_corpus(git_repo: Path, tmp_path: Path) -> None:
+    """No changed file at all: a partition of no rows, built like a Parquet file of no rows (its
+    document ids had no type and the rules failed on them)."""
+    from tests.filters.conftest import data, run_build
+
+    git(git_repo, "commit", "-q", "--allow-empty", "-m", "Start")
+    manifest = run_build([str(git_repo)], tmp_path / "out", load_build_config(None))
+    assert (manifest.counts.rows_in, manifest.counts.kept, manifest.counts.dropped) == (0, 0, {})
+    assert open_dataset(tmp_path / "out") == manifest  # shards verified
+    assert data(tmp_path / "out").height == 0
