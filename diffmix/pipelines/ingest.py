@@ -19,10 +19,12 @@ filled by `normalize_commits`; bad *rows* are left for the build to reject.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
 import json
+import logging
 import os
 import re
 import socket
@@ -491,9 +493,10 @@ class HuggingFaceSource(StreamSource):
         import datasets
 
         try:
-            if not self._saved_to_disk():
-                return datasets.load_dataset(self.name, split=self.split, streaming=True)
-            saved = datasets.load_from_disk(self.name)
+            with _datasets_quiet():
+                if not self._saved_to_disk():
+                    return datasets.load_dataset(self.name, split=self.split, streaming=True)
+                saved = datasets.load_from_disk(self.name)
         except Exception as exc:  # datasets raises many types for a missing/unreachable dataset
             raise DiffmixError(f"{self.uri}: cannot load dataset ({first_line(exc)})") from None
         if isinstance(saved, datasets.DatasetDict):
@@ -503,9 +506,16 @@ class HuggingFaceSource(StreamSource):
         return saved
 
     def iter_tables(self, config: BuildConfig) -> Iterator[pa.Table]:
-        dataset = self._dataset()
+        batches = iter(self._dataset().iter(batch_size=self.batch_rows))
         checked = False
-        for batch in dataset.iter(batch_size=self.batch_rows):
+        while True:
+            try:
+                with _datasets_quiet():
+                    batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as exc:  # a damaged file of a local dataset: datasets and pyarrow raise many types
+                raise DiffmixError(f"{self.uri}: cannot read dataset ({first_line(exc)})") from None
             if not checked:
                 check_columns(list(batch), self.uri)
                 checked = True
@@ -536,6 +546,19 @@ class SyntheticSource(Source):
 
 
 _MAX_LOCAL_DATASET_FILES = 10_000
+
+
+@contextlib.contextmanager
+def _datasets_quiet() -> Iterator[None]:
+    """datasets logs a file it cannot read as an error before raising; what it raises becomes the
+    build's one line, so its own line would be a second (its warnings stay off too, while it reads)."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _dataset_files(root: Path) -> Iterator[Path]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -654,3 +655,27 @@ def test_small_row_groups_are_read_a_partition_at_a_time(tmp_path: Path, binary_
     read = pa.concat_tables(source.read_slice(p) for p in pieces)
     assert read.column("commit").to_pylist() == [r["commit"] for r in rows]
     assert read.column("new_contents").to_pylist() == [r["new_contents"] for r in rows]
+
+
+@pytest.mark.parametrize("damage", ["page", "footer"])
+def test_a_damaged_file_in_a_local_hf_dataset_is_one_error(tmp_path: Path, damage: str, capfd: pytest.CaptureFixture) -> None:
+    """datasets raises what pyarrow raises (a damaged page while streaming, a cut footer while
+    loading) and logs the file as an error first: one DiffmixError, nothing on stderr."""
+    folder = tmp_path / "hfdata"
+    folder.mkdir()
+    rows = [{**COMMITPACK_ROWS[1], "commit": f"c{i:03d}", "old_contents": "".join(f"line {j} of {i}\n" for j in range(300))} for i in range(40)]
+    path = folder / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=10, compression="snappy")
+    data = bytearray(path.read_bytes())
+    if damage == "page":  # inside the compressed bytes of a data page of the second row group
+        column = next(c for c in (pq.ParquetFile(path).metadata.row_group(1).column(i) for i in range(len(rows[0]))) if c.path_in_schema == "old_contents")
+        middle = column.data_page_offset + column.total_compressed_size // 2
+        data[middle : middle + 64] = b"\0" * 64
+    else:
+        del data[len(data) // 2 :]
+    path.write_bytes(bytes(data))
+    capfd.readouterr()
+    problem = "cannot read dataset" if damage == "page" else "cannot load dataset"
+    with pytest.raises(DiffmixError, match=rf"^hf:{re.escape(str(folder))}:train: {problem} \("):
+        list(resolve_source(f"hf:{folder}:train").iter_tables(BuildConfig()))
+    assert capfd.readouterr().err == ""
