@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -223,11 +224,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, run)
 
 
+_ENVIRONMENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+
+
 def _run(args: argparse.Namespace, run: Callable[[argparse.Namespace], int]) -> int:
     try:
         return run(args)
     except DiffmixError as exc:
         print(f"diffmix {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        # The machine refuses, not the input: a folder the user may not write, a full disk.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"diffmix {args.command}: error: {where}{exc.strerror}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"diffmix {args.command}: interrupted", file=sys.stderr)

@@ -163,23 +163,29 @@ def _progress(futures: list[Any], label: str, keep_errors: bool = False) -> list
 
 
 def _panics_as_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn`, raising a Rust panic as a RuntimeError.
+    """`fn`, raising a Rust panic as a RuntimeError, and an error raised `from None` without
+    the exception it was raised over.
 
     pyo3's PanicException (Polars, tokenizers) is a BaseException: raised inside a
     Prefect task on Dask it escapes the engine's error handling and the flow hangs
-    instead of failing.
+    instead of failing. `raise ... from None` only hides the exception being handled, and
+    Dask pickles it with the error (tblib): one that cannot be pickled (pygit2's KeyError
+    naming a missing blob by its Oid) turned a one-line error into a page of tracebacks.
     """
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except Exception:
+        except Exception as exc:
+            if exc.__suppress_context__:
+                exc.__context__ = None  # its message says what went wrong
             raise
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit | ExternalSignal):
                 raise  # Ctrl-C, exits and Prefect's SIGTERM (TerminationSignal) end the run as they are
-            raise RuntimeError(f"{type(exc).__name__}: {first_line(exc)}") from None
+            panic = f"{type(exc).__name__}: {first_line(exc)}"
+        raise RuntimeError(panic)  # outside the handler: no panic object in its context either
 
     return call
 

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import datasets
 import pyarrow as pa
@@ -227,6 +231,25 @@ def test_a_bad_option_is_one_line(argv: list[str], message: str, capsys: pytest.
     assert exited.value.code == 2 and len(err) == 1 and err[0].startswith(message), err
 
 
+def test_a_repository_missing_a_blob_is_one_line(tmp_path: Path, history: Path) -> None:
+    """Found by the staging task on a Dask worker: pygit2's KeyError names the blob by its Oid,
+    which cannot be pickled, and the worker pickled the error with the exception it was raised
+    over (tblib, which Dask installs for the exception classes defined when it is imported: a
+    worker spawned from the `diffmix` script imports the script's `diffmix.cli` first, so diffmix's
+    errors are among them; hence the installed script itself, not `main` in-process or `python -m`).
+    The command printed a page of tracebacks."""
+    from prefect.settings import PREFECT_API_URL
+
+    shutil.copytree(history, tmp_path / "damaged")
+    blob = git(history, "rev-parse", "HEAD:bb.txt").strip()
+    (tmp_path / "damaged" / ".git" / "objects" / blob[:2] / blob[2:]).unlink()
+    cmd = [str(Path(sys.executable).with_name("diffmix")), "build", "--workers", "1", "--input", str(tmp_path / "damaged"), "--out", str(tmp_path / "out")]
+    done = subprocess.run(cmd, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}, capture_output=True, text=True, timeout=300)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1 and re.search(rf"damaged: commit [0-9a-f]{{40}} unreadable \({blob}\)$", err[0]), done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_build_being_written_is_not_written_twice(tmp_path: Path, history: Path, capsys: pytest.CaptureFixture) -> None:
     """A second build into the same --out (another process, or another config) fails at once in one line."""
     from diffmix.pipelines.io import output_lock
@@ -236,6 +259,29 @@ def test_a_build_being_written_is_not_written_twice(tmp_path: Path, history: Pat
         assert main(["build", "--input", str(history), "--out", str(out), "--workers", "1"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith("built: another diffmix run is writing here; wait for it or choose another output")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("refusal", "line"),
+    [
+        (PermissionError(errno.EACCES, "Permission denied", "/srv/corpora/out"), "diffmix build: error: /srv/corpora/out: Permission denied"),
+        (OSError(errno.EROFS, "Read-only file system", "/mnt/ro/out"), "diffmix build: error: /mnt/ro/out: Read-only file system"),
+        (OSError(errno.ENOSPC, "No space left on device"), "diffmix build: error: No space left on device"),
+    ],
+)
+def test_a_machine_that_refuses_is_one_line(refusal: OSError, line: str, capsys: pytest.CaptureFixture) -> None:
+    """An --out the user may not write (found by a run without root's override), a full disk: one line, exit 2."""
+    import argparse
+
+    from diffmix.cli import _run
+
+    def refused(args: argparse.Namespace) -> int:
+        raise refusal
+
+    assert _run(argparse.Namespace(command="build"), refused) == 2
+    assert capsys.readouterr().err.splitlines() == [line]
+    with pytest.raises(FileNotFoundError):  # anything else is a bug: its traceback stays
+        _run(argparse.Namespace(command="build"), lambda args: int(open("/no/such/file").read()))
 
 
 def test_a_scheduler_without_workers_is_one_line() -> None:
@@ -428,8 +474,45 @@ def test_task_panics_become_errors() -> None:
         flows._panics_as_errors(interrupted)()
     with pytest.raises(ValueError, match="plain"):
         flows._panics_as_errors(lambda: int("plain"))()
+    with pytest.raises(RuntimeError) as raised:
+        flows._panics_as_errors(panics)()
+    assert raised.value.__context__ is None  # the panic object does not travel with the error
     tasks = [v for v in vars(flows).values() if type(v).__name__ == "Task"]
     assert len(tasks) == 7 and all(hasattr(t.fn, "__wrapped__") for t in tasks)
+
+
+def test_an_error_raised_from_none_travels_without_what_it_hid() -> None:
+    """Dask pickles a task's error with its context (tblib); `from None` hides the context from a
+    reader but not from pickle, and one that cannot be pickled made a page of tracebacks."""
+    import pickle
+
+    from tblib import pickling_support
+
+    from diffmix import flows
+
+    class Unpicklable:
+        def __reduce__(self) -> NoReturn:
+            raise TypeError("cannot pickle Unpicklable")
+
+    def missing_blob() -> None:
+        try:
+            raise KeyError(Unpicklable())
+        except KeyError:
+            raise DiffmixError("repo: commit abc unreadable") from None
+
+    def plain() -> None:
+        try:
+            raise KeyError("kept")
+        except KeyError as exc:
+            raise ValueError("not from None") from exc
+
+    with pytest.raises(DiffmixError) as raised:
+        flows._panics_as_errors(missing_blob)()
+    pickling_support.install(raised.value)
+    assert raised.value.__context__ is None and str(pickle.loads(pickle.dumps(raised.value))) == "repo: commit abc unreadable"
+    with pytest.raises(ValueError) as chained:
+        flows._panics_as_errors(plain)()
+    assert isinstance(chained.value.__cause__, KeyError)  # a cause given on purpose is kept
 
 
 @pytest.mark.parametrize("in_flow", [False, True])
