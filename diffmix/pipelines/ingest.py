@@ -127,6 +127,13 @@ def _conform_types(table: pa.Table) -> pa.Table:
     return table
 
 
+def check_regular_file(path: Path) -> None:
+    """Fail in one line unless `path` is a file: missing, or something else (a folder, a pipe:
+    the build reads an input more than once)."""
+    if not path.is_file():
+        raise DiffmixError(f"{path}: " + ("not a regular file" if path.exists() else "no such file"))
+
+
 class Source(ABC):
     """One input of a build."""
 
@@ -180,8 +187,7 @@ class ParquetSource(Source):
         self.path = Path(uri)
 
     def _open(self) -> pq.ParquetFile:
-        if not self.path.is_file():
-            raise DiffmixError(f"{self.path}: no such file")
+        check_regular_file(self.path)
         try:
             return pq.ParquetFile(self.path)
         except (pa.ArrowException, OSError) as exc:
@@ -308,8 +314,7 @@ class JsonlSource(StreamSource):
         self.path = Path(uri)
 
     def validate(self) -> None:
-        if not self.path.is_file():
-            raise DiffmixError(f"{self.path}: no such file")
+        check_regular_file(self.path)
         keys: set[str] = set()
         try:
             # The first record must be a JSON object; the columns are the keys of the first

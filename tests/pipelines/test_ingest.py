@@ -679,3 +679,13 @@ def test_a_damaged_file_in_a_local_hf_dataset_is_one_error(tmp_path: Path, damag
     with pytest.raises(DiffmixError, match=rf"^hf:{re.escape(str(folder))}:train: {problem} \("):
         list(resolve_source(f"hf:{folder}:train").iter_tables(BuildConfig()))
     assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_an_input_that_is_not_a_regular_file_is_named_so(tmp_path: Path, suffix: str, kind: str) -> None:
+    """A named pipe or a folder called `x.jsonl` exists: "no such file" sent the user looking for it."""
+    path = tmp_path / f"x{suffix}"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    with pytest.raises(DiffmixError, match=rf"^{re.escape(str(path))}: not a regular file$"):
+        resolve_source(str(path)).validate()
