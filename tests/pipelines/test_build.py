@@ -206,3 +206,16 @@ def test_a_history_of_one_empty_commit_builds_an_empty_corpus(git_repo: Path, tm
     assert (manifest.counts.rows_in, manifest.counts.kept, manifest.counts.dropped) == (0, 0, {})
     assert open_dataset(tmp_path / "out") == manifest  # shards verified
     assert data(tmp_path / "out").height == 0
+
+
+def test_the_same_file_through_a_link_is_one_input_given_twice(tmp_path: Path) -> None:
+    """Its rows would be read twice (and each second one dropped as a duplicate id)."""
+    import pyarrow.parquet as pq
+
+    from diffmix.pipelines.build import check_inputs
+
+    pq.write_table(pa.table({"commit": ["c"], "new_file": ["a.py"], "old_contents": ["1\n"], "new_contents": ["2\n"], "message": ["Fix it"]}), tmp_path / "rows.parquet")
+    (tmp_path / "alias.parquet").symlink_to(tmp_path / "rows.parquet")
+    with pytest.raises(DiffmixError, match=r"^--input .*\.parquet is given more than once$"):
+        check_inputs([str(tmp_path / "rows.parquet"), str(tmp_path / "alias.parquet")], tmp_path / "out", load_build_config(None))
+    assert len(check_inputs([str(tmp_path / "rows.parquet")], tmp_path / "out", load_build_config(None))) == 1
