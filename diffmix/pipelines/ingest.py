@@ -520,6 +520,8 @@ class HuggingFaceSource(StreamSource):
             except StopIteration:
                 return
             except Exception as exc:  # a damaged file of a local dataset: datasets and pyarrow raise many types
+                if not self._is_local():
+                    raise  # the Hub's stream: a dropped connection is worth the task's retry
                 raise DiffmixError(f"{self.uri}: cannot read dataset ({first_line(exc)})") from None
             if not checked:
                 check_columns(list(batch), self.uri)
