@@ -233,13 +233,6 @@ def _run(args: argparse.Namespace, run: Callable[[argparse.Namespace], int]) -> 
     except DiffmixError as exc:
         print(f"diffmix {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except OSError as exc:
-        if exc.errno not in _ENVIRONMENT_ERRNOS:
-            raise
-        # The machine refuses, not the input: a folder the user may not write, a full disk.
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"diffmix {args.command}: error: {where}{exc.strerror}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"diffmix {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -249,6 +242,13 @@ def _run(args: argparse.Namespace, run: Callable[[argparse.Namespace], int]) -> 
     except BrokenPipeError:  # `diffmix inspect DIR | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
         return 0
+    except OSError as exc:  # after BrokenPipeError, an OSError too
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        # The machine refuses, not the input: a folder the user may not write, a full disk.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"diffmix {args.command}: error: {where}{exc.strerror}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except BaseException as exc:
         if type(exc).__name__ == "TerminationSignal":  # Prefect's SIGTERM inside a flow (prefect is not imported here)
             print(f"diffmix {args.command}: terminated", file=sys.stderr)

@@ -284,6 +284,21 @@ def test_a_machine_that_refuses_is_one_line(refusal: OSError, line: str, capsys:
         _run(argparse.Namespace(command="build"), lambda args: int(open("/no/such/file").read()))
 
 
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """`diffmix inspect DIR | head`: a BrokenPipeError (an OSError too) is the reader's choice, exit 0."""
+    import argparse
+
+    from diffmix.cli import _run
+
+    def piped(args: argparse.Namespace) -> int:
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    with open(tmp_path / "stdout", "w") as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert _run(argparse.Namespace(command="inspect"), piped) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_a_scheduler_without_workers_is_one_line() -> None:
     """The tasks would wait forever on it: refused before anything starts."""
     from distributed import LocalCluster
