@@ -219,3 +219,11 @@ def test_the_same_file_through_a_link_is_one_input_given_twice(tmp_path: Path) -
     with pytest.raises(DiffmixError, match=r"^--input .*\.parquet is given more than once$"):
         check_inputs([str(tmp_path / "rows.parquet"), str(tmp_path / "alias.parquet")], tmp_path / "out", load_build_config(None))
     assert len(check_inputs([str(tmp_path / "rows.parquet")], tmp_path / "out", load_build_config(None))) == 1
+
+
+def test_a_repository_and_its_git_folder_are_one_input_given_twice(git_repo: Path, tmp_path: Path) -> None:
+    from diffmix.pipelines.build import check_inputs
+
+    git(git_repo, "commit", "-q", "--allow-empty", "-m", "Start")
+    with pytest.raises(DiffmixError, match=r"is given more than once$"):
+        check_inputs([str(git_repo), str(git_repo / ".git")], tmp_path / "out", load_build_config(None))
