@@ -44,6 +44,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -184,18 +185,10 @@ def partition_ceiling(parquet: Path, tiny: Path, scratch: Path, config: str | No
     context = multiprocessing.get_context("spawn")
     taken, barrier, ends = context.Value("i", 0), context.Barrier(processes + 1), context.Queue()
     env = {**{k: str(v) for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()}, **local_worker_env(processes)}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # a spawned process starts with the parent's environment
-    try:
+    with mock.patch.dict(os.environ, env):  # a spawned process starts with the parent's environment
         children = [context.Process(target=_ceiling_process, args=(plan, parts, order, planned(tiny, out), taken, barrier, ends), daemon=True) for out in outs[1:]]
         for child in children:
             child.start()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     try:
         try:
             barrier.wait(timeout=600)
