@@ -199,12 +199,11 @@ def check_inputs(uris: list[str], out: str | Path, config: BuildConfig) -> list[
     """Every cheap check on the inputs and `--out`, writing nothing."""
     if not uris:
         raise DiffmixError("no --input given")
-    # The same file twice, also through a symbolic link, or a repository and its .git (every row would be read twice).
-    same = [uri if uri.startswith(("hf:", "synthetic:")) else os.path.realpath(uri).removesuffix(f"{os.sep}.git") for uri in uris]
+    sources = [resolve_source(uri) for uri in uris]
+    same = [source.identity() for source in sources]
     repeated = sorted({uri for uri, key in zip(uris, same) if same.count(key) > 1})
     if repeated:
         raise DiffmixError(f"--input {repeated[0]} is given more than once")
-    sources = [resolve_source(uri) for uri in uris]
     for source in sources:
         source.validate()
     if len({isinstance(s, SyntheticSource) for s in sources}) > 1:

@@ -155,6 +155,11 @@ class Source(ABC):
         `path`) made absolute, so that the same input named from another directory is the same build."""
         return os.path.abspath(self.uri) if isinstance(getattr(self, "path", None), Path) else self.uri
 
+    def identity(self) -> str:
+        """What two URIs naming the same input share: a local path through every symbolic link
+        and `../` (the build refuses an input given twice: every row would be read twice)."""
+        return os.path.realpath(self.uri) if isinstance(getattr(self, "path", None), Path) else self.uri
+
     def input_entry(self) -> InputEntry:
         return InputEntry(uri=self.canonical_uri(), kind=self.kind, fingerprint=self.fingerprint())
 
@@ -423,6 +428,9 @@ class GitSource(StreamSource):
 
         open_repository(self.path)
 
+    def identity(self) -> str:
+        return super().identity().removesuffix(f"{os.sep}.git")  # a repository and its .git folder
+
     def fingerprint(self) -> str:
         """HEAD, and in a shallow clone its boundary too (`fetch --unshallow` adds history under one HEAD)."""
         from diffmix.pipelines.gitlog import head_commit, open_repository
@@ -476,6 +484,9 @@ class HuggingFaceSource(StreamSource):
 
     def canonical_uri(self) -> str:
         return f"hf:{os.path.abspath(self.name)}:{self.split}" if self._is_local() else self.uri
+
+    def identity(self) -> str:
+        return f"hf:{os.path.realpath(self.name) if self._is_local() else self.name}:{self.split}"
 
     def fingerprint(self) -> str:
         """A local dataset: every file's path and sha256 (its content, as for a Parquet input).

@@ -221,6 +221,29 @@ def test_the_same_file_through_a_link_is_one_input_given_twice(tmp_path: Path) -
     assert len(check_inputs([str(tmp_path / "rows.parquet")], tmp_path / "out", load_build_config(None))) == 1
 
 
+@pytest.mark.parametrize(
+    ("first", "second", "twice"),
+    [
+        ("hf:{tmp}/hfdata:train", "hf:{tmp}/alias:train", True),  # a local dataset through a symbolic link
+        ("hf:{tmp}/hfdata", "hf:{tmp}/hfdata:train", True),  # the default split named
+        ("hf:{tmp}/hfdata:train", "hf:{tmp}/alias:test", False),  # two splits of one dataset
+        ("hf:bigcode/commitpackft", "hf:bigcode/commitpackft:train", True),
+    ],
+)
+def test_a_dataset_named_twice_is_one_input_given_twice(tmp_path: Path, first: str, second: str, twice: bool) -> None:
+    from diffmix.pipelines.build import check_inputs
+    from diffmix.pipelines.ingest import resolve_source
+
+    (tmp_path / "hfdata").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "hfdata")
+    uris = [first.format(tmp=tmp_path), second.format(tmp=tmp_path)]
+    if twice:
+        with pytest.raises(DiffmixError, match=r"is given more than once$"):
+            check_inputs(uris, tmp_path / "out", load_build_config(None))
+    else:
+        assert resolve_source(uris[0]).identity() != resolve_source(uris[1]).identity()
+
+
 def test_a_repository_and_its_git_folder_are_one_input_given_twice(git_repo: Path, tmp_path: Path) -> None:
     from diffmix.pipelines.build import check_inputs
 
