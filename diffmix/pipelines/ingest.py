@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import socket
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -566,17 +567,34 @@ class SyntheticSource(Source):
 _MAX_LOCAL_DATASET_FILES = 10_000
 
 
-@contextlib.contextmanager
-def _datasets_quiet() -> Iterator[None]:
+class _DatasetsQuiet:
     """datasets logs a file it cannot read as an error before raising; what it raises becomes the
-    build's one line, so its own line would be a second (its warnings stay off too, while it reads)."""
-    logger = logging.getLogger("datasets")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+    build's one line, so its own line would be a second (its warnings stay off too, while it reads).
+    Counted: threads reading at once (a threaded Dask worker) restore the level when the last leaves."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.readers = 0
+        self.level_before = logging.NOTSET
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        logger = logging.getLogger("datasets")
+        with self.lock:
+            if self.readers == 0:
+                self.level_before = logger.level
+                logger.setLevel(logging.CRITICAL)
+            self.readers += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.readers -= 1
+                if self.readers == 0:
+                    logger.setLevel(self.level_before)
+
+
+_datasets_quiet = _DatasetsQuiet()
 
 
 def _dataset_files(root: Path) -> Iterator[Path]:

@@ -681,6 +681,42 @@ def test_a_damaged_file_in_a_local_hf_dataset_is_one_error(tmp_path: Path, damag
     assert capfd.readouterr().err == ""
 
 
+def test_two_threads_reading_hf_datasets_at_once_leave_datasets_logging_as_it_was() -> None:
+    """A threaded Dask worker reads two inputs at once; each saving and restoring the level
+    alone, the one that entered second restored the first's CRITICAL for good."""
+    import logging
+    import threading
+
+    from diffmix.pipelines.ingest import _datasets_quiet
+
+    logger = logging.getLogger("datasets")
+    before = logger.level
+    first_inside, second_inside, first_left = threading.Event(), threading.Event(), threading.Event()
+    level_with_one_inside: list[int] = []
+
+    def first() -> None:
+        with _datasets_quiet():
+            first_inside.set()
+            second_inside.wait(5)
+        first_left.set()
+
+    def second() -> None:
+        first_inside.wait(5)
+        with _datasets_quiet():
+            second_inside.set()
+            first_left.wait(5)
+            level_with_one_inside.append(logger.level)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert first_left.is_set() and second_inside.is_set()
+    assert level_with_one_inside == [logging.CRITICAL]  # still quiet while one reader is inside
+    assert logger.level == before
+
+
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
 @pytest.mark.parametrize("kind", ["fifo", "folder"])
 def test_an_input_that_is_not_a_regular_file_is_named_so(tmp_path: Path, suffix: str, kind: str) -> None:
