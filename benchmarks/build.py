@@ -189,11 +189,21 @@ def partition_ceiling(parquet: Path, tiny: Path, scratch: Path, config: str | No
         children = [context.Process(target=_ceiling_process, args=(plan, parts, order, planned(tiny, out), taken, barrier, ends), daemon=True) for out in outs[1:]]
         for child in children:
             child.start()
+    passed = threading.Event()
+
+    def abort_if_one_dies() -> None:  # a process killed while warming up cannot abort the barrier itself
+        while not passed.wait(0.5):
+            if not all(child.is_alive() for child in children):
+                barrier.abort()
+                return
+
+    threading.Thread(target=abort_if_one_dies, daemon=True).start()
     try:
         try:
             barrier.wait(timeout=600)
         except threading.BrokenBarrierError:
-            pass  # a process failed: its message is in `ends`
+            pass  # a process failed or died: `_results` reports it
+        passed.set()
         start = time.monotonic()
         results = _results(ends, children)
         failed = [result for result in results if isinstance(result, str)]
