@@ -54,6 +54,14 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def _named(exc: BaseException, path: Path) -> BaseException:
+    """A write's OSError that names no file (a full disk, a quota), naming the file being written:
+    the user's one line says which disk is full."""
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+        return type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
+    return exc
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open `path` for binary writing through a temporary file renamed on success."""
@@ -66,9 +74,12 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise
+        named = _named(exc, final)
+        if named is exc:
+            raise
+        raise named from None
 
 
 def link_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
@@ -201,7 +212,10 @@ def write_direct(path: str | os.PathLike[str], size: int, fill: Callable[[Any], 
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno == errno.EINVAL:
             return None
-        raise
+        named = _named(exc, final)
+        if named is exc:
+            raise
+        raise named from None
     os.close(fd)
     os.replace(tmp, final)
     return digest

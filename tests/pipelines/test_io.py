@@ -229,9 +229,22 @@ def test_a_direct_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(io.os, "pwrite", disk_full)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OSError, match="No space") as raised:
         write_ipc_stream(path, _table(100))
+    assert raised.value.filename == str(path)  # the user's one line names the file, so the disk
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.arrow"]
+
+
+def test_a_write_through_the_page_cache_that_fails_names_its_file(tmp_path: Path) -> None:
+    """A full disk or a quota raises from write() with no file name; DiffmixError's line would name none."""
+    path = tmp_path / "f.json"
+    with pytest.raises(OSError) as raised, atomic_open(path) as f:
+        f.write(b"{")
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+    assert (raised.value.errno, raised.value.filename) == (errno.EDQUOT, str(path))
+    with pytest.raises(ValueError, match="^not an OSError$"), atomic_open(path):  # anything else as it was
+        raise ValueError("not an OSError")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_read_buffer_freed_while_its_lock_is_held_does_not_deadlock(tmp_path: Path, direct: None) -> None:
