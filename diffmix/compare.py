@@ -25,7 +25,7 @@ import polars as pl
 
 from diffmix.errors import DiffmixError
 from diffmix.mixers.recipe import Recipe, load_recipe
-from diffmix.pipelines.io import atomic_open, check_output_dir, foreign_entries, read_json, sha256_file, sha256_json
+from diffmix.pipelines.io import check_output_dir, foreign_entries, read_json, sha256_file, sha256_json, write_parquet_frame
 from diffmix.pipelines.shards import MANIFEST
 
 AXES = ("steps", "tokens", "examples", "unique_examples")
@@ -326,8 +326,7 @@ def write_comparison(
     from diffmix.mixers.mixture import source_proportions
 
     frame, spans = with_common_aulc(comparison_frame(rows))
-    with atomic_open(root / "comparison.parquet") as f:
-        frame.write_parquet(f, compression="zstd", statistics=False)
+    write_parquet_frame(root / "comparison.parquet", frame)
     recipes = list(dict.fromkeys(frame["recipe"].to_list()))
     base = baseline or recipes[0]
     if base not in recipes:

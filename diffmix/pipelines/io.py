@@ -13,6 +13,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import mmap
 import os
@@ -22,12 +23,15 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
 
 from diffmix.errors import DiffmixError, first_line
+
+if TYPE_CHECKING:
+    import polars as pl
 
 _HASH_CHUNK = 1 << 22
 
@@ -117,6 +121,18 @@ def write_json(path: str | os.PathLike[str], value: Any) -> None:
     text = json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
     with atomic_open(path) as f:
         f.write(text.encode())
+
+
+def write_parquet_frame(path: str | os.PathLike[str], frame: pl.DataFrame) -> None:
+    """Atomically write a Polars frame as zstd Parquet without statistics (byte-stable).
+
+    Encoded in memory first (the frames are small: metrics, comparisons): Polars reports a failed
+    write to a file, a full disk, as a ComputeError with no errno, where Python's write raises the
+    OSError that `atomic_open` names and the CLI turns into one line."""
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, compression="zstd", statistics=False)
+    with atomic_open(path) as f:
+        f.write(buffer.getbuffer())
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

@@ -58,6 +58,7 @@ from diffmix.pipelines.io import (
     sha256_file,
     sha256_json,
     write_json,
+    write_parquet_frame,
 )
 from diffmix.pipelines.shards import MANIFEST, read_manifest
 from diffmix.pipelines.tokenize import (
@@ -635,10 +636,7 @@ def _finished_summary(run: Path, digest: str) -> dict[str, Any] | None:
 def _finish(run: Path, config: TrainConfig, digest: str, data: MixtureTokens, model: GPT, state: _Progress, probes: list[ProbeSet], manifest: dict, world: int) -> dict[str, Any]:
     """Write metrics.parquet, the PNG curves, timing.json and, last, summary.json (rank 0)."""
     frame = metrics_frame(state.rows, state.evals, config.skills.ema_beta)
-    buffer = io.BytesIO()
-    frame.write_parquet(buffer, compression="zstd", statistics=False)
-    with atomic_open(run / METRICS) as f:
-        f.write(buffer.getvalue())
+    write_parquet_frame(run / METRICS, frame)
     summary = summarize(frame, config.skills)
     summary.update(
         {

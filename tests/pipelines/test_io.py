@@ -247,6 +247,22 @@ def test_a_write_through_the_page_cache_that_fails_names_its_file(tmp_path: Path
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_parquet_frame_written_to_a_full_disk_is_an_oserror_naming_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Polars writing to the file itself reports a full disk as a ComputeError with no errno."""
+    import polars as pl
+
+    from diffmix.pipelines.io import write_parquet_frame
+
+    monkeypatch.setattr(io, "open", lambda path, mode: open("/dev/full", mode, buffering=0), raising=False)  # every write: ENOSPC
+    with pytest.raises(OSError) as raised:
+        write_parquet_frame(tmp_path / "metrics.parquet", pl.DataFrame({"step": list(range(1000))}))
+    assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(tmp_path / "metrics.parquet"))
+    monkeypatch.undo()
+    write_parquet_frame(tmp_path / "metrics.parquet", pl.DataFrame({"step": [1, 2]}))
+    assert pl.read_parquet(tmp_path / "metrics.parquet")["step"].to_list() == [1, 2]
+
+
 def test_a_read_buffer_freed_while_its_lock_is_held_does_not_deadlock(tmp_path: Path, direct: None) -> None:
     """A table read around the page cache can be freed by a garbage collection that starts inside
     the pool's own locked code: its buffer must go back without taking that lock again."""
