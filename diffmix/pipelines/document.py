@@ -51,9 +51,12 @@ _LISTED_TRAILER = re.compile(r"(?i)(?:" + "|".join(k.replace(" ", r"\s") for k i
 
 
 def normalized_message(message: pl.Expr) -> pl.Expr:
-    """CRLF -> LF, trailing whitespace stripped, listed trailers removed, blank-line runs collapsed."""
+    """CRLF -> LF, trailing whitespace stripped, listed trailers removed, blank-line runs collapsed.
+
+    `\r\r\n` (a message converted to CRLF twice) is one line end too: left as `\r\n`, every
+    line would end in a CR, hiding its trailing spaces, its blank lines and so its trailers."""
     return (
-        message.str.replace_all("\r\n", "\n", literal=True)
+        message.str.replace_all(r"\r+\n", "\n")
         .str.replace_all(r"(?m)[ \t]+$", "")
         .map_elements(without_trailers, return_dtype=pl.String, skip_nulls=True)
         .str.replace_all(r"\n{3,}", "\n\n")

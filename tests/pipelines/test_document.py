@@ -41,6 +41,8 @@ from diffmix.pipelines.document import (
         ("Fix\r\n\r\nSigned-off-by: A <a@b.c>  \r\n", "Fix"),
         ("Fix\n\nBody\n\n\nMore\n", "Fix\n\nBody\n\nMore"),  # two blank lines become one
         ("Fix a\rb\n", "Fix a\rb"),  # CRLF -> LF only: a lone CR is the message's own
+        # Converted to CRLF twice: each \r\r\n one line end, else no line was blank and the trailer stayed (found in review).
+        ("Fix  \r\r\n\r\r\nBody\r\r\n\r\r\nSigned-off-by: A <a@b.c>\r\r\n", "Fix\n\nBody"),
     ],
 )
 def test_normalized_message(raw: str, clean: str) -> None:
