@@ -79,8 +79,8 @@ def _strip_newline(target: str) -> str:
     return target[:-1] if target.endswith("\n") else target
 
 
-_OPERANDS = re.compile(r"^\$?(\d+)\+(\d+)=$")
-_SCRATCH_PROMPT = re.compile(r"^Input:\n(\d+)\+(\d+)\nTarget:\n$")
+_OPERANDS = re.compile(r"^\$?(\d+)\+(\d+)=$", re.ASCII)  # (ASCII: `\d` also takes a fullwidth digit, and int() reads it)
+_SCRATCH_PROMPT = re.compile(r"^Input:\n(\d+)\+(\d+)\nTarget:\n$", re.ASCII)
 
 
 def _prompt_operands(prompt: str, pattern: re.Pattern[str]) -> tuple[str, str]:
@@ -155,7 +155,7 @@ def _answer_from_steps(digits: list[int], carry: int) -> str:
     return ("1" if carry else "") + "".join(str(d) for d in reversed(digits))
 
 
-_SIMPLE_STEP = re.compile(r"^A->(\d) , C->(\d)(\.?)$")
+_SIMPLE_STEP = re.compile(r"^A->(\d) , C->(\d)(\.?)$", re.ASCII)
 
 
 @register
@@ -250,7 +250,7 @@ class DetailedScratchpad(_AdditionFormat):
         if len(got) != len(expected):
             raise ParseError("step_mismatch", f"{len(got)} scratch lines, expected {len(expected)}")
         spaced = lines[-1]
-        if not re.fullmatch(r"\d( \d)*", spaced):
+        if not re.fullmatch(r"\d( \d)*", spaced, re.ASCII):
             raise ParseError("not_a_number", f"answer {spaced[:40]!r} is not space-separated digits")
         answer = spaced.replace(" ", "")
         if int(answer) != int(a) + int(b):
@@ -268,5 +268,6 @@ class DetailedScratchpad(_AdditionFormat):
 _DETAILED_LINE = re.compile(
     r"^(?:\[[\d,]*\] has \d+ digits\."
     r"|\[[\d,]*\] \+ \[[\d,]*\] , A=\[[\d,]*\] , C=\d , \d\+\d\+\d=\d+ , A->\d , C->\d"
-    r"|\[\] \+ \[\] , A=\[[\d,]*\] C=\d , END)$"
+    r"|\[\] \+ \[\] , A=\[[\d,]*\] C=\d , END)$",
+    re.ASCII,
 )

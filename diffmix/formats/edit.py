@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from diffmix.formats.base import Format, ParseError, Rendered, register
 from diffmix.pipelines.apply import (
     NO_EOL,
+    NUMBER,
     DiffError,
     Hunk,
     _find_block,
@@ -487,9 +488,9 @@ def change_blocks(hunks: list[Hunk] | list[list[tuple[str, str]]]) -> list[Chang
 # --- scratchpad 1: numbered BEF, a plan naming the lines, then the numbered diff --------
 
 _PLAN_LINE = re.compile(
-    r"^(?:replace (?P<r>\d+(?:-\d+)?) with (?P<ra>\d+) lines?"
-    r"|delete (?P<d>\d+(?:-\d+)?)"
-    r"|insert (?P<ia>\d+) lines? after (?P<i>\d+))$"
+    rf"^(?:replace (?P<r>{NUMBER}(?:-{NUMBER})?) with (?P<ra>{NUMBER}) lines?"
+    rf"|delete (?P<d>{NUMBER}(?:-{NUMBER})?)"
+    rf"|insert (?P<ia>{NUMBER}) lines? after (?P<i>{NUMBER}))$"
 )
 
 
@@ -589,8 +590,8 @@ class ScratchLines(_EditFormat):
 # --- scratchpad 2: goal in the message's words, quoted old lines, then the edit ---------
 
 _QUOTE_STEP = re.compile(
-    r"^(?:(?P<kind>replace|delete) (?P<n>\d+) lines?(?: with (?P<added>\d+) lines?)?"
-    r"|insert (?P<ia>\d+) lines?(?: (?P<side>after|before))?):$"
+    rf"^(?:(?P<kind>replace|delete) (?P<n>{NUMBER}) lines?(?: with (?P<added>{NUMBER}) lines?)?"
+    rf"|insert (?P<ia>{NUMBER}) lines?(?: (?P<side>after|before))?):$"
 )
 
 

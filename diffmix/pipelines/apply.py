@@ -23,8 +23,12 @@ from enum import StrEnum
 from diffmix import _strict_apply
 
 NO_EOL = "\\ No newline at end of file"
+# A line number or a count as git reads it: ASCII digits (`\d` also takes a fullwidth or an
+# Arabic-Indic digit), at most 18 of them (a generation that loops on digits would pass
+# Python's 4,300-digit limit of int() and raise instead of being a bad header).
+NUMBER = r"[0-9]{1,18}"
 # A hunk header's line numbers (old start, old length, new start, new length); both regex engines read it.
-HUNK_NUMBERS = r"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@"
+HUNK_NUMBERS = rf"@@ -({NUMBER})(?:,({NUMBER}))? \+({NUMBER})(?:,({NUMBER}))? @@"
 _HEADER = re.compile("^" + HUNK_NUMBERS + r"(?: (.*))?$")
 
 
@@ -80,13 +84,16 @@ def split_lines(text: str) -> list[str]:
     return lines
 
 
-def parse_diff(diff: str, strict: bool = True) -> list[Hunk]:
-    """Parse hunks. Strict: every header count must match its lines exactly.
+def parse_diff(diff: str, strict: bool = True, *, check_counts: bool = True) -> list[Hunk]:
+    """Parse hunks. Strict: every header count must match its lines exactly (unless not
+    `check_counts`: the classifier's second look, at the text alone).
 
-    Lenient (`strict=False`, for model output): an empty line counts as a blank
-    context line, header counts are not checked, and text after a hunk that
-    adds or removes a line is ignored (a closing remark, or output cut inside
-    the next header); a bad line in a hunk that has changed nothing yet is an error.
+    Lenient (`strict=False`, for model output): an empty line between a hunk's lines
+    counts as a blank context line (empty lines that end a hunk are dropped: a
+    generation's blank line before its stop), header counts are not checked, and text
+    after a hunk that adds or removes a line is ignored (a closing remark, or output
+    cut inside the next header); a bad line in a hunk that has changed nothing yet is
+    an error.
     """
     hunks: list[Hunk] = []
     raw = diff.split("\n")
@@ -95,7 +102,14 @@ def parse_diff(diff: str, strict: bool = True) -> list[Hunk]:
     elif raw and strict:
         raise DiffError(DiffState.BAD_HUNK_LINE, "diff does not end with a newline")
     current: Hunk | None = None
+    blank_lines = 0  # lenient: empty lines not yet known to be inside a hunk
     for number, line in enumerate(raw, 1):
+        if line == "" and not strict and current is not None:
+            blank_lines += 1
+            continue
+        if blank_lines and line[:1] in (" ", "-", "+", "\\") and current is not None:
+            current.lines.extend([(" ", "\n")] * blank_lines)
+        blank_lines = 0
         if line.startswith("@@"):
             match = _HEADER.match(line)
             if match is None:
@@ -116,15 +130,13 @@ def parse_diff(diff: str, strict: bool = True) -> list[Hunk]:
                 raise DiffError(DiffState.BAD_HUNK_LINE, f"line {number}: no-newline marker without a line")
             prev_op, prev_text = current.lines[-1]
             current.lines[-1] = (prev_op, prev_text[:-1] if prev_text.endswith("\n") else prev_text)
-        elif line == "" and not strict:
-            current.lines.append((" ", "\n"))
         elif not strict and _has_change([current]):
             break  # text after a hunk that changed something (a model's closing remark): ignored
         else:
             raise DiffError(DiffState.BAD_HUNK_LINE, f"line {number}: {line[:60]!r}")
     if not hunks:
         raise DiffError(DiffState.BAD_HEADER, "no hunk header")
-    if strict:
+    if strict and check_counts:
         for hunk in hunks:
             old_n, new_n = len(hunk.old_side()), len(hunk.new_side())
             if (old_n, new_n) != (hunk.old_len, hunk.new_len):
@@ -147,7 +159,25 @@ def apply_strict(before: str, diff: str) -> str:
 
 
 def apply_strict_by_lines(before: str, diff: str) -> str:
-    """`apply_strict` on parsed hunks and the file's line list (the reference path)."""
+    """`apply_strict` on parsed hunks and the file's line list (the reference path).
+
+    Wrong line numbers on a hunk whose text is nowhere in the file are context_not_found:
+    the worse fault (OpenELM's invalid text and line numbers), whichever number is off."""
+    try:
+        return _apply_hunks(before, diff)
+    except DiffError as exc:
+        if exc.state is not DiffState.WRONG_LINE_NUMBERS or not _text_made_up(before, diff):
+            raise
+        raise DiffError(DiffState.CONTEXT_NOT_FOUND, f"{exc.detail}; a hunk's text is nowhere in the file") from None
+
+
+def _text_made_up(before: str, diff: str) -> bool:
+    """Whether the old side of some hunk (context and removed lines) is nowhere in the file."""
+    old = split_lines(before)
+    return any(side and _find_block(old, side, 0) < 0 for side in (hunk.old_side() for hunk in parse_diff(diff, check_counts=False)))
+
+
+def _apply_hunks(before: str, diff: str) -> str:
     hunks = parse_diff(diff, strict=True)
     old = split_lines(before)
     out: list[str] = []
@@ -162,9 +192,8 @@ def apply_strict_by_lines(before: str, diff: str) -> str:
         if hunk.new_start != expected_new:
             raise DiffError(DiffState.WRONG_LINE_NUMBERS, f"hunk +{hunk.new_start} should be +{expected_new}")
         old_side = hunk.old_side()
-        if old[start : start + len(old_side)] != old_side:
-            state = DiffState.WRONG_LINE_NUMBERS if _find_block(old, old_side, 0) >= 0 else DiffState.CONTEXT_NOT_FOUND
-            raise DiffError(state, f"hunk at -{hunk.old_start} does not match the file")
+        if old[start : start + len(old_side)] != old_side:  # (context_not_found where the text is nowhere: the caller)
+            raise DiffError(DiffState.WRONG_LINE_NUMBERS, f"hunk at -{hunk.old_start} does not match the file there")
         out.extend(old[cursor:start])
         out.extend(hunk.new_side())
         cursor = start + len(old_side)
@@ -192,12 +221,14 @@ def apply_lenient(before: str, diff: str) -> tuple[str, int]:
     cursor = 0
     failed = 0
     for hunk in hunks:
-        old_side = hunk.old_side()
+        old_side, new_side = hunk.old_side(), hunk.new_side()
         named = hunk.old_start - 1 if hunk.old_len else hunk.old_start  # where the header puts it
         at = _find_hunk(old, old_side, cursor, named) if old_side else (0 if not old else -1)
         if at < 0 and old_side and not old_side[-1].endswith("\n"):  # a marker the file does not need
             old_side = [*old_side[:-1], old_side[-1] + "\n"]
             at = _find_hunk(old, old_side, cursor, named)
+            if at >= 0 and new_side and not new_side[-1].endswith("\n"):  # the same mistake on the new side
+                new_side = [*new_side[:-1], new_side[-1] + "\n"]  # (else its line joins the next)
         if at < 0 and old_side and old and not old[-1].endswith("\n"):  # the marker missing at the file's end
             bare = [*old_side[:-1], old_side[-1].removesuffix("\n")]
             at = len(old) - len(bare) if len(bare) <= len(old) - cursor and old[len(old) - len(bare) :] == bare else -1
@@ -206,7 +237,7 @@ def apply_lenient(before: str, diff: str) -> tuple[str, int]:
             failed += 1
             continue
         out.extend(old[cursor:at])
-        out.extend(hunk.new_side())
+        out.extend(new_side)
         cursor = at + len(old_side)
     out.extend(old[cursor:])
     return "".join(out), failed

@@ -131,6 +131,7 @@ BAD = [
     ("simplified_scratchpad_v1", _SIMPLE_PROMPT, "A->0 , C->1\nA->1 , C->1\nA->3 , C->1.\n1310\n", "step_mismatch"),
     ("simplified_scratchpad_v1", _SIMPLE_PROMPT, "A->0 , C->1\nA->0 , C->1\nA->3 , C->1.\n1301\n", "answer_mismatch"),
     ("simplified_scratchpad_v1", _SIMPLE_PROMPT, "1300\n", "bad_scratch"),
+    ("simplified_scratchpad_v1", _SIMPLE_PROMPT, "A->\uff10 , C->1\nA->0 , C->1\nA->3 , C->1.\n1300\n", "bad_scratch"),  # a fullwidth 0 (int() reads it)
     ("simplified_scratchpad_v1", "638+662=", "A->0 , C->1.\n1\n", "bad_prompt"),
     ("detailed_scratchpad_v1", _DETAILED.prompt, _DETAILED.target.replace("[8,2,6] has", "[8,2,7] has"), "operand_mismatch"),
     ("detailed_scratchpad_v1", _DETAILED.prompt, _DETAILED.target.replace("2+7+1=10", "2+7+1=11"), "step_mismatch"),

@@ -131,6 +131,12 @@ BAD_GENERATIONS = [
     ("scratch_quote_v1", "goal: Fix b\nreplace 2 lines with 1 line:\n> b\n<DFF> @@ @@\n a\n-b\n+B\n c\n", "bad_plan"),
     ("scratch_quote_v1", "Fix b\nreplace 1 line with 1 line:\n> b\n<DFF> @@ @@\n a\n-b\n+B\n c\n", "bad_plan"),
     ("scratch_quote_v1", "goal: Fix b\nreplace 1 line with 1 line:\n> b\n<DFF> @@ @@\n z\n-b\n+B\n", "context_not_found"),
+    # A generation looping on digits: past int()'s 4,300-digit limit it raised ValueError (found in review).
+    ("openelm_v1", "@@ -" + "1" * 5000 + ",3 +1,3 @@\n a\n-b\n+B\n c\n", "bad_header"),
+    ("udiff_marked_v1", "@@ -" + "1" * 5000 + ",3 +1,3 @@\nCON a\nDEL b\nADD B\nCON c\n", "bad_header"),
+    ("scratch_lines_v1", "replace " + "2" * 5000 + " with 1 line\n<DFF> " + _DIFF, "bad_plan"),
+    ("scratch_lines_v1", "insert 1 line after \uff11\n<DFF> " + _DIFF, "bad_plan"),  # a fullwidth 1
+    ("scratch_quote_v1", "goal: Fix b\nreplace " + "1" * 5000 + " lines with 1 line:\n> b\n<DFF> @@ @@\n a\n-b\n+B\n c\n", "bad_plan"),
 ]
 
 

@@ -65,6 +65,15 @@ def test_strict_and_lenient_round_trip(name: str) -> None:
         ("@@ -6,1 +6,1 @@\n-f\n+F\n@@ -2,1 +2,1 @@\n-b\n+B\n", DiffState.WRONG_LINE_NUMBERS),  # out of order
         ("@@ -7,0 +8,1 @@\n+h\n", DiffState.VALID),  # an insertion after the last of the 7 lines
         ("@@ -8,0 +9,1 @@\n+h\n", DiffState.WRONG_LINE_NUMBERS),  # after a line the file does not have
+        # Made-up text is context_not_found whichever number is also wrong (found in review).
+        ("@@ -9,1 +9,1 @@\n-zzz\n+D\n", DiffState.CONTEXT_NOT_FOUND),  # past the end
+        ("@@ -4,1 +5,1 @@\n-zzz\n+D\n", DiffState.CONTEXT_NOT_FOUND),  # new start inconsistent
+        ("@@ -4,2 +4,1 @@\n-zzz\n+D\n", DiffState.CONTEXT_NOT_FOUND),  # header count disagrees
+        ("@@ -2,1 +2,1 @@\n-b\n+B\n@@ -6,1 +6,1 @@\n-zzz\n+F\n", DiffState.CONTEXT_NOT_FOUND),  # the second hunk's
+        # Numbers as git reads them: ASCII digits, and not so many that int() refuses them.
+        ("@@ -" + "1" * 5000 + ",1 +1,1 @@\n-a\n+A\n", DiffState.BAD_HEADER),
+        ("@@ -\uff14,1 +\uff14,1 @@\n-d\n+D\n", DiffState.BAD_HEADER),  # fullwidth 4
+        ("@@ -\u0664,1 +\u0664,1 @@\n-d\n+D\n", DiffState.BAD_HEADER),  # Arabic-Indic 4
     ],
 )
 def test_verify_diff_states(diff: str, state: DiffState) -> None:
@@ -88,6 +97,12 @@ def test_lenient_ignores_line_numbers_and_counts() -> None:
         # text after a hunk that changed something, or a header cut short: ignored
         (FILE, "@@ -3,3 +3,3 @@\n c\n-d\n+D\n e\nDone.\n", (FILE.replace("d\n", "D\n"), 0)),
         (FILE, "@@ -3,3 +3,3 @@\n c\n-d\n+D\n e\n@@ -9,3 +9", (FILE.replace("d\n", "D\n"), 0)),
+        # an unneeded marker on both sides: the new line keeps its newline (it had joined "e")
+        (FILE, "@@ -4,1 +4,1 @@\n-d\n\\ No newline at end of file\n+D\n\\ No newline at end of file\n", (FILE.replace("d\n", "D\n"), 0)),
+        # empty lines: dropped at a hunk's end (a blank line before the stop), context inside it
+        (FILE, "@@ -3,3 +3,3 @@\n c\n-d\n+D\n e\n\n", (FILE.replace("d\n", "D\n"), 0)),
+        (FILE, "@@ -3,2 +3,2 @@\n c\n-d\n+D\n\n\n@@ -6,1 +6,1 @@\n-f\n+F\n", (FILE.replace("d\n", "D\n").replace("f\n", "F\n"), 0)),
+        ("a\n\nb\n", "@@ -1,3 +1,3 @@\n a\n\n-b\n+B\n", ("a\n\nB\n", 0)),
         # added lines alone apply to an empty file only
         ("", "@@ -0,0 +1,2 @@\n+x\n+y\n", ("x\ny\n", 0)),
         (FILE, "@@ -1,7 +1,7 @@\n+\n+\n", (FILE, 1)),
