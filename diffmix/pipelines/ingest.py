@@ -432,14 +432,19 @@ class GitSource(StreamSource):
     def identity(self) -> str:
         return super().identity().removesuffix(f"{os.sep}.git")  # a repository and its .git folder
 
+    def canonical_uri(self) -> str:
+        return super().canonical_uri().removesuffix(f"{os.sep}.git")  # `repo/.git` builds what `repo` builds
+
     def fingerprint(self) -> str:
-        """HEAD, and in a shallow clone its boundary too (`fetch --unshallow` adds history under one HEAD)."""
-        from diffmix.pipelines.gitlog import head_commit, open_repository
+        """HEAD, in a shallow clone its boundary too (`fetch --unshallow` adds history under one HEAD),
+        and the repository's name: the origin remote's owner/name goes into every row and doc_id,
+        and a remote set after a build changes it under the same HEAD."""
+        from diffmix.pipelines.gitlog import head_commit, open_repository, repository_name
 
         repo = open_repository(self.path)
         shallow = Path(repo.path) / "shallow"
         boundary = f"+shallow:{hashlib.sha256(shallow.read_bytes()).hexdigest()}" if repo.is_shallow and shallow.is_file() else ""
-        return f"git:{head_commit(repo)}{boundary}"
+        return f"git:{head_commit(repo)}{boundary}+name:{repository_name(repo, self.path)}"
 
     def iter_tables(self, config: BuildConfig) -> Iterator[pa.Table]:
         from diffmix.pipelines.gitlog import iter_repository_rows

@@ -573,7 +573,22 @@ def test_a_shallow_clone_changes_its_fingerprint_when_deepened(git_repo: Path, t
     shallow = resolve_source(str(tmp_path / "shallow")).fingerprint()
     git(tmp_path / "shallow", "fetch", "-q", "--unshallow")
     deep = resolve_source(str(tmp_path / "shallow")).fingerprint()
-    assert shallow != deep and deep == resolve_source(str(git_repo)).fingerprint()
+    git(tmp_path, "clone", "-q", f"file://{git_repo}", "full")  # the same origin, so the same name
+    assert shallow != deep and deep == resolve_source(str(tmp_path / "full")).fingerprint()
+
+
+def test_a_repository_given_a_remote_after_a_build_changes_its_fingerprint(git_repo: Path) -> None:
+    """The origin remote's owner/name goes into every row and doc_id: the same HEAD is not the same input."""
+    commit_files(git_repo, {"a.py": "x = 1\n"}, "Add x")
+    before = resolve_source(str(git_repo)).fingerprint()
+    git(git_repo, "remote", "add", "origin", "https://github.com/acme/widgets.git")
+    after = resolve_source(str(git_repo)).fingerprint()
+    assert before != after and after.endswith("+name:acme/widgets")
+
+
+def test_a_repository_named_by_its_git_folder_is_the_same_build(git_repo: Path) -> None:
+    commit_files(git_repo, {"a.py": "x = 1\n"}, "Add x")
+    assert resolve_source(str(git_repo / ".git")).input_entry() == resolve_source(str(git_repo)).input_entry()
 
 
 @pytest.mark.parametrize("as_dict", [False, True])
