@@ -294,7 +294,7 @@ def _prepare_out(out: Path, config_hash: str) -> Manifest | None:
     if (out / MANIFEST).is_file():
         existing = read_manifest(out)
         if existing.kind == "mixture" and existing.config_hash == config_hash:
-            verify_files(out, existing.shards, check_hashes=False)
+            verify_files(out, existing.shards)  # sha256 too: a shard damaged in place keeps its size
             return existing
         raise DiffmixError(
             f"{out}: already holds a different dataset (config_hash {existing.config_hash[:12]}); "

@@ -65,6 +65,23 @@ def test_overwrite_repairs_a_damaged_build_of_the_same_config(tmp_path: Path) ->
     assert first.read_bytes() == good and open_dataset(out).counts.kept == 44
 
 
+def test_a_shard_damaged_in_place_is_not_taken_for_the_finished_build(tmp_path: Path) -> None:
+    """Its size is unchanged: a rerun that checked sizes alone reported the build done (found in review)."""
+    from diffmix.pipelines.build import finished_build
+    from diffmix.pipelines.ingest import resolve_source
+
+    out = build(tmp_path / "out")
+    first = shard_paths(out)[0]
+    good = first.read_bytes()
+    assert finished_build(out, load_build_config(None), [resolve_source(ADDITION)]) is not None
+    first.write_bytes(good[:5000] + bytes([good[5000] ^ 1]) + good[5001:])
+    assert finished_build(out, load_build_config(None), [resolve_source(ADDITION)]) is None  # the CLI's early skip
+    with pytest.raises(DiffmixError, match=r"part-00000-of-\d+\.arrow: sha256 does not match the manifest; pass --overwrite"):
+        build(out)
+    build(out, overwrite=True)
+    assert first.read_bytes() == good
+
+
 @pytest.mark.parametrize(
     ("entry", "label"),
     [
