@@ -53,7 +53,7 @@ _LISTED_TRAILER = re.compile(r"(?i)(?:" + "|".join(k.replace(" ", r"\s") for k i
 def normalized_message(message: pl.Expr) -> pl.Expr:
     """CRLF -> LF, trailing whitespace stripped, listed trailers removed, blank-line runs collapsed.
 
-    `\r\r\n` (a message converted to CRLF twice) is one line end too: left as `\r\n`, every
+    `\\r\\r\\n` (a message converted to CRLF twice) is one line end too: left as `\\r\\n`, every
     line would end in a CR, hiding its trailing spaces, its blank lines and so its trailers."""
     return (
         message.str.replace_all(r"\r+\n", "\n")
