@@ -10,9 +10,9 @@ is read (not the user's `~/.gitconfig` or `~/.config/git/attributes`, not the
 repository's `.git/config`, `.git/info/attributes` or `.gitattributes`), so a
 clone, a bare clone and another user's machine give the same rows. Renames are
 libgit2's `-M` (50% similarity; its score differs from git's for some heavily
-edited files, so a few pairs git shows as A + D come out R), over at most 1,000
-files of a commit (git then skips inexact detection; libgit2 still pairs the
-first ones). A file that becomes a symlink or the other way round is one
+edited files, so a few pairs git shows as A + D come out R), run as git runs it:
+exact renames whatever their number, inexact ones only while the files left
+unpaired are at most 1,000 added x 1,000 deleted (diff.renameLimit). A file that becomes a symlink or the other way round is one
 modified row. Replace refs (`git replace`) and `.mailmap` are not applied.
 
 What is not file text counts as binary: a blob with a NUL in its first 8,000
@@ -34,7 +34,7 @@ from typing import Any
 
 import pyarrow as pa
 import pygit2
-from pygit2.enums import ConfigLevel, DiffFind, DiffOption, RepositoryOpenFlag, SortMode
+from pygit2.enums import ConfigLevel, DeltaStatus, DiffFind, DiffOption, RepositoryOpenFlag, SortMode
 
 from diffmix.errors import DiffmixError, first_line
 from diffmix.schemas.columns import COMMIT_SCHEMA
@@ -46,7 +46,8 @@ _SYMLINK_MODE = 0o120000
 _STATUS = {"A": "A", "M": "M", "D": "D", "R": "R", "T": "M"}  # T: file <-> symlink (binary: a link is no file text)
 _REMOTE = re.compile(r"(?:[:/])([^/:]+/[^/]+?)(?:\.git)?/?$")
 _LICENSE_FILES = ("LICENSE", "LICENSE.md", "LICENSE.txt", "LICENCE", "COPYING", "COPYING.md")
-_RENAME_LIMIT = 1000  # git's default diff.renameLimit; given explicitly, libgit2 reads no config for it
+_RENAME_LIMIT = 1000  # git's default diff.renameLimit (inexact detection only)
+_NO_LIMIT = 1 << 30  # libgit2's own rename_limit, given explicitly (no config is read): it would pair the first 1,000 files
 
 
 def _read_no_git_config() -> None:
@@ -216,6 +217,16 @@ def _shallow_boundary(repo: pygit2.Repository) -> set[pygit2.Oid]:
     return {pygit2.Oid(hex=line.strip()) for line in listed.read_text().splitlines() if line.strip()}
 
 
+def _find_renames(diff: pygit2.Diff) -> None:
+    """git's `-M` (50% similarity): exact renames whatever their number, then the inexact pass
+    only while the files left unpaired are at most 1,000 x 1,000 (diff.renameLimit; git then
+    warns and skips it). Explicit flags and limits: no diff.renames or diff.renameLimit is read."""
+    diff.find_similar(flags=DiffFind.FIND_RENAMES | DiffFind.FIND_EXACT_MATCH_ONLY, rename_limit=_NO_LIMIT)
+    statuses = [delta.status for delta in diff.deltas]
+    if statuses.count(DeltaStatus.ADDED) * statuses.count(DeltaStatus.DELETED) <= _RENAME_LIMIT**2:
+        diff.find_similar(flags=DiffFind.FIND_RENAMES, rename_limit=_NO_LIMIT)
+
+
 def _commit_rows(repo: pygit2.Repository, commit: pygit2.Commit, name: str, spdx: str, max_file_bytes: int) -> Iterator[dict[str, Any]]:
     """One row per changed file of a non-merge commit."""
     parent = commit.parents[0] if commit.parents else None
@@ -223,8 +234,7 @@ def _commit_rows(repo: pygit2.Repository, commit: pygit2.Commit, name: str, spdx
     # a file binary (the NUL probe of `_blob_text` decides, the same everywhere)
     flags = DiffOption.INCLUDE_TYPECHANGE | DiffOption.FORCE_TEXT
     diff = repo.diff(parent, commit, flags=flags) if parent is not None else commit.tree.diff_to_tree(flags=flags, swap=True)
-    # `-M` (50% similarity); explicit flags and limit: neither diff.renames nor diff.renameLimit is read
-    diff.find_similar(flags=DiffFind.FIND_RENAMES, rename_limit=_RENAME_LIMIT)
+    _find_renames(diff)
     message, bad_message = _decoded(commit.raw_message, commit.message_encoding)
     message = message.rstrip("\n")
     author = commit.author

@@ -109,6 +109,32 @@ def test_git_rows_ignore_the_users_rename_settings(git_repo: Path) -> None:
         assert rows[(c3, "moved.py")]["change_type"] == "R" and (c3, "src.py") not in rows
 
 
+def test_renames_in_a_commit_of_more_than_a_thousand_files_are_paired_as_git_pairs_them(git_repo: Path) -> None:
+    """Exact renames whatever their number; inexact ones only while at most 1,000 x 1,000 files are
+    left (diff.renameLimit). libgit2's own limit paired the first 1,000 of either (found in review)."""
+
+    def commit_all(files: dict[str, str], message: str) -> str:  # one `git add` for 1,100 files
+        for name, text in files.items():
+            (git_repo / name).parent.mkdir(parents=True, exist_ok=True)
+            (git_repo / name).write_text(text)
+        git(git_repo, "add", "-A")
+        git(git_repo, "commit", "-q", "-m", message)
+        return git(git_repo, "rev-parse", "HEAD").strip()
+
+    edited = {f"e/y{i}": "".join(f"edit {i} line {j}\n" for j in range(30)) for i in range(10)}
+    commit_all({**{f"a/x{i}": f"content {i}\n" for i in range(1100)}, **edited}, "Add files")
+    git(git_repo, "mv", "a", "b")
+    git(git_repo, "mv", "e", "f")
+    mixed = commit_all({f"f/y{i}": text + "extra\n" for i, text in enumerate(edited.values())}, "Move both folders")
+    git(git_repo, "mv", "b", "c")
+    every = commit_all({f"c/x{i}": f"content {i}\nextra\n" for i in range(1100)}, "Move and extend every file")
+    rows = _rows(git_repo)
+    assert [r["change_type"] for r in rows if r["commit"] == mixed] == ["R"] * 1110  # 1,100 exact, then 10 x 10 inexact
+    moved = [r["change_type"] for r in rows if r["commit"] == every]  # 1,100 x 1,100 left: no inexact pass
+    assert (moved.count("A"), moved.count("D"), len(moved)) == (1100, 1100, 2200)
+    assert not any(line.startswith("R") for line in git(git_repo, "diff", "--name-status", "-M", f"{every}^", every).splitlines())
+
+
 def test_git_rows_depend_on_the_commits_alone(git_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No attributes file or git config changes the rows: not the user's, not the repository's."""
     files = {f"f{i}.txt": "".join(f"line {i}.{j}\n" for j in range(20)) for i in range(4)}
