@@ -159,7 +159,8 @@ class Source(ABC):
     def identity(self) -> str:
         """What two URIs naming the same input share: a local path through every symbolic link
         and `../` (the build refuses an input given twice: every row would be read twice)."""
-        return os.path.realpath(self.uri) if isinstance(getattr(self, "path", None), Path) else self.uri
+        uri = self.canonical_uri()
+        return os.path.realpath(uri) if isinstance(getattr(self, "path", None), Path) else uri
 
     def input_entry(self) -> InputEntry:
         return InputEntry(uri=self.canonical_uri(), kind=self.kind, fingerprint=self.fingerprint())
@@ -428,9 +429,6 @@ class GitSource(StreamSource):
         from diffmix.pipelines.gitlog import open_repository
 
         open_repository(self.path)
-
-    def identity(self) -> str:
-        return super().identity().removesuffix(f"{os.sep}.git")  # a repository and its .git folder
 
     def canonical_uri(self) -> str:
         return super().canonical_uri().removesuffix(f"{os.sep}.git")  # `repo/.git` builds what `repo` builds

@@ -58,12 +58,11 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def _named(exc: BaseException, path: Path) -> BaseException:
-    """A write's OSError that names no file (a full disk, a quota), naming the file being written:
-    the user's one line says which disk is full."""
+def _raise_naming(exc: BaseException, path: Path) -> None:
+    """Raise a write's OSError that names no file (a full disk, a quota) again, naming the file
+    being written, so that the user's one line says which disk is full; else return."""
     if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
-        return type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
-    return exc
+        raise type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from None
 
 
 @contextlib.contextmanager
@@ -80,10 +79,8 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         os.replace(tmp, final)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        named = _named(exc, final)
-        if named is exc:
-            raise
-        raise named from None
+        _raise_naming(exc, final)
+        raise
 
 
 def link_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
@@ -228,10 +225,8 @@ def write_direct(path: str | os.PathLike[str], size: int, fill: Callable[[Any], 
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno == errno.EINVAL:
             return None
-        named = _named(exc, final)
-        if named is exc:
-            raise
-        raise named from None
+        _raise_naming(exc, final)
+        raise
     os.close(fd)
     os.replace(tmp, final)
     return digest
