@@ -254,6 +254,8 @@ def test_ddp_with_two_gloo_processes_matches_one_process(copy_mixture: Path, tmp
     ]
     # the repository first, then whatever PYTHONPATH already holds (packages installed there)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    (tmp_path / "tmp").mkdir()
+    env["TMPDIR"] = str(tmp_path / "tmp")  # torchrun's log directories (torchelastic_*) go here, not /tmp
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count('"final_loss_ema"') == 1  # rank 0 alone prints the final line
