@@ -26,7 +26,6 @@ import itertools
 import json
 import logging
 import os
-import re
 import socket
 import threading
 from abc import ABC, abstractmethod
@@ -60,7 +59,8 @@ _HUB_HOST = ("huggingface.co", 443)
 _CONTENT_COLUMNS = ("old_contents", "new_contents")
 # The commit columns that hold text (their bytes are checked for UTF-8 on the way in).
 _TEXT_FIELDS = frozenset(f.name for f in COMMIT_SCHEMA if pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
-_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, pa.types.is_binary, pa.types.is_large_binary)
+_BINARY_TYPES = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view)  # Polars gives views
+_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, *_BINARY_TYPES)
 
 
 def check_columns(names: list[str] | set[str], where: str) -> None:
@@ -120,12 +120,37 @@ def _conform_types(table: pa.Table) -> pa.Table:
             column = pc.strftime(column.cast(pa.timestamp("s", "UTC"), safe=False), format="%Y-%m-%dT%H:%M:%SZ")
         if (pa.types.is_string(wanted) or pa.types.is_large_string(wanted)) and not any(is_text(column.type) for is_text in _TEXT_TYPES):
             column = column.cast(wanted)  # a number or a flag where text belongs (a numeric commit id)
-        if pa.types.is_integer(wanted) and pa.types.is_integer(column.type) and column.type.bit_width > wanted.bit_width:
-            info = np.iinfo(wanted.to_pandas_dtype())  # a count too large for its column: unknown, not a failed build
-            fits = pc.and_(pc.greater_equal(column, info.min), pc.less_equal(column, info.max))
-            column = pc.if_else(fits, column, pa.scalar(None, column.type)).cast(wanted)
+        if pa.types.is_integer(wanted) or pa.types.is_boolean(wanted):
+            column = _cast_or_null(column, wanted)
         table = table.set_column(i, name, column)
     return table
+
+
+def _cast_or_null(column: pa.ChunkedArray, wanted: pa.DataType) -> pa.ChunkedArray:
+    """A count or flag column as its type, each value that is not one null (`"n/a"`, 1.5, NaN, a
+    count past its type's range): that row's field is unknown, as a JSON line's is, not a failed build."""
+    try:
+        return column.cast(wanted)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    series = pl.from_arrow(column)
+    assert isinstance(series, pl.Series)
+    if pa.types.is_boolean(wanted):
+        text = series.cast(pl.String, strict=False).str.strip_chars().str.to_lowercase()
+        series = pl.select(pl.when(text == "true").then(True).when(text == "false").then(False)).to_series()
+    else:
+        number = series.cast(pl.Float64, strict=False)  # "12", 12.0 and 12 alike
+        whole = pl.select(pl.when(number.round() == number).then(number)).to_series()  # NaN is not equal to itself
+        series = whole.cast(pl.from_arrow(pa.array([], wanted)).dtype, strict=False)  # out of range: null
+    return pa.chunked_array([series.to_arrow().cast(wanted)])
+
+
+def _local_identity(path: str) -> str:
+    try:
+        stat = os.stat(path)
+    except OSError:  # not there: `validate` says so
+        return os.path.realpath(path)
+    return f"inode:{stat.st_dev}:{stat.st_ino}"
 
 
 def check_regular_file(path: Path) -> None:
@@ -157,10 +182,11 @@ class Source(ABC):
         return os.path.abspath(self.uri) if isinstance(getattr(self, "path", None), Path) else self.uri
 
     def identity(self) -> str:
-        """What two URIs naming the same input share: a local path through every symbolic link
-        and `../` (the build refuses an input given twice: every row would be read twice)."""
+        """What two URIs naming the same input share: a local file's device and inode (through
+        every symbolic link, `../` and hard link), else its path (the build refuses an input
+        given twice: every row would be read twice)."""
         uri = self.canonical_uri()
-        return os.path.realpath(uri) if isinstance(getattr(self, "path", None), Path) else uri
+        return _local_identity(uri) if isinstance(getattr(self, "path", None), Path) else uri
 
     def input_entry(self) -> InputEntry:
         return InputEntry(uri=self.canonical_uri(), kind=self.kind, fingerprint=self.fingerprint())
@@ -309,11 +335,16 @@ def _undecodable_pages(path: str, size: int, mtime_ns: int, leaves: tuple[int, .
 
 
 class JsonlSource(StreamSource):
-    """CommitPack-style JSON lines, optionally gzip- or zstd-compressed."""
+    """CommitPack-style JSON lines, optionally gzip- or zstd-compressed.
+
+    Read in blocks of whole lines that Python cuts, each parsed by Arrow's JSON reader, so
+    that a record is exactly a line: Arrow alone takes two objects on one line as two rows,
+    lets a line fail by where its block boundaries fall, crashes on a `null` line that starts
+    a block, and reads some 35 blocks ahead (a gigabyte of decoded rows)."""
 
     kind = "jsonl"
-    block_size = 32 << 20  # pyarrow's reader takes a line of up to two blocks
-    longest_line = 2 * block_size
+    block_bytes = 16 << 20  # whole lines parsed at once
+    longest_line = 64 << 20
     records_checked = 1000  # lines whose keys `validate` reads
 
     def __init__(self, uri: str) -> None:
@@ -321,25 +352,13 @@ class JsonlSource(StreamSource):
         self.path = Path(uri)
 
     def validate(self) -> None:
+        """Every one of the first records must be a JSON object; the columns are their keys (a
+        writer may leave out a null field, even a required one, on some lines)."""
         check_regular_file(self.path)
         keys: set[str] = set()
         try:
-            # The first record must be a JSON object; the columns are the keys of the first
-            # records (a writer may leave out a null field, even a required one, on some lines).
-            for seen, (number, line) in enumerate(_records_of(self.path, self.longest_line)):
-                if len(line) >= self.longest_line:
-                    raise self._too_long(f"line {number}")
-                try:
-                    record = json.loads(line.decode("utf-8", "replace"))  # bad bytes in a value: that row's problem (bad_encoding)
-                except (ValueError, RecursionError) as exc:
-                    if seen == 0:
-                        raise DiffmixError(f"{self.path}: line {number} is not JSON ({_json_problem(exc)})") from None
-                    break  # the reader names a broken later line
-                if not isinstance(record, dict):
-                    if seen == 0:
-                        raise DiffmixError(f"{self.path}: line {number} is not a JSON object")
-                    break
-                keys.update(record)
+            for seen, (number, line) in enumerate(self._lines()):
+                keys.update(self._record(number, line))
                 if seen + 1 >= self.records_checked:
                     break
         except (pa.ArrowException, OSError) as exc:
@@ -348,72 +367,99 @@ class JsonlSource(StreamSource):
             raise DiffmixError(f"{self.path}: empty file (no JSON line)")
         check_columns(sorted(keys), str(self.path))
 
-    def _too_long(self, which: str) -> DiffmixError:
-        return DiffmixError(f"{self.path}: {which} is longer than {self.longest_line >> 20} MiB, the longest the JSON reader takes")
-
     def fingerprint(self) -> str:
         return f"sha256:{sha256_file(self.path)}"
 
     def iter_tables(self, config: BuildConfig) -> Iterator[pa.Table]:
-        # Known columns get their types up front; unknown fields are ignored.
-        nullable = pa.schema([f.with_nullable(True) for f in COMMIT_SCHEMA])  # absent fields are filled later
-        parse = pa_json.ParseOptions(explicit_schema=nullable, unexpected_field_behavior="ignore")
-        read = pa_json.ReadOptions(block_size=self.block_size)
-        rows = 0
+        blocks = self._blocks()
         try:
-            with pa.input_stream(str(self.path), compression="detect") as stream:
-                reader = pa_json.open_json(stream, read_options=read, parse_options=parse)
-                for batch in reader:
-                    rows += batch.num_rows
-                    yield normalize_commits(pa.Table.from_batches([batch]), str(self.path))
-        except (pa.ArrowException, OSError) as exc:  # OSError: e.g. a truncated .gz, seen only when streamed
-            if "straddl" in str(exc):
-                raise self._too_long(f"a line after row {rows}") from None
-            if not _JSON_PER_RECORD.search(str(exc)):
-                raise self._broken_line(skip=rows, fallback=f"broken JSON line after row {rows} ({first_line(exc)})") from None
-        else:
-            return
-        # A value of another JSON type (a number for `commit`, a list for `repos`): the Arrow
-        # reader cannot take it row by row, so the rest of the file is read here, each value
-        # conformed as a Parquet column of that type would be (or null, for the row's reasons).
-        yield from self._tables_per_record(skip=rows, batch_rows=min(1000, config.partition_rows))
+            for first, lines in blocks:
+                table = self._block_table(first, lines)
+                if table is not None:
+                    yield table
+        except DiffmixError:
+            if _compressed(self.path):  # damaged compressed data reads as broken JSON before its checksum fails
+                try:
+                    for _ in blocks:
+                        pass
+                except (pa.ArrowException, OSError) as exc:
+                    raise DiffmixError(f"{self.path}: unreadable ({first_line(exc)})") from None
+            raise
+        except (pa.ArrowException, OSError) as exc:  # e.g. a truncated .gz, seen only when streamed
+            raise DiffmixError(f"{self.path}: unreadable ({first_line(exc)})") from None
 
-    def _broken_line(self, skip: int, fallback: str) -> DiffmixError:
-        """The first line after `skip` records that is not a JSON object, by its number (Arrow's
-        reader only says which block failed)."""
+    def _blocks(self) -> Iterator[tuple[int, list[bytes]]]:
+        """(number of the first line, the lines) in blocks of about `block_bytes` of whole lines."""
+        number, carry = 1, b""
+        with pa.input_stream(str(self.path), compression="detect") as stream:
+            while chunk := stream.read(self.block_bytes):
+                data = carry + chunk if carry else chunk
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:
+                    if len(data) > self.longest_line:
+                        raise self._too_long(number)
+                    carry = data
+                    continue
+                lines, carry = data[: cut - 1].split(b"\n"), data[cut:]
+                if number == 1:
+                    lines[0] = lines[0].removeprefix(_UTF8_BOM)
+                yield number, lines
+                number += len(lines)
+        if carry:
+            yield number, [carry.removeprefix(_UTF8_BOM) if number == 1 else carry]
+
+    def _lines(self) -> Iterator[tuple[int, bytes]]:
+        """(number, bytes) of each line that is not blank."""
+        for first, lines in self._blocks():
+            for i, line in enumerate(lines):
+                if len(line) > self.longest_line:
+                    raise self._too_long(first + i)
+                if line.strip():
+                    yield first + i, line
+
+    def _block_table(self, first: int, lines: list[bytes]) -> pa.Table | None:
+        """One block's rows, parsed by Arrow when every line is one object it takes; else by
+        Python, record by record (a value of another JSON type than its column's: that row's
+        problem), where a broken line fails naming its number."""
+        numbers: range | list[int] = range(first, first + len(lines))
+        if not all(line[:1] == b"{" for line in lines):  # blank lines, leading spaces, or a line that is no object
+            numbers = []
+            for i, line in enumerate(lines):
+                head = line[:64].lstrip()
+                if not head and not line.strip():
+                    continue  # a blank line
+                if not head.startswith(b"{"):
+                    self._record(first + i, line)  # fails: not JSON, or not an object
+                numbers.append(first + i)
+            lines = [lines[n - first] for n in numbers]
+        if not lines:
+            return None
+        longest = max(map(len, lines))
+        if longest > self.longest_line:
+            raise self._too_long(next(n for n, line in zip(numbers, lines) if len(line) > self.longest_line))
+        # A line may straddle one boundary of Arrow's own blocks, not two.
+        read = pa_json.ReadOptions(block_size=max(1 << 20, longest + 1))
         try:
-            for _ in self._records(skip):
-                pass
-        except DiffmixError as exc:
-            return exc
-        except (pa.ArrowException, OSError):  # e.g. a truncated .gz: Arrow's own message says it
-            pass
-        return DiffmixError(f"{self.path}: {fallback}")
+            table = pa_json.read_json(pa.py_buffer(b"\n".join(lines)), read_options=read, parse_options=_JSON_PARSE)
+        except pa.ArrowException:
+            table = None
+        if table is not None and table.num_rows == len(lines):
+            return normalize_commits(table, str(self.path))
+        records = [self._record(number, line) for number, line in zip(numbers, lines)]
+        return normalize_commits(_json_records_table(records), str(self.path))
 
-    def _records(self, skip: int) -> Iterator[dict[str, Any]]:
-        """Each JSON object after the first `skip`, read by Python; the first bad line fails in one line."""
-        for seen, (number, line) in enumerate(_records_of(self.path, self.longest_line)):
-            if seen < skip:
-                continue
-            if len(line) >= self.longest_line:
-                raise self._too_long(f"line {number}")
-            try:  # surrogateescape: bytes that are not UTF-8 come back as they were (that row's problem)
-                record = json.loads(line.decode("utf-8", "surrogateescape"))
-            except (ValueError, RecursionError) as exc:
-                raise DiffmixError(f"{self.path}: broken JSON line {number} ({_json_problem(exc)})") from None
-            if not isinstance(record, dict):
-                raise DiffmixError(f"{self.path}: line {number} is not a JSON object")
-            yield record
+    def _record(self, number: int, line: bytes) -> dict[str, Any]:
+        """The JSON object on a line, or one error naming the line."""
+        try:  # surrogateescape: bytes that are not UTF-8 come back as they were (that row's problem)
+            record = json.loads(line.decode("utf-8", "surrogateescape"))
+        except (ValueError, RecursionError) as exc:
+            raise DiffmixError(f"{self.path}: broken JSON line {number} ({_json_problem(exc)})") from None
+        if not isinstance(record, dict):
+            raise DiffmixError(f"{self.path}: line {number} is not a JSON object")
+        return record
 
-    def _tables_per_record(self, skip: int, batch_rows: int) -> Iterator[pa.Table]:
-        records: list[dict[str, Any]] = []
-        for record in self._records(skip):
-            records.append(record)
-            if len(records) == batch_rows:
-                yield normalize_commits(_json_records_table(records), str(self.path))
-                records = []
-        if records:
-            yield normalize_commits(_json_records_table(records), str(self.path))
+    def _too_long(self, number: int) -> DiffmixError:
+        return DiffmixError(f"{self.path}: line {number} is longer than {self.longest_line >> 20} MiB, the longest line taken")
 
 
 class GitSource(StreamSource):
@@ -490,7 +536,7 @@ class HuggingFaceSource(StreamSource):
         return f"hf:{os.path.abspath(self.name)}:{self.split}" if self._is_local() else self.uri
 
     def identity(self) -> str:
-        return f"hf:{os.path.realpath(self.name) if self._is_local() else self.name}:{self.split}"
+        return f"hf:{_local_identity(self.name) if self._is_local() else self.name}:{self.split}"
 
     def fingerprint(self) -> str:
         """A local dataset: every file's path and sha256 (its content, as for a Parquet input).
@@ -705,7 +751,7 @@ def _decode_text_columns(table: pa.Table) -> pa.Table:
         if name not in _TEXT_FIELDS:
             continue
         column = table.column(name)
-        if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)) and _valid_utf8(column):
+        if not any(is_binary(column.type) for is_binary in _BINARY_TYPES) and _valid_utf8(column):
             continue
         contents = name in _CONTENT_COLUMNS
         texts, invalid = _decode_each(column, replace=not contents)
@@ -752,9 +798,15 @@ def _decode_each(column: pa.ChunkedArray, replace: bool) -> tuple[pa.Array, list
     return pa.array(values, pa.large_string()), invalid
 
 
-# pyarrow's JSON reader on a value whose JSON type is not its column's, or on an escaped lone
-# surrogate ("\udcff", valid JSON but not text): read record by record, that row's problem.
-_JSON_PER_RECORD = re.compile(r"changed from \w+ to \w+|Failed to convert JSON to|surrogate")
+_UTF8_BOM = b"\xef\xbb\xbf"
+# Known columns get their types up front (absent fields are filled later); unknown fields are ignored.
+_JSON_PARSE = pa_json.ParseOptions(
+    explicit_schema=pa.schema([f.with_nullable(True) for f in COMMIT_SCHEMA]), unexpected_field_behavior="ignore"
+)
+
+
+def _compressed(path: Path) -> bool:
+    return path.name.lower().endswith((".gz", ".zst"))
 
 
 def _json_problem(exc: Exception) -> str:
@@ -791,25 +843,3 @@ def _json_value(name: str, value: Any, wanted: pa.DataType) -> Any:
         return value.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # an escaped lone surrogate: not text either
         return value.encode("utf-8", "surrogatepass")
-
-
-def _records_of(path: Path, limit: int) -> Iterator[tuple[int, bytes]]:
-    """(line number, bytes) of each non-blank line of a (possibly compressed) text file;
-    a line longer than `limit` is given cut at `limit` bytes, and ends the iteration."""
-    number, pieces, size = 0, [], 0
-    with pa.input_stream(str(path), compression="detect") as stream:
-        while chunk := stream.read(1 << 20):
-            start = 0
-            while (end := chunk.find(b"\n", start)) >= 0:  # lines that end in this chunk
-                line, start = b"".join([*pieces, chunk[start:end]]), end + 1
-                pieces, size, number = [], 0, number + 1
-                if line.strip():
-                    yield number, line
-            pieces.append(chunk[start:])
-            size += len(chunk) - start
-            if size >= limit:
-                yield number + 1, b"".join(pieces)
-                return
-    last = b"".join(pieces)
-    if last.strip():
-        yield number + 1, last

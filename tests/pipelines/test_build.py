@@ -233,8 +233,10 @@ def test_the_same_file_through_a_link_is_one_input_given_twice(tmp_path: Path) -
 
     pq.write_table(pa.table({"commit": ["c"], "new_file": ["a.py"], "old_contents": ["1\n"], "new_contents": ["2\n"], "message": ["Fix it"]}), tmp_path / "rows.parquet")
     (tmp_path / "alias.parquet").symlink_to(tmp_path / "rows.parquet")
-    with pytest.raises(DiffmixError, match=r"^--input .*\.parquet is given more than once$"):
-        check_inputs([str(tmp_path / "rows.parquet"), str(tmp_path / "alias.parquet")], tmp_path / "out", load_build_config(None))
+    (tmp_path / "hard.parquet").hardlink_to(tmp_path / "rows.parquet")
+    for other in ("alias.parquet", "hard.parquet", "sub/../rows.parquet"):
+        with pytest.raises(DiffmixError, match=r"^--input .*\.parquet is given more than once$"):
+            check_inputs([str(tmp_path / "rows.parquet"), str(tmp_path / other)], tmp_path / "out", load_build_config(None))
     assert len(check_inputs([str(tmp_path / "rows.parquet")], tmp_path / "out", load_build_config(None))) == 1
 
 

@@ -435,6 +435,41 @@ def test_parquet_slice_with_bytes_that_are_not_utf8(tmp_path: Path, old_contents
     assert [r["old_contents"] for r in rows] == ["ok\n", None]
 
 
+@pytest.mark.parametrize("column", ["message", "commit", "new_file"])
+def test_parquet_binary_metadata_that_is_not_utf8_is_that_rows_problem(tmp_path: Path, column: str) -> None:
+    """String contents go through Polars, which gives a binary column back as a binary view."""
+    path = tmp_path / "p.parquet"
+    table = pa.table({"commit": ["c", "d"], "new_file": ["a.py", "b.py"], "old_contents": ["1\n", "2\n"], "new_contents": ["3\n", "4\n"], "message": ["m", "n"]})
+    values = [value.encode() for value in table.column(column).to_pylist()]
+    table = table.set_column(table.column_names.index(column), column, pa.array([values[0] + b"\xff", values[1]], pa.binary()))
+    pq.write_table(table, path)
+    source = ParquetSource(str(path))
+    rows = [row for piece in source.slices(rows_per_partition=2) for row in source.read_slice(piece).to_pylist()]
+    assert [r["bad_encoding"] for r in rows] == [True, False]
+    assert [r[column] for r in rows] == [values[0].decode() + "\ufffd", values[1].decode()]
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "expected"),
+    [
+        ("lines_added", pa.array(["3", "n/a", "1.5", "7.0", None]), [3, None, None, 7, None]),
+        ("lines_added", pa.array([3.0, 1.5, float("nan"), float("inf"), None]), [3, None, None, None, None]),
+        ("lines_added", pa.array([2**63, 5, 2**40, 0, 1], pa.uint64()), [None, 5, None, 0, 1]),
+        ("lines_deleted", pa.array([-(2**40), -1, 2, 3, 4], pa.int64()), [None, -1, 2, 3, 4]),
+        ("is_binary", pa.array(["true", "maybe", "FALSE", None, "1"]), [True, False, False, False, False]),
+    ],
+)
+def test_a_count_or_flag_that_is_not_one_is_unknown(tmp_path: Path, column: str, values: pa.Array, expected: list) -> None:
+    """Null, as a JSON line's odd value is, not a failed build (a flag is then derived from the contents)."""
+    path = tmp_path / "p.parquet"
+    rows = [dict(COMMITPACK_ROWS[1], commit=f"c{i}") for i in range(len(values))]
+    pq.write_table(pa.Table.from_pylist(rows).append_column(column, values), path)
+    source = ParquetSource(str(path))
+    source.validate()
+    read = pa.concat_tables(source.read_slice(piece) for piece in source.slices(rows_per_partition=100))
+    assert read.column(column).to_pylist() == expected
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst"])
 def test_jsonl_variants_equal_parquet(tmp_path: Path, suffix: str) -> None:
     lines = "".join(json.dumps(r) + "\n" for r in COMMITPACK_ROWS).encode()
@@ -454,11 +489,14 @@ def test_jsonl_variants_equal_parquet(tmp_path: Path, suffix: str) -> None:
 
 
 @pytest.mark.parametrize("good_lines", [1, 5, 50, 100])
-def test_jsonl_broken_line_is_named_by_its_number(tmp_path: Path, good_lines: int) -> None:
+def test_jsonl_broken_line_is_named_by_its_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, good_lines: int) -> None:
     path = tmp_path / "b.jsonl"
     path.write_text((json.dumps(COMMITPACK_ROWS[0]) + "\n") * good_lines + "{broken\n" + json.dumps(COMMITPACK_ROWS[0]) + "\n")
     source = JsonlSource(str(path))
-    source.validate()  # the first line is fine
+    with pytest.raises(DiffmixError, match=f"broken JSON line {good_lines + 1} "):
+        source.validate()  # among the records it reads
+    monkeypatch.setattr(JsonlSource, "records_checked", 1)
+    source.validate()
     with pytest.raises(DiffmixError, match=f"broken JSON line {good_lines + 1} "):
         list(source.iter_tables(BuildConfig()))
 
@@ -469,22 +507,76 @@ def test_jsonl_leading_blank_lines_long_lines_and_truncation(tmp_path: Path, mon
     blank_first.write_text("\n  \n" + record + "\n")
     JsonlSource(str(blank_first)).validate()
     assert len(pa.concat_tables(JsonlSource(str(blank_first)).iter_tables(BuildConfig()))) == 1
-    # A line over the reader's limit (two blocks) is one clear error, first or later.
-    monkeypatch.setattr(JsonlSource, "block_size", 1 << 10)
-    monkeypatch.setattr(JsonlSource, "longest_line", 2 << 10)
-    long_row = json.dumps({**COMMITPACK_ROWS[0], "new_contents": "x" * 5000})
-    for name, lines in (("first", [long_row, record]), ("middle", [record] * 30 + [long_row])):
+    monkeypatch.setattr(JsonlSource, "block_bytes", 1 << 10)
+    monkeypatch.setattr(JsonlSource, "longest_line", 4 << 10)
+    # A line of several blocks, wherever it starts, is read (Arrow's own reader takes a line
+    # across one boundary of its blocks, not two: it failed by where the line sat).
+    long_row = json.dumps({**COMMITPACK_ROWS[0], "new_contents": "x" * 3500})
+    for offset in (0, 1, 7, 30):
+        path = tmp_path / f"at{offset}.jsonl"
+        path.write_text("\n".join([record] * offset + [long_row, record]) + "\n")
+        rows = pa.concat_tables(JsonlSource(str(path)).iter_tables(BuildConfig())).to_pylist()
+        assert [len(r["new_contents"]) for r in rows] == [len(COMMITPACK_ROWS[0]["new_contents"])] * offset + [3500, len(COMMITPACK_ROWS[0]["new_contents"])]
+    # A line over the limit is one clear error naming it, first or later, ended or not.
+    too_long = json.dumps({**COMMITPACK_ROWS[0], "new_contents": "x" * 5000})
+    for name, lines, number in (("first", [too_long, record], 1), ("middle", [record] * 30 + [too_long], 31), ("last", [record, too_long[:-1]], 2)):
         path = tmp_path / f"{name}.jsonl"
-        path.write_text("\n".join(lines) + "\n")
-        with pytest.raises(DiffmixError, match="is longer than 0 MiB, the longest the JSON reader takes"):
-            JsonlSource(str(path)).validate()
-            list(JsonlSource(str(path)).iter_tables(BuildConfig()))
-    # A truncated .gz whose first line is whole fails while streaming, in one line.
+        path.write_text("\n".join(lines) + ("\n" if name != "last" else ""))
+        for read in (JsonlSource(str(path)).validate, lambda: list(JsonlSource(str(path)).iter_tables(BuildConfig()))):
+            with pytest.raises(DiffmixError, match=f": line {number} is longer than 0 MiB, the longest line taken"):
+                read()
+    # A truncated .gz whose first lines are whole fails while streaming, in one line.
     truncated = tmp_path / "t.jsonl.gz"
-    truncated.write_bytes(gzip.compress(("\n".join([record] * 10000) + "\n").encode())[:-40])  # past the first 1 MiB read
+    truncated.write_bytes(gzip.compress(("\n".join([record] * 10000) + "\n").encode())[:-40])  # past the first reads
     JsonlSource(str(truncated)).validate()
-    with pytest.raises(DiffmixError, match="Truncated compressed stream|broken JSON line"):
+    with pytest.raises(DiffmixError, match="t.jsonl.gz: unreadable \\(.*[Tt]runcated"):
         list(JsonlSource(str(truncated)).iter_tables(BuildConfig()))
+    # Damaged compressed data can decode to broken JSON before the stream fails: the stream's error is the one given.
+    damaged = tmp_path / "d.jsonl.gz"
+    damaged.write_bytes(gzip.compress(("\n".join([record, "{broken"] + [record] * 10000) + "\n").encode())[:-40])
+    monkeypatch.setattr(JsonlSource, "records_checked", 1)
+    with pytest.raises(DiffmixError, match="d.jsonl.gz: unreadable \\(.*[Tt]runcated"):
+        list(JsonlSource(str(damaged)).iter_tables(BuildConfig()))
+
+
+@pytest.mark.parametrize(
+    ("lines", "error"),
+    [
+        # Each once crashed or lost a row in pyarrow's reader: `null` starting one of its blocks
+        # killed the process; two objects on a line were two rows, and the row count went wrong.
+        (["ROW", "null", "ROW"], "line 2 is not a JSON object"),
+        (["null", "ROW"], "line 1 is not a JSON object"),
+        (["ROW", "42"], "line 2 is not a JSON object"),
+        (["ROW", "[ROW]"], "line 2 is not a JSON object"),
+        (["ROW", "ROW ROW", "ROW"], "broken JSON line 2 \\(Extra data"),
+        (["ROW", "ROW,"], "broken JSON line 2 \\(Extra data"),
+        (["ROW", "nul"], "broken JSON line 2 \\(Expecting value"),
+    ],
+)
+def test_jsonl_a_line_that_is_not_one_object_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines: list[str], error: str) -> None:
+    record = json.dumps(COMMITPACK_ROWS[0])
+    path = tmp_path / "x.jsonl"
+    path.write_text("\n".join(line.replace("ROW", record) for line in lines) + "\n")
+    with pytest.raises(DiffmixError, match=f"x.jsonl: {error}"):
+        JsonlSource(str(path)).validate()
+    monkeypatch.setattr(JsonlSource, "records_checked", 1)
+    if lines[0] == "ROW":  # the same line met while reading, in a block of its own or not
+        for block_bytes in (1 << 20, len(record) + 1):
+            monkeypatch.setattr(JsonlSource, "block_bytes", block_bytes)
+            with pytest.raises(DiffmixError, match=f"x.jsonl: {error}"):
+                list(JsonlSource(str(path)).iter_tables(BuildConfig()))
+
+
+def test_jsonl_a_byte_order_mark_and_a_repeated_key_are_read(tmp_path: Path) -> None:
+    """A BOM before line 1 is skipped; a key given twice in one object keeps its last value, as
+    Python's json reads it (Arrow's reader refuses the object; its block is read by Python)."""
+    path = tmp_path / "bom.jsonl"
+    second = json.dumps(COMMITPACK_ROWS[1])[:-1] + ', "commit": "last"}'
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(COMMITPACK_ROWS[0]).encode() + b"\n" + second.encode() + b"\n")
+    source = JsonlSource(str(path))
+    source.validate()
+    rows = pa.concat_tables(source.iter_tables(BuildConfig())).to_pylist()
+    assert [r["commit"] for r in rows] == [COMMITPACK_ROWS[0]["commit"], "last"]
 
 
 def test_jsonl_columns_are_the_keys_of_the_first_records(tmp_path: Path) -> None:
@@ -547,15 +639,14 @@ def test_jsonl_values_of_another_json_type_are_each_rows_problem(tmp_path: Path)
 
 def test_jsonl_odd_value_after_blocks_already_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks the Arrow reader already gave are not read again: every record once, in order."""
-    monkeypatch.setattr(JsonlSource, "block_size", 1 << 10)
-    monkeypatch.setattr(JsonlSource, "longest_line", 2 << 10)
+    monkeypatch.setattr(JsonlSource, "block_bytes", 1 << 10)
     records = [{**COMMITPACK_ROWS[1], "commit": f"c{i:03d}"} for i in range(60)]
     records[45]["commit"] = 45  # well past the first blocks
     path = tmp_path / "late.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     source = JsonlSource(str(path))
     tables = list(source.iter_tables(BuildConfig(partition_rows=7)))
-    assert len(tables) > 2  # some blocks came from the Arrow reader, the rest record by record
+    assert len(tables) > 2  # the block of the odd value read record by record, the others by Arrow
     assert [r["commit"] for r in pa.concat_tables(tables).to_pylist()] == [f"c{i:03d}" if i != 45 else "45" for i in range(60)]
 
 
@@ -671,7 +762,7 @@ def test_jsonl_escaped_lone_surrogate_is_that_rows_problem(tmp_path: Path) -> No
 def test_jsonl_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "deep.jsonl"
     path.write_text(json.dumps(COMMITPACK_ROWS[0])[:-1] + ', "extra": ' + "[" * 5000 + "]" * 5000 + "}\n")
-    with pytest.raises(DiffmixError, match="line 1 is not JSON \\(nested too deeply\\)"):
+    with pytest.raises(DiffmixError, match="broken JSON line 1 \\(nested too deeply\\)"):
         JsonlSource(str(path)).validate()
 
 
