@@ -560,9 +560,16 @@ class HuggingFaceSource(StreamSource):
 
         try:
             with _datasets_quiet():
+                if Path(self.name).is_file():  # one local data file, as the split asked for
+                    builder = _datasets_builder(self.name)
+                    if builder is None:
+                        raise DiffmixError(f"{self.uri}: not a data file datasets reads (.parquet, .jsonl, .json, .csv, .arrow)")
+                    return datasets.load_dataset(builder, data_files={self.split: self.name}, split=self.split, streaming=True)
                 if not self._saved_to_disk():
                     return datasets.load_dataset(self.name, split=self.split, streaming=True)
                 saved = datasets.load_from_disk(self.name)
+        except DiffmixError:
+            raise
         except Exception as exc:  # datasets raises many types for a missing/unreachable dataset
             raise DiffmixError(f"{self.uri}: cannot load dataset ({first_line(exc)})") from None
         if isinstance(saved, datasets.DatasetDict):
@@ -614,6 +621,15 @@ class SyntheticSource(Source):
 
 
 _MAX_LOCAL_DATASET_FILES = 10_000
+_DATASETS_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv", ".arrow": "arrow"}
+
+
+def _datasets_builder(path: str) -> str | None:
+    """`datasets`' packaged builder for one local data file, by its suffix (before a .gz or .zst)."""
+    suffixes = [suffix.lower() for suffix in Path(path).suffixes]
+    if suffixes and suffixes[-1] in (".gz", ".zst"):
+        suffixes.pop()
+    return _DATASETS_BUILDERS.get(suffixes[-1]) if suffixes else None
 
 
 class _DatasetsQuiet:

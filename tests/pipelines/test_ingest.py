@@ -661,6 +661,24 @@ def test_hf_local_dataset_directory(tmp_path: Path) -> None:
     assert [r["commit"] for r in rows] == [r["commit"] for r in COMMITPACK_ROWS]
 
 
+@pytest.mark.parametrize("name", ["rows.parquet", "rows.jsonl", "rows.jsonl.gz", "rows.jsonl.zst", "rows.txt"])
+def test_hf_one_local_data_file(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        pq.write_table(pa.Table.from_pylist(COMMITPACK_ROWS), path)
+    else:
+        lines = "".join(json.dumps(r) + "\n" for r in COMMITPACK_ROWS).encode()
+        path.write_bytes(gzip.compress(lines) if name.endswith(".gz") else zstandard.ZstdCompressor().compress(lines) if name.endswith(".zst") else lines)
+    source = resolve_source(f"hf:{path}:test")
+    source.validate()
+    if name.endswith(".txt"):
+        with pytest.raises(DiffmixError, match=r"rows.txt:test: not a data file datasets reads"):
+            list(source.iter_tables(BuildConfig()))
+        return
+    rows = pa.concat_tables(source.iter_tables(BuildConfig())).to_pylist()
+    assert [r["commit"] for r in rows] == [r["commit"] for r in COMMITPACK_ROWS]
+
+
 def test_a_local_hf_dataset_is_identified_by_its_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A rebuild must notice new rows in the same folder (the fingerprint was the name alone)."""
     folder = tmp_path / "hfdata"
