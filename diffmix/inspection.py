@@ -10,6 +10,7 @@ from diffmix.pipelines.shards import open_dataset, read_manifest, shard_paths, v
 from diffmix.schemas.manifest import PIPELINE_STAGES, Manifest
 
 _MAX_SECTION_LINES = 12
+_MAX_LINE_CHARS = 200  # a minified file's one line would be the whole page
 
 
 def describe(directory: Path, documents: int = 1) -> str:
@@ -48,8 +49,8 @@ def _describe(directory: Path, documents: int) -> str:
             lines.append(f"    {reason:<28} {n:>9,}  {100 * n / max(1, info['in']):5.1f}%")
     total = sum(s.bytes for s in manifest.shards)
     lines.append(f"\nshards {len(manifest.shards)}  ({total / 1e6:,.1f} MB)   rejects {len(manifest.rejects)} file(s)")
-    lines.append("splits  " + "  ".join(f"{k} {v:,}" for k, v in manifest.splits.items()))
-    lines.append("formats " + "  ".join(f"{k} {v:,}" for k, v in manifest.formats.items()))
+    lines.append("splits  " + ("  ".join(f"{k} {v:,}" for k, v in manifest.splits.items()) or "none (no document kept)"))
+    lines.append("formats " + ("  ".join(f"{k} {v:,}" for k, v in manifest.formats.items()) or "none (no document kept)"))
     if manifest.tokenizer:
         lines.append(f"tokenizer {manifest.tokenizer}")
     lines += [_pretty(row) for row in _sample(directory, manifest, documents)]
@@ -101,11 +102,11 @@ def _sample(directory: Path, manifest: Manifest, per_format: int) -> list[dict]:
 
 
 def _clip(text: str) -> str:
+    """At most `_MAX_SECTION_LINES` lines (the first and last halves) of at most `_MAX_LINE_CHARS` characters each."""
     lines = text.split("\n")
-    if len(lines) <= _MAX_SECTION_LINES:
-        return text
-    keep = lines[: _MAX_SECTION_LINES // 2] + [f"  … {len(lines) - _MAX_SECTION_LINES} more lines …"] + lines[-_MAX_SECTION_LINES // 2 :]
-    return "\n".join(keep)
+    if len(lines) > _MAX_SECTION_LINES:
+        lines = lines[: _MAX_SECTION_LINES // 2] + [f"  … {len(lines) - _MAX_SECTION_LINES} more lines …"] + lines[-_MAX_SECTION_LINES // 2 :]
+    return "\n".join(line if len(line) <= _MAX_LINE_CHARS else f"{line[:_MAX_LINE_CHARS]} … {len(line) - _MAX_LINE_CHARS:,} more characters" for line in lines)
 
 
 def _pretty(row: dict) -> str:

@@ -155,3 +155,18 @@ def test_inspect_checks_the_row_counts(built: dict[str, Path], tmp_path: Path, c
     assert main(["inspect", str(copy)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "rows, the manifest says" in err, err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a\nb", "a\nb"),
+        ("x" * 200, "x" * 200),
+        ("x" * 250 + "\nshort", "x" * 200 + " … 50 more characters\nshort"),  # a minified file's one line
+        ("\n".join(map(str, range(20))), "0\n1\n2\n3\n4\n5\n  … 8 more lines …\n14\n15\n16\n17\n18\n19"),
+    ],
+)
+def test_a_pretty_printed_section_is_clipped_to_a_page(text: str, expected: str) -> None:
+    from diffmix.inspection import _clip
+
+    assert _clip(text) == expected
