@@ -29,7 +29,7 @@ from diffmix.settings import apply_defaults
 
 apply_defaults()  # before Prefect / datasets are imported
 
-from diffmix.errors import DiffmixError, Terminated  # noqa: E402
+from diffmix.errors import DiffmixError, Terminated, WorkerDied  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
@@ -233,6 +233,9 @@ def _run(args: argparse.Namespace, run: Callable[[argparse.Namespace], int]) -> 
     except DiffmixError as exc:
         print(f"diffmix {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except WorkerDied as exc:
+        print(f"diffmix {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"diffmix {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -13,6 +13,11 @@ class DiffmixError(Exception):
         super().__init__(" ".join(message.split()))
 
 
+class WorkerDied(Exception):
+    """A task whose Dask worker died each time it ran it (out of memory, killed, a crash in
+    compiled code): one line, with the build's staged work kept for a rerun, as after a kill."""
+
+
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread so that a command ends as Ctrl-C ends it: through
     its cleanups (temporary files, a temporary Prefect server, a Dask cluster), with one line."""

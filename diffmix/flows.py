@@ -11,11 +11,16 @@ workers; otherwise each worker process would start a temporary server of its own
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import queue
 import shutil
-from collections.abc import Callable
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +31,7 @@ apply_defaults()  # before Prefect is imported
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.exceptions import ExternalSignal  # noqa: E402
-from prefect.futures import PrefectFuture, as_completed, wait  # noqa: E402
+from prefect.futures import PrefectFuture, wait  # noqa: E402
 from prefect.states import Failed, State  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect_dask import DaskTaskRunner  # noqa: E402
@@ -39,7 +44,7 @@ from rich.progress import (  # noqa: E402
 )
 
 from diffmix.demo import DEMO_ADDITION, DEMO_CORPUS, DEMO_FORMATS, DEMO_STEPS, DEMO_TRAIN, demo_recipes, find_repository  # noqa: E402
-from diffmix.errors import DiffmixError, first_line  # noqa: E402
+from diffmix.errors import DiffmixError, WorkerDied, first_line  # noqa: E402
 from diffmix.memory import keep_freed_memory  # noqa: E402
 from diffmix.pipelines import build as corpus  # noqa: E402
 from diffmix.pipelines.ingest import resolve_source  # noqa: E402
@@ -73,7 +78,7 @@ def dask_runner(workers: int = 2, dask_address: str | None = None) -> DaskTaskRu
         return DaskTaskRunner(address=dask_address)
     # Each worker imports diffmix (and Prefect) as it starts, all at once, not at its first task:
     # a worker's first task would wait ~1 s for it while the others work.
-    return DaskTaskRunner(
+    return LocalDaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={
             "n_workers": workers,
@@ -84,6 +89,39 @@ def dask_runner(workers: int = 2, dask_address: str | None = None) -> DaskTaskRu
             "env": local_worker_env(workers),
         },
     )
+
+
+class LocalDaskTaskRunner(DaskTaskRunner):
+    """prefect-dask's runner, its LocalCluster started with Ctrl-C held (`ctrl_c_held`)."""
+
+    @property
+    def client(self) -> Any:  # the cluster starts at the first task's submission
+        if self._client:
+            return super().client
+        with ctrl_c_held():
+            return super().client
+
+
+@contextlib.contextmanager
+def ctrl_c_held() -> Iterator[None]:
+    """Ctrl-C (SIGINT) ignored while a local Dask cluster starts, from the main thread.
+
+    A terminal's Ctrl-C reaches every process of its process group. Worker processes spawned
+    meanwhile inherit it ignored, and Python keeps an ignored SIGINT ignored: they no longer die
+    of it, mid-task, with pages of tracebacks; the flow's process stops them in order (`dask_setup`
+    ignores it again in a worker Dask restarts). Caught instead of ignored, it is not inherited
+    (spawning resets a handled signal and the signal mask); raised inside the start, it left a
+    half-started cluster that Dask's exit hook failed to close, with a page of traceback. So a
+    Ctrl-C in the second or two of the start is lost: the next one stops the build.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def local_worker_env(workers: int) -> dict[str, str]:
@@ -104,10 +142,34 @@ def dask_setup(worker: Any) -> None:
     builds Prefect's settings anew (`reuse_task_settings`); a heartbeat caught by the cluster's
     shutdown would print a traceback after a build that succeeded (`quiet_closed_scheduler_heartbeats`).
     """
+    # Ctrl-C reaches every process of the terminal's process group: the flow's process stops
+    # the cluster in order; workers dying of it on their own printed pages of tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     keep_freed_memory()
     share_api_tls_context()
     reuse_task_settings()
     quiet_closed_scheduler_heartbeats()
+    quiet_tasks_cancelled_at_close()
+
+
+class _CancelledAtClose(logging.Filter):
+    """Dask's warning that a task it was running was cancelled, as a debug record: Dask says it
+    happens only when the worker closes (a Ctrl-C or a failed build stops the cluster mid-task)."""
+
+    suffix = "ended with CancelledError"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).endswith(self.suffix):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def quiet_tasks_cancelled_at_close() -> None:
+    """A local worker closed mid-task logs each cancelled task at debug level, not as a warning."""
+    logger = logging.getLogger("distributed.worker.state_machine")
+    if not any(isinstance(f, _CancelledAtClose) for f in logger.filters):
+        logger.addFilter(_CancelledAtClose())
 
 
 class _ClosedSchedulerHeartbeat(logging.Filter):
@@ -149,17 +211,46 @@ def _progress(futures: list[Any], label: str, keep_errors: bool = False) -> list
     results: dict[int, Any] = {}
     order = {id(f): i for i, f in enumerate(futures)}
     columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, transient=True, disable=not os.isatty(2)) as bar:
+    with Progress(*columns, transient=True, disable=not futures or not os.isatty(2)) as bar:
         job = bar.add_task(label, total=len(futures))
-        for future in as_completed(futures):
+        for future in _completed(futures):
             try:
                 results[order[id(future)]] = future.result()
             except Exception as exc:
+                if type(exc).__name__ == "KilledWorker":  # Dask's, with a page of advice
+                    exc = WorkerDied(f"{_task_run_name(future)}: the Dask worker running it died, each of the times Dask allows (out of memory? killed?); rerun the same command to resume")
                 if not keep_errors:
-                    raise
+                    raise exc from None
                 results[order[id(future)]] = exc
             bar.advance(job)
     return [results[i] for i in range(len(futures))]
+
+
+def _completed(futures: list[Any], poll: float = 0.2) -> Iterator[Any]:
+    """Each future as it finishes, as Prefect's `as_completed` gives them, waking every `poll`
+    seconds: the kernel may hand a Ctrl-C to another thread, and the main thread raises it only
+    when it runs; an untimed wait slept through it (for good, once the workers were gone)."""
+    finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    for future in futures:
+        future.add_done_callback(finished.put)
+    for _ in futures:
+        while True:
+            try:
+                yield finished.get(timeout=poll)
+                break
+            except queue.Empty:
+                pass
+
+
+def _task_run_name(future: Any) -> str:
+    """A task run's name as Prefect shows it ("documents p-00003"), or its id if the server cannot say."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            return client.read_task_run(future.task_run_id).name
+    except Exception:
+        return f"task run {future.task_run_id}"
 
 
 def _panics_as_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -244,7 +335,17 @@ def _env_count(name: str, default: int) -> int:
 
 def _env_workers() -> int:
     """Build workers for the demo and scheduled builds (`diffmix build` takes --workers)."""
-    return _env_count("DIFFMIX_WORKERS", 2)
+    workers = _env_count("DIFFMIX_WORKERS", 2)
+    check_local_workers(workers, "DIFFMIX_WORKERS=")
+    return workers
+
+
+def check_local_workers(workers: int, name: str = "--workers ") -> None:
+    """A LocalCluster of `workers` processes: at least 1 (none would wait forever), at most 4 per
+    core (more only add processes of ~200 MB each; 100,000 grew the flow's process by 20 MB/s, starting none)."""
+    most = 4 * (os.cpu_count() or 1)
+    if not 1 <= workers <= most:
+        raise DiffmixError(f"{name}{workers}: expected 1 to {most} local Dask workers (4 per core here)")
 
 
 def _parallel_runs() -> int:
@@ -273,6 +374,7 @@ def check_dask_address(address: str | None, timeout: str = "10s") -> None:
         return
     from distributed import Client
 
+    _refuse_a_closed_port(address)
     try:
         client = Client(address, timeout=timeout)
     except (OSError, ValueError, TypeError) as exc:  # refused, timed out (OSError), malformed
@@ -282,6 +384,26 @@ def check_dask_address(address: str | None, timeout: str = "10s") -> None:
             client.wait_for_workers(1, timeout=timeout)
         except (OSError, TimeoutError):
             raise DiffmixError(f"--dask-address {address}: the scheduler has no workers (start some: dask worker {address})") from None
+
+
+def _refuse_a_closed_port(address: str) -> None:
+    """One line at once for a TCP address where nothing listens (Dask retries a refused
+    connection until its timeout: 12 s for one line)."""
+    from distributed.comm import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        host, port = parse_host_port(location)
+    except (ValueError, TypeError):
+        return  # Dask's own client says what is wrong with it
+    if scheme != "tcp":
+        return
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except ConnectionRefusedError as exc:
+        raise DiffmixError(f"--dask-address {address}: no Dask scheduler answers there ({exc.strerror})") from None
+    except OSError:
+        return  # unreachable or slow: Dask's client waits its timeout and says so
 
 
 def corpus_runner(inputs: list[str], workers: int = 2, dask_address: str | None = None) -> Any:
@@ -369,8 +491,8 @@ def run_build_corpus(
 
     Inputs are checked before any server or cluster starts, so bad input fails at once.
     """
-    if workers < 1 and not dask_address:  # a LocalCluster without workers would wait forever
-        raise DiffmixError(f"--workers must be at least 1, got {workers}")
+    if not dask_address:
+        check_local_workers(workers)
     config = load_build_config(config_path, **(config_overrides or {}))
     sources = corpus.check_inputs(inputs, out, config)
     done = corpus.finished_build(out, config, sources)

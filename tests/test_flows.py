@@ -137,6 +137,100 @@ def test_runs_are_named_by_what_they_do(tmp_path: Path, history: Path) -> None:
     assert sum(row["rows"] for row in table) == manifest.counts.rows_in
 
 
+def test_ctrl_c_mid_build_is_one_line_and_the_rerun_resumes(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group: the workers ignore it and the flow's process stops
+    them; its wait woke for it (an untimed wait slept through it for good once workers died)."""
+    from prefect.settings import PREFECT_API_URL
+
+    parquet = _parquet(tmp_path, rows=600)
+    config = tmp_path / "cfg.yaml"
+    config.write_text("partition_rows: 10\nsplit: {by: commit, fractions: {train: 1.0}}\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    cmd = [sys.executable, "-m", "diffmix", "build", "--input", str(parquet), "--out", str(out), "--config", str(config), "--workers", "2"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stats = out / ".work" / "stats"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(stats.glob("*.json"))) < 3:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("the build did not end after Ctrl-C") from None
+    assert len(list(stats.glob("*.json"))) < 60, "the Ctrl-C must land mid-build"
+    assert (proc.returncode, err) == (130, "diffmix build: interrupted\n")
+    run_build_corpus([str(parquet)], str(out), str(config), workers=1)
+    reference = tmp_path / "reference"
+    run_build_corpus([str(parquet)], str(reference), str(config), workers=1)
+    assert tree_digest(out) == tree_digest(reference)
+
+
+def test_the_wait_wakes_for_a_ctrl_c_another_thread_took() -> None:
+    """The kernel hands a process's SIGINT to any thread; Python raises it in the main thread only
+    when that runs (a future that never finishes here: the wait must not sleep through it)."""
+    import concurrent.futures
+    import threading
+
+    from diffmix.flows import _completed
+
+    never = concurrent.futures.Future()  # finished after 10 s only if the wait missed the Ctrl-C (a failure, not a hang)
+    rescue = threading.Timer(10, never.set_result, args=(None,))
+    rescue.start()
+    other = threading.Thread(target=time.sleep, args=(2,))
+    other.start()
+    threading.Timer(0.3, signal.pthread_kill, args=(other.ident, signal.SIGINT)).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            list(_completed([never], poll=0.05))
+    finally:
+        rescue.cancel()
+        other.join()
+
+
+def test_ctrl_c_is_ignored_by_what_a_starting_cluster_spawns() -> None:
+    from diffmix.flows import ctrl_c_held
+
+    before = signal.getsignal(signal.SIGINT)
+    probe = [sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)"]
+    with ctrl_c_held():
+        inside = subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
+    assert inside == "True" and signal.getsignal(signal.SIGINT) == before
+    assert subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_a_task_whose_worker_keeps_dying_is_one_line(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dask's KilledWorker carries a page of advice and no partition; the build's staged work is kept."""
+    import concurrent.futures
+    import uuid
+
+    from distributed.scheduler import KilledWorker
+
+    from diffmix import flows
+    from diffmix.errors import WorkerDied
+
+    class Future(concurrent.futures.Future):
+        task_run_id = uuid.UUID(int=3)
+
+        def result(self, timeout: float | None = None) -> None:
+            raise KilledWorker("process_partition-0f3e", "tcp://127.0.0.1:4242", 3)
+
+    dying = Future()
+    dying.set_result(None)
+    monkeypatch.setattr(flows, "_task_run_name", lambda future: "documents p-00003")
+    with pytest.raises(WorkerDied, match="^documents p-00003: the Dask worker running it died"):
+        flows._progress([dying], "documents")
+    assert isinstance(flows._progress([dying], "runs", keep_errors=True)[0], WorkerDied)  # a comparison reports the run as failed
+
+    def build(*args: object, **kwargs: object) -> None:
+        raise WorkerDied("documents p-00003: the Dask worker running it died")
+
+    monkeypatch.setattr(flows, "run_build_corpus", build)
+    assert main(["build", "--input", "x.parquet", "--out", "out"]) == 1
+    assert capsys.readouterr().err == "diffmix build: error: documents p-00003: the Dask worker running it died\n"
+
+
 def test_resume_after_sigkill_gives_identical_bytes(tmp_path: Path) -> None:
     from prefect.settings import PREFECT_API_URL
 
@@ -186,10 +280,12 @@ def test_resume_after_sigkill_gives_identical_bytes(tmp_path: Path) -> None:
         (["--input", "{repo}", "--format", "copy_v1"], "format copy_v1 writes copy records; commit inputs need an edit format"),
         (["--input", "synthetic:addition?n=20&test=2", "--format", "whole_file_v1"], "format and window apply to commit inputs only"),
         (["--input", "{repo}", "--dask-address", "no-port-here"], "--dask-address no-port-here: no Dask scheduler answers there"),
+        (["--input", "{repo}", "--dask-address", "tcp://127.0.0.1:1"], "tcp://127.0.0.1:1: no Dask scheduler answers there (Connection refused)"),  # at once, not after 12 s
         (["--refilter", "{repo}", "--config", "{repo}", "--format", "whole_file_v1"], "--refilter re-decides the stored documents"),
         (["--input", "{repo}", "--format", "nope_v1"], "given option: format: unknown format 'nope_v1'"),
-        (["--input", "{repo}", "--workers", "0"], "--workers must be at least 1, got 0"),  # a cluster without workers hung
-        (["--input", "{repo}", "--workers", "-1"], "--workers must be at least 1, got -1"),
+        (["--input", "{repo}", "--workers", "0"], "--workers 0: expected 1 to"),  # a cluster without workers hung
+        (["--input", "{repo}", "--workers", "-1"], "--workers -1: expected 1 to"),
+        (["--input", "{repo}", "--workers", "100000"], "--workers 100000: expected 1 to"),  # starting none, the flow's process grew by 20 MB/s
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, history: Path, capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
@@ -598,12 +694,51 @@ def test_local_workers_start_with_diffmix_imported_and_a_share_of_the_cores() ->
         faults = client.run(faults_per_block)
         shared_tls = client.run(lambda: __import__("prefect.client.orchestration", fromlist=["ssl"]).ssl is not __import__("ssl"))
         heartbeat_filters = client.run(lambda: [type(f).__name__ for f in __import__("logging").getLogger("distributed.worker").filters])
+        cancel_filters = client.run(lambda: [type(f).__name__ for f in __import__("logging").getLogger("distributed.worker.state_machine").filters])
+        ignore_ctrl_c = client.run(lambda: __import__("signal").getsignal(__import__("signal").SIGINT) == __import__("signal").SIG_IGN)
     assert list(loaded.values()) == [True, True]
+    assert all("_CancelledAtClose" in names for names in cancel_filters.values())
+    assert list(ignore_ctrl_c.values()) == [True, True]  # the flow's process stops them
     assert list(shared_tls.values()) == [True, True]
     assert all("_ClosedSchedulerHeartbeat" in names for names in heartbeat_filters.values())
     assert list(pools.values()) == [max(1, (os.cpu_count() or 1) // 2)] * 2
     if sys.platform.startswith("linux"):
         assert max(faults.values()) < 100
+
+
+@pytest.mark.parametrize(
+    ("message", "level", "shown"),
+    [
+        ("Async instruction for <Task cancelled name=\"execute('p')\"> ended with CancelledError", logging.WARNING, False),
+        ("Async instruction for <Task cancelled name=\"execute('p')\"> ended with CancelledError", logging.DEBUG, True),
+        ("Something else went wrong", logging.WARNING, True),
+    ],
+)
+def test_a_task_cancelled_as_its_worker_closes_is_not_a_warning(message: str, level: int, shown: bool) -> None:
+    import inspect
+
+    from distributed import worker_state_machine
+
+    from diffmix.flows import _CancelledAtClose, quiet_tasks_cancelled_at_close
+
+    assert _CancelledAtClose.suffix in inspect.getsource(worker_state_machine)  # the message Dask logs
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logger = logging.getLogger("distributed.worker.state_machine")
+    before = (logger.level, list(logger.filters))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        quiet_tasks_cancelled_at_close()
+        quiet_tasks_cancelled_at_close()  # installed once
+        assert sum(isinstance(f, _CancelledAtClose) for f in logger.filters) == 1
+        logger.warning(message)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before[0])
+        logger.filters[:] = before[1]
+    assert [r.getMessage() for r in seen] == ([message] if shown else [])
 
 
 @pytest.mark.parametrize(
