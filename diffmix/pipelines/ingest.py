@@ -29,7 +29,9 @@ import os
 import socket
 import threading
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -372,11 +374,23 @@ class JsonlSource(StreamSource):
 
     def iter_tables(self, config: BuildConfig) -> Iterator[pa.Table]:
         blocks = self._blocks()
+        # Blocks are parsed on two threads while the next is read and decompressed, in order:
+        # about the speed of Arrow's own reader, with 3 blocks in memory instead of its ~35.
+        parsing: deque[Future[pa.Table | None]] = deque()
         try:
-            for first, lines in blocks:
-                table = self._block_table(first, lines)
-                if table is not None:
-                    yield table
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                try:
+                    for first, block in blocks:
+                        parsing.append(pool.submit(self._block_table, first, block))
+                        while len(parsing) > 2:
+                            if (table := parsing.popleft().result()) is not None:
+                                yield table
+                    while parsing:
+                        if (table := parsing.popleft().result()) is not None:
+                            yield table
+                finally:
+                    for future in parsing:  # a block already failed, or the reader stopped reading
+                        future.cancel()
         except DiffmixError:
             if _compressed(self.path):  # damaged compressed data reads as broken JSON before its checksum fails
                 try:
@@ -388,63 +402,80 @@ class JsonlSource(StreamSource):
         except (pa.ArrowException, OSError) as exc:  # e.g. a truncated .gz, seen only when streamed
             raise DiffmixError(f"{self.path}: unreadable ({first_line(exc)})") from None
 
-    def _blocks(self) -> Iterator[tuple[int, list[bytes]]]:
-        """(number of the first line, the lines) in blocks of about `block_bytes` of whole lines."""
+    def _blocks(self) -> Iterator[tuple[int, bytes | memoryview]]:
+        """(number of the first line, bytes) of blocks of whole lines: each read of `block_bytes`
+        cut at its first and last newline, the line across two reads a block of its own (views,
+        not copies: a copy of every byte, into fresh pages, cost as much as the parse)."""
         number, carry = 1, b""
         with pa.input_stream(str(self.path), compression="detect") as stream:
             while chunk := stream.read(self.block_bytes):
-                data = carry + chunk if carry else chunk
-                cut = data.rfind(b"\n") + 1
-                if cut == 0:
-                    if len(data) > self.longest_line:
+                if number == 1 and not carry:
+                    chunk = chunk.removeprefix(_UTF8_BOM)
+                first, last = chunk.find(b"\n") + 1, chunk.rfind(b"\n") + 1
+                if last == 0:  # no line ends in this read
+                    carry += chunk
+                    if len(carry) > self.longest_line:
                         raise self._too_long(number)
-                    carry = data
                     continue
-                lines, carry = data[: cut - 1].split(b"\n"), data[cut:]
-                if number == 1:
-                    lines[0] = lines[0].removeprefix(_UTF8_BOM)
-                yield number, lines
-                number += len(lines)
+                if carry:  # the line begun in an earlier read
+                    yield number, carry + chunk[:first]
+                    number, carry = number + 1, b""
+                elif first:
+                    first = 0
+                if last > first:
+                    yield number, memoryview(chunk)[first:last]
+                    number += chunk.count(b"\n", first, last)
+                carry = chunk[last:]
         if carry:
-            yield number, [carry.removeprefix(_UTF8_BOM) if number == 1 else carry]
+            yield number, carry
 
     def _lines(self) -> Iterator[tuple[int, bytes]]:
         """(number, bytes) of each line that is not blank."""
-        for first, lines in self._blocks():
-            for i, line in enumerate(lines):
+        for first, block in self._blocks():
+            for i, line in enumerate(bytes(block).removesuffix(b"\n").split(b"\n")):
                 if len(line) > self.longest_line:
                     raise self._too_long(first + i)
                 if line.strip():
                     yield first + i, line
 
-    def _block_table(self, first: int, lines: list[bytes]) -> pa.Table | None:
+    def _block_table(self, first: int, block: bytes | memoryview) -> pa.Table | None:
         """One block's rows, parsed by Arrow when every line is one object it takes; else by
         Python, record by record (a value of another JSON type than its column's: that row's
         problem), where a broken line fails naming its number."""
-        numbers: range | list[int] = range(first, first + len(lines))
-        if not all(line[:1] == b"{" for line in lines):  # blank lines, leading spaces, or a line that is no object
-            numbers = []
-            for i, line in enumerate(lines):
+        view = np.frombuffer(block, np.uint8)
+        ends = np.flatnonzero(view == ord("\n"))
+        if not len(ends) or ends[-1] != len(block) - 1:
+            ends = np.append(ends, len(block))  # the file's last line, without its newline
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        lengths = ends - starts
+        if lengths.max() > self.longest_line:
+            raise self._too_long(first + int(np.argmax(lengths > self.longest_line)))
+        numbers: range | list[int] = range(first, first + len(starts))
+        lines = None  # cut only where Python reads them
+        if not ((lengths > 0).all() and (view[starts] == ord("{")).all()):  # blank lines, leading spaces, or no object
+            lines, numbers = [], []
+            for i, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
+                line = bytes(block[start:end])
                 head = line[:64].lstrip()
                 if not head and not line.strip():
                     continue  # a blank line
                 if not head.startswith(b"{"):
                     self._record(first + i, line)  # fails: not JSON, or not an object
+                lines.append(line)
                 numbers.append(first + i)
-            lines = [lines[n - first] for n in numbers]
-        if not lines:
-            return None
-        longest = max(map(len, lines))
-        if longest > self.longest_line:
-            raise self._too_long(next(n for n, line in zip(numbers, lines) if len(line) > self.longest_line))
+            if not lines:
+                return None
+            block = b"\n".join(lines)
         # A line may straddle one boundary of Arrow's own blocks, not two.
-        read = pa_json.ReadOptions(block_size=max(1 << 20, longest + 1))
+        read = pa_json.ReadOptions(block_size=max(4 << 20, int(lengths.max()) + 1))  # 1 MiB: 2.6x slower on the dev rows
         try:
-            table = pa_json.read_json(pa.py_buffer(b"\n".join(lines)), read_options=read, parse_options=_JSON_PARSE)
+            table = pa_json.read_json(pa.py_buffer(block), read_options=read, parse_options=_JSON_PARSE)
         except pa.ArrowException:
             table = None
-        if table is not None and table.num_rows == len(lines):
+        if table is not None and table.num_rows == len(numbers):
             return normalize_commits(table, str(self.path))
+        if lines is None:
+            lines = [bytes(block[start:end]) for start, end in zip(starts.tolist(), ends.tolist())]
         records = [self._record(number, line) for number, line in zip(numbers, lines)]
         return normalize_commits(_json_records_table(records), str(self.path))
 
