@@ -567,6 +567,21 @@ def test_jsonl_a_line_that_is_not_one_object_is_named(tmp_path: Path, monkeypatc
                 list(JsonlSource(str(path)).iter_tables(BuildConfig()))
 
 
+@pytest.mark.parametrize("block_bytes", [7, 100, 1000, 1 << 20])
+def test_jsonl_rows_do_not_depend_on_where_reads_cut_the_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block_bytes: int) -> None:
+    """A byte order mark, CRLF and blank lines, lines of many reads, no final newline: every record once, in order."""
+    monkeypatch.setattr(JsonlSource, "block_bytes", block_bytes)
+    records = [{**COMMITPACK_ROWS[1], "commit": f"c{i:03d}", "new_contents": "y\n" * (i * 37 % 300)} for i in range(40)]
+    lines = [json.dumps(r).encode() + (b"\r" if i % 3 == 0 else b"") for i, r in enumerate(records)]
+    lines[5:5] = [b"", b"  \t"]
+    path = tmp_path / "cut.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(lines))
+    source = JsonlSource(str(path))
+    source.validate()
+    rows = pa.concat_tables(source.iter_tables(BuildConfig())).to_pylist()
+    assert [(r["commit"], r["new_contents"]) for r in rows] == [(r["commit"], r["new_contents"]) for r in records]
+
+
 def test_jsonl_a_byte_order_mark_and_a_repeated_key_are_read(tmp_path: Path) -> None:
     """A BOM before line 1 is skipped; a key given twice in one object keeps its last value, as
     Python's json reads it (Arrow's reader refuses the object; its block is read by Python)."""
