@@ -152,42 +152,54 @@ def dask_setup(worker: Any) -> None:
     quiet_tasks_cancelled_at_close()
 
 
-class _CancelledAtClose(logging.Filter):
-    """Dask's warning that a task it was running was cancelled, as a debug record: Dask says it
-    happens only when the worker closes (a Ctrl-C or a failed build stops the cluster mid-task)."""
+class _DemotedToDebug(logging.Filter):
+    """A filter that logs the records `matches` picks at debug level (shown only where that is on)."""
 
-    suffix = "ended with CancelledError"
+    def matches(self, record: logging.LogRecord) -> bool:
+        raise NotImplementedError
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).endswith(self.suffix):
+        if not self.matches(record):
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+    @classmethod
+    def install(cls, logger_name: str) -> None:
+        """Add it to that logger once."""
+        logger = logging.getLogger(logger_name)
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls())
+
+
+class _CancelledAtClose(_DemotedToDebug):
+    """Dask's warning that a task it was running was cancelled: Dask says it happens only when
+    the worker closes (a Ctrl-C or a failed build stops the cluster mid-task)."""
+
+    suffix = "ended with CancelledError"
+
+    def matches(self, record: logging.LogRecord) -> bool:
+        return str(record.msg).endswith(self.suffix)
 
 
 def quiet_tasks_cancelled_at_close() -> None:
     """A local worker closed mid-task logs each cancelled task at debug level, not as a warning."""
-    logger = logging.getLogger("distributed.worker.state_machine")
-    if not any(isinstance(f, _CancelledAtClose) for f in logger.filters):
-        logger.addFilter(_CancelledAtClose())
+    _CancelledAtClose.install("distributed.worker.state_machine")
 
 
-class _ClosedSchedulerHeartbeat(logging.Filter):
-    """Dask's "heartbeat failed" error, when the scheduler's end was closed, as a debug record."""
+class _ClosedSchedulerHeartbeat(_DemotedToDebug):
+    """Dask's "heartbeat failed" error, when the scheduler's end was closed."""
 
     message = "Failed to communicate with scheduler during heartbeat."
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def matches(self, record: logging.LogRecord) -> bool:
         if record.msg != self.message or not record.exc_info:
-            return True
+            return False
         # Imported here, not at the top: importing distributed before Prefect would give Dask its
         # own stderr handler in the flow's process (Prefect's console handler keeps it quiet now).
         from distributed.comm.core import CommClosedError
 
-        if not isinstance(record.exc_info[1], CommClosedError):
-            return True
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return isinstance(record.exc_info[1], CommClosedError)
 
 
 def quiet_closed_scheduler_heartbeats() -> None:
@@ -200,9 +212,7 @@ def quiet_closed_scheduler_heartbeats() -> None:
     build in 20 to 60 on 2 workers that had succeeded. Other heartbeat failures (a timeout)
     stay errors.
     """
-    logger = logging.getLogger("distributed.worker")
-    if not any(isinstance(f, _ClosedSchedulerHeartbeat) for f in logger.filters):
-        logger.addFilter(_ClosedSchedulerHeartbeat())
+    _ClosedSchedulerHeartbeat.install("distributed.worker")
 
 
 def _progress(futures: list[Any], label: str, keep_errors: bool = False) -> list[Any]:

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -722,23 +723,32 @@ def test_a_task_cancelled_as_its_worker_closes_is_not_a_warning(message: str, le
     from diffmix.flows import _CancelledAtClose, quiet_tasks_cancelled_at_close
 
     assert _CancelledAtClose.suffix in inspect.getsource(worker_state_machine)  # the message Dask logs
-    seen: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = seen.append  # type: ignore[method-assign]
-    logger = logging.getLogger("distributed.worker.state_machine")
-    before = (logger.level, list(logger.filters))
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    try:
+    with _records_of("distributed.worker.state_machine", level, _CancelledAtClose) as (logger, seen):
         quiet_tasks_cancelled_at_close()
         quiet_tasks_cancelled_at_close()  # installed once
         assert sum(isinstance(f, _CancelledAtClose) for f in logger.filters) == 1
         logger.warning(message)
+    assert [r.getMessage() for r in seen] == ([message] if shown else [])
+
+
+@contextlib.contextmanager
+def _records_of(name: str, level: int, without: type) -> Iterator[tuple[logging.Logger, list[logging.LogRecord]]]:
+    """The logger at `level`, without filters of type `without` (as a fresh worker has it), and the
+    records it lets through; all as it was afterwards."""
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logger = logging.getLogger(name)
+    before = (logger.level, list(logger.filters))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.filters[:] = [f for f in before[1] if not isinstance(f, without)]
+    try:
+        yield logger, seen
     finally:
         logger.removeHandler(handler)
         logger.setLevel(before[0])
         logger.filters[:] = before[1]
-    assert [r.getMessage() for r in seen] == ([message] if shown else [])
 
 
 @pytest.mark.parametrize(
@@ -760,15 +770,7 @@ def test_a_heartbeat_to_a_closed_scheduler_is_not_an_error(message: str, error: 
     from diffmix.flows import _ClosedSchedulerHeartbeat, quiet_closed_scheduler_heartbeats
 
     assert _ClosedSchedulerHeartbeat.message in inspect.getsource(Worker.heartbeat)  # the message Dask logs
-    seen: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = seen.append  # type: ignore[method-assign]
-    logger = logging.getLogger("distributed.worker")
-    before = (logger.level, list(logger.filters))
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    try:
-        logger.filters[:] = [f for f in before[1] if not isinstance(f, _ClosedSchedulerHeartbeat)]  # as a fresh worker has them
+    with _records_of("distributed.worker", level, _ClosedSchedulerHeartbeat) as (logger, seen):
         quiet_closed_scheduler_heartbeats()
         quiet_closed_scheduler_heartbeats()  # installed once
         assert sum(isinstance(f, _ClosedSchedulerHeartbeat) for f in logger.filters) == 1
@@ -780,10 +782,6 @@ def test_a_heartbeat_to_a_closed_scheduler_is_not_an_error(message: str, error: 
             logger.error(message)
         except OSError:
             logger.exception(message)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(before[0])
-        logger.filters[:] = before[1]
     assert [r.getMessage() for r in seen] == ([message] if shown else [])
     if shown and error == "closed" and message.startswith("Failed"):
         assert seen[0].levelno == logging.DEBUG
