@@ -4,10 +4,11 @@ A source URI is one of:
 
 * a local git repository (a directory): see `diffmix.pipelines.gitlog`;
 * a CommitPack-style `.parquet` file (read in row slices of its row groups, in parallel partitions);
-* a `.jsonl`, `.jsonl.gz` or `.jsonl.zst` file (streamed with pyarrow's JSON reader);
+* a `.jsonl`, `.jsonl.gz` or `.jsonl.zst` file (streamed in blocks of whole lines, each parsed by
+  pyarrow's JSON reader: see `JsonlSource`);
 * `hf:NAME[:SPLIT]`: a Hugging Face dataset through `datasets.load_dataset(streaming=True)`
   (a folder written by `save_to_disk`: `datasets.load_from_disk`)
-  (NAME may be a hub id, online, or a local dataset directory);
+  (NAME may be a hub id, online, a local dataset directory or one local data file);
 * `synthetic:TASK?key=value&...`: generated documents (see `diffmix.mixers.synthetic`).
 
 `Source.validate()` does every check that needs no build work up front (file
