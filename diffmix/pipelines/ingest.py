@@ -381,8 +381,8 @@ class JsonlSource(StreamSource):
         try:
             with ThreadPoolExecutor(max_workers=2) as pool:
                 try:
-                    for first, block in blocks:
-                        parsing.append(pool.submit(self._block_table, first, block))
+                    while (read := self._next_block(blocks, parsing)) is not None:
+                        parsing.append(pool.submit(self._block_table, *read))
                         while len(parsing) > 2:
                             if (table := parsing.popleft().result()) is not None:
                                 yield table
@@ -399,19 +399,31 @@ class JsonlSource(StreamSource):
                         pass
                 except (pa.ArrowException, OSError) as exc:
                     raise DiffmixError(f"{self.path}: unreadable ({first_line(exc)})") from None
+                except DiffmixError:
+                    pass  # a later line's fault: the first one found is the one given
             raise
         except (pa.ArrowException, OSError) as exc:  # e.g. a truncated .gz, seen only when streamed
             raise DiffmixError(f"{self.path}: unreadable ({first_line(exc)})") from None
+
+    @staticmethod
+    def _next_block(blocks: Iterator[tuple[int, bytes | memoryview]], parsing: deque[Future[pa.Table | None]]) -> tuple[int, bytes | memoryview] | None:
+        """The next block read, or None at the end; a fault found while reading (a line too long)
+        comes after any in the blocks read before it, so that the first faulty line is the one named."""
+        try:
+            return next(blocks, None)
+        except DiffmixError:
+            for future in parsing:
+                future.result()
+            raise
 
     def _blocks(self) -> Iterator[tuple[int, bytes | memoryview]]:
         """(number of the first line, bytes) of blocks of whole lines: each read of `block_bytes`
         cut at its first and last newline, the line across two reads a block of its own (views,
         not copies: a copy of every byte, into fresh pages, cost as much as the parse)."""
-        number, carry = 1, b""
+        number = 1
         with pa.input_stream(str(self.path), compression="detect") as stream:
+            carry = stream.read(len(_UTF8_BOM)).removeprefix(_UTF8_BOM)
             while chunk := stream.read(self.block_bytes):
-                if number == 1 and not carry:
-                    chunk = chunk.removeprefix(_UTF8_BOM)
                 first, last = chunk.find(b"\n") + 1, chunk.rfind(b"\n") + 1
                 if last == 0:  # no line ends in this read
                     carry += chunk
@@ -449,19 +461,28 @@ class JsonlSource(StreamSource):
             ends = np.append(ends, len(block))  # the file's last line, without its newline
         starts = np.concatenate(([0], ends[:-1] + 1))
         lengths = ends - starts
-        if lengths.max() > self.longest_line:
-            raise self._too_long(first + int(np.argmax(lengths > self.longest_line)))
         numbers: range | list[int] = range(first, first + len(starts))
         lines = None  # cut only where Python reads them
-        if not ((lengths > 0).all() and (view[starts] == ord("{")).all()):  # blank lines, leading spaces, or no object
+        # Arrow parses an object across a newline: every line must start with `{` and end with `}`
+        # (a CR before its newline allowed) for its rows to be the lines, else Python looks first.
+        last = view[np.maximum(ends - 1, 0)]
+        closed = (last == ord("}")) | ((last == ord("\r")) & (view[np.maximum(ends - 2, 0)] == ord("}")))
+        if not ((lengths > 1).all() and (lengths <= self.longest_line).all() and (view[starts] == ord("{")).all() and closed.all()):
             lines, numbers = [], []
             for i, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
+                if end - start > self.longest_line:
+                    self._first_fault(numbers, lines)
+                    raise self._too_long(first + i)
                 line = bytes(block[start:end])
-                head = line[:64].lstrip()
-                if not head and not line.strip():
+                stripped = line.strip()
+                if not stripped:
                     continue  # a blank line
-                if not head.startswith(b"{"):
-                    self._record(first + i, line)  # fails: not JSON, or not an object
+                if not (stripped.startswith(b"{") and stripped.endswith(b"}")):
+                    try:
+                        self._record(first + i, line)  # one object with spaces around it, or the fault
+                    except DiffmixError:
+                        self._first_fault(numbers, lines)
+                        raise
                 lines.append(line)
                 numbers.append(first + i)
             if not lines:
@@ -480,6 +501,12 @@ class JsonlSource(StreamSource):
         records = [self._record(number, line) for number, line in zip(numbers, lines)]
         return normalize_commits(_json_records_table(records), str(self.path))
 
+    def _first_fault(self, numbers: list[int], lines: list[bytes]) -> None:
+        """Fails on the first of these earlier lines that is not one JSON object, if one is not:
+        of two faults, the first is named."""
+        for number, line in zip(numbers, lines):
+            self._record(number, line)
+
     def _record(self, number: int, line: bytes) -> dict[str, Any]:
         """The JSON object on a line, or one error naming the line."""
         try:  # surrogateescape: bytes that are not UTF-8 come back as they were (that row's problem)
@@ -491,7 +518,8 @@ class JsonlSource(StreamSource):
         return record
 
     def _too_long(self, number: int) -> DiffmixError:
-        return DiffmixError(f"{self.path}: line {number} is longer than {self.longest_line >> 20} MiB, the longest line taken")
+        limit = f"{self.longest_line >> 20} MiB" if self.longest_line % (1 << 20) == 0 else f"{self.longest_line:,} bytes"
+        return DiffmixError(f"{self.path}: line {number} is longer than {limit}, the longest line taken")
 
 
 class GitSource(StreamSource):
