@@ -236,12 +236,6 @@ def _run(args: argparse.Namespace, run: Callable[[argparse.Namespace], int]) -> 
     except WorkerDied as exc:
         print(f"diffmix {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"diffmix {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Terminated as exc:
-        print(f"diffmix {args.command}: terminated", file=sys.stderr)
-        return 128 + exc.signum
     except BrokenPipeError:  # `diffmix inspect DIR | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
         return 0
@@ -253,10 +247,29 @@ def _run(args: argparse.Namespace, run: Callable[[argparse.Namespace], int]) -> 
         print(f"diffmix {args.command}: error: {where}{exc.strerror}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BaseException as exc:
+        stopped = _stopped_by_signal(exc)
+        if stopped is None:
+            raise
+        word, status = stopped
+        print(f"diffmix {args.command}: {word}", file=sys.stderr)
+        return status
+
+
+def _stopped_by_signal(exc: BaseException | None) -> tuple[str, int] | None:
+    """("interrupted", 130) for a Ctrl-C, ("terminated", 128 + N) for a SIGTERM, also where a
+    library wrapped it in an error of its own (pydantic raises a serialization error from a
+    Ctrl-C that lands while Prefect serialises a task's context); None for anything else."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KeyboardInterrupt):
+            return "interrupted", 130
+        if isinstance(exc, Terminated):
+            return "terminated", 128 + exc.signum
         if type(exc).__name__ == "TerminationSignal":  # Prefect's SIGTERM inside a flow (prefect is not imported here)
-            print(f"diffmix {args.command}: terminated", file=sys.stderr)
-            return 128 + int(getattr(exc, "signal", 15))
-        raise
+            return "terminated", 128 + int(getattr(exc, "signal", 15))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 @contextlib.contextmanager

@@ -124,6 +124,32 @@ def ctrl_c_held() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+@contextlib.contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Ctrl-C (SIGINT) recorded in the main thread while the body runs, and raised after it.
+
+    For a task's submission: Prefect serialises the task's context with pydantic, which turned
+    a Ctrl-C landing inside it into a `PydanticSerializationError` (a page of traceback, exit 1)
+    or into a warning and nothing at all (the build ran on to its end)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _submit(task: Any, *args: Any) -> PrefectFuture[Any]:
+    """`task.submit(*args)`, a Ctrl-C meanwhile raised once it has returned (`ctrl_c_deferred`)."""
+    with ctrl_c_deferred():
+        return task.submit(*args)
+
+
 def local_worker_env(workers: int) -> dict[str, str]:
     """What `dask_runner`'s local workers get in their environment, beyond Dask's own settings.
 
@@ -455,7 +481,7 @@ def _build_corpus(inputs: list[str], out: str, config: BuildConfig, overwrite: b
     submitted: list[PrefectFuture[Any]] = []
 
     def submit(task: Any, *args: Any) -> PrefectFuture[Any]:
-        submitted.append(future := task.submit(plan, *args))
+        submitted.append(future := _submit(task, plan, *args))
         return future
 
     try:
@@ -624,7 +650,7 @@ def _compare_recipes(
     # Mixtures first (seconds each). Runs are then submitted without a Dask dependency, so
     # they queue on the scheduler and start, in order, on whichever worker is free (a
     # dependency would pin each run to the worker that happens to hold its mixture).
-    mixture_futures = {d: build_mixture_task.submit(p, d) for d, p in {r.mixture_dir: r.recipe_path for r in runs}.items()}
+    mixture_futures = {d: _submit(build_mixture_task, p, d) for d, p in {r.mixture_dir: r.recipe_path for r in runs}.items()}
     mixture_errors: dict[str, str] = {}
     bad_input: DiffmixError | None = None
     for directory, future in mixture_futures.items():
@@ -643,7 +669,7 @@ def _compare_recipes(
     for run in runs:
         if run.mixture_dir not in mixture_errors:
             config = base_config.model_copy(update={"seed": run.seed, "threads": threads, "progress": False})
-            futures[run.run_id] = measure_task.submit(run.mixture_dir, run.run_dir, config)
+            futures[run.run_id] = _submit(measure_task, run.mixture_dir, run.run_dir, config)
     # One failed run must not lose the others: each run's exception is kept as its outcome.
     outcomes = dict(zip(futures, _progress(list(futures.values()), "runs", keep_errors=True)))
     rows = []

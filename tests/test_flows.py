@@ -168,6 +168,42 @@ def test_ctrl_c_mid_build_is_one_line_and_the_rerun_resumes(tmp_path: Path) -> N
     assert tree_digest(out) == tree_digest(reference)
 
 
+@pytest.mark.parametrize(
+    ("raised", "status", "line"),
+    [
+        (KeyboardInterrupt(), 130, "interrupted"),
+        (ValueError("Error calling function `ser_model`: KeyboardInterrupt: "), 130, "interrupted"),  # pydantic's, raised from it
+        (RuntimeError("cleanup failed"), 143, "terminated"),  # raised while a SIGTERM was handled
+    ],
+)
+def test_a_signal_is_one_line_even_wrapped_in_another_error(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, raised: BaseException, status: int, line: str) -> None:
+    """A Ctrl-C landing while Prefect serialised a task's context came out as pydantic's
+    PydanticSerializationError, a page of traceback, exit 1."""
+    from diffmix import flows
+    from diffmix.errors import Terminated
+
+    def build(*args: object, **kwargs: object) -> None:
+        if isinstance(raised, KeyboardInterrupt):
+            raise raised
+        if status == 130:
+            raise raised from KeyboardInterrupt()
+        try:
+            raise Terminated(15)
+        except Terminated:
+            raise raised  # noqa: B904 (its context is the SIGTERM)
+
+    monkeypatch.setattr(flows, "run_build_corpus", build)
+    assert main(["build", "--input", "x.parquet", "--out", "out"]) == status
+    assert capsys.readouterr().err == f"diffmix build: {line}\n"
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("not a signal")
+
+    monkeypatch.setattr(flows, "run_build_corpus", fails)
+    with pytest.raises(RuntimeError, match="not a signal"):  # anything else is raised as it is
+        main(["build", "--input", "x.parquet", "--out", "out"])
+
+
 def test_the_wait_wakes_for_a_ctrl_c_another_thread_took() -> None:
     """The kernel hands a process's SIGINT to any thread; Python raises it in the main thread only
     when that runs (a future that never finishes here: the wait must not sleep through it)."""
@@ -188,6 +224,23 @@ def test_the_wait_wakes_for_a_ctrl_c_another_thread_took() -> None:
     finally:
         rescue.cancel()
         other.join()
+
+
+def test_a_ctrl_c_during_a_submission_is_raised_after_it() -> None:
+    """Prefect serialises a task's context with pydantic, which wrapped a Ctrl-C landing inside it
+    in its own error, or dropped it with a warning."""
+    from diffmix.flows import ctrl_c_deferred
+
+    before = signal.getsignal(signal.SIGINT)
+    reached_the_end = False
+    with pytest.raises(KeyboardInterrupt):
+        with ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler has run by now
+            reached_the_end = True
+    assert reached_the_end and signal.getsignal(signal.SIGINT) == before
+    with ctrl_c_deferred():
+        pass  # no Ctrl-C: nothing raised
 
 
 def test_ctrl_c_is_ignored_by_what_a_starting_cluster_spawns() -> None:
