@@ -28,7 +28,7 @@ def prefect_api() -> Iterator[str | None]:
 
     share_api_tls_context()
     reuse_serialized_settings()
-    if PREFECT_API_URL.value():
+    if api_configured():
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}) if os.environ.get("DIFFMIX_FLOW_HEARTBEATS") == "0" else contextlib.nullcontext():
             yield PREFECT_API_URL.value()
         return
@@ -46,6 +46,13 @@ def prefect_api() -> Iterator[str | None]:
         else:
             os.environ["PREFECT_API_URL"] = previous
         server.stop()
+
+
+def api_configured() -> bool:
+    """Whether a Prefect API is configured (else `prefect_api` starts a temporary server)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
 
 
 def share_api_tls_context() -> None:
