@@ -801,11 +801,10 @@ def serve(path: str) -> None:
     PREFECT_API_URL=http://127.0.0.1:4200/api): the temporary one has no scheduler.
     """
     import prefect
-    from prefect.settings import PREFECT_API_URL
 
     check_environment()  # the deployments run with the default runners these settings size
     deployments = deployments_from_config(path)
-    if not PREFECT_API_URL.value():
+    if not api_configured():
         raise DiffmixError("diffmix serve needs a Prefect server: run `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api (a temporary server has no scheduler, so cron schedules would never fire)")
     prefect.serve(*deployments)
 
