@@ -307,3 +307,15 @@ def test_the_report_states_steps_and_batch_as_the_runs_resolved_them(tmp_path: P
     assert compare._as_run(rows, "batch_size", 64) == "16"
     assert compare._as_run(rows, "steps", 2000) == "60–120"
     assert compare._as_run(rows[2:], "steps", 2000) == "2000"  # no run got as far as its config
+
+
+def test_serve_needs_a_configured_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A temporary server has no scheduler: cron schedules would never fire."""
+    import diffmix.flows
+    from diffmix.cli import main
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"deployments": [{"flow": "build_corpus", "name": "nightly", "cron": "0 3 * * *", "parameters": {"inputs": ["/data/repo"], "out": "/data/corpus"}}]}))
+    monkeypatch.setattr(diffmix.flows, "api_configured", lambda: False)
+    assert main(["serve", "--config", str(path)]) == 2
+    assert capsys.readouterr().err.startswith("diffmix serve: error: diffmix serve needs a Prefect server: run `prefect server start`")
