@@ -525,21 +525,16 @@ def run_build_corpus(
 ) -> dict[str, Any]:
     """Run the `build_corpus` flow on Dask (the CLI's and the demo's entry point).
 
-    Inputs are checked before any server or cluster starts, so bad input fails at once. The
-    decode of a Parquet input's pages (0.1-0.5 s for the dev file) goes on beside the start of
-    the flow run on a configured server; the flow waits for it before its first task.
+    Inputs are checked before any server or cluster starts, so bad input fails at once.
     """
     if not dask_address:
         check_local_workers(workers)
     config = load_build_config(config_path, **(config_overrides or {}))
-    sources = corpus.check_inputs(inputs, out, config, wait=False)
+    sources = corpus.check_inputs(inputs, out, config)
     done = corpus.finished_build(out, config, sources)
     if done is not None:  # a rerun on complete output: nothing to start
         return done.to_json_dict()
     check_dask_address(dask_address)
-    if not api_configured():  # a temporary server takes seconds to start: a damaged page fails before it
-        for source in sources:
-            source.wait_validated()
     runner = corpus_runner(inputs, workers, dask_address)
     # Paths made absolute here: Dask workers (on --dask-address, started anywhere) resolve them from their own directory.
     inputs, out = [source.canonical_uri() for source in sources], os.path.abspath(out)

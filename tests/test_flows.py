@@ -366,19 +366,6 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, history: Path,
     assert out.is_file() or out.parent.is_file() or not out.exists()
 
 
-def test_a_damaged_page_fails_before_a_temporary_server_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a configured server the pages are decoded beside the flow run's start (the case above);
-    with none, the command's own server would take seconds to start first."""
-    import diffmix.flows
-
-    damage_first_page(_parquet(tmp_path, rows=20), "new_contents")
-    monkeypatch.setattr(diffmix.flows, "api_configured", lambda: False)
-    monkeypatch.setattr(diffmix.flows, "prefect_api", lambda: pytest.fail("a server was started"))
-    with pytest.raises(DiffmixError, match=r"commits\.parquet: unreadable Parquet \("):
-        run_build_corpus([str(tmp_path / "commits.parquet")], str(tmp_path / "out"), workers=1)
-    assert not (tmp_path / "out").exists()
-
-
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

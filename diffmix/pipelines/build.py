@@ -195,10 +195,8 @@ class ShardSpec:
 # --- prepare ---------------------------------------------------------------------
 
 
-def check_inputs(uris: list[str], out: str | Path, config: BuildConfig, wait: bool = True) -> list[Source]:
-    """Every cheap check on the inputs and `--out`, writing nothing; with `wait=False` the checks
-    that read a whole input (a Parquet file's pages) go on in the background, for the caller's
-    `wait_validated` on each source."""
+def check_inputs(uris: list[str], out: str | Path, config: BuildConfig) -> list[Source]:
+    """Every cheap check on the inputs and `--out`, writing nothing."""
     if not uris:
         raise DiffmixError("no --input given")
     sources = [resolve_source(uri) for uri in uris]
@@ -230,9 +228,6 @@ def check_inputs(uris: list[str], out: str | Path, config: BuildConfig, wait: bo
     if config.tokenize is not None and config.tokenize.file is not None:
         load_tokenizer(config.tokenize.file)  # a missing or broken tokenizer fails before any work
     check_output_dir(out)
-    if wait:
-        for source in sources:
-            source.wait_validated()
     return sources
 
 

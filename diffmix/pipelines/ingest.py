@@ -174,12 +174,7 @@ class Source(ABC):
 
     @abstractmethod
     def validate(self) -> None:
-        """Cheap up-front checks; raise DiffmixError naming the problem. A check that reads the
-        whole input may go on in the background: `wait_validated` raises what it finds."""
-
-    def wait_validated(self) -> None:
-        """Wait for the checks `validate` left running (none, for most sources); raise
-        DiffmixError naming the problem."""
+        """Cheap up-front checks; raise DiffmixError naming the problem."""
 
     @abstractmethod
     def fingerprint(self) -> str:
@@ -227,7 +222,6 @@ class ParquetSource(Source):
     def __init__(self, uri: str) -> None:
         super().__init__(uri)
         self.path = Path(uri)
-        self._page_check: Future[str | None] | None = None
 
     def _open(self) -> pq.ParquetFile:
         check_regular_file(self.path)
@@ -237,19 +231,14 @@ class ParquetSource(Source):
             raise DiffmixError(f"{self.path}: unreadable Parquet ({first_line(exc)})") from None
 
     def validate(self) -> None:
-        """Footer and columns; then every page of the columns a build reads is decoded once by
-        pyarrow, in the background (`wait_validated`): a corrupt page fails in one line before any work."""
+        """Footer and columns, then every page of the columns a build reads, decoded once by
+        pyarrow: a corrupt page fails here, in one line, before any work."""
         file = self._open()
         check_columns(file.schema_arrow.names, str(self.path))
         check_column_types(file.schema_arrow, str(self.path))
         leaves = tuple(i for i in range(file.metadata.num_columns) if file.schema.column(i).path.split(".")[0] in COMMIT_SCHEMA.names)
         stat = self.path.stat()
-        self._page_check = _page_check(str(self.path), stat.st_size, stat.st_mtime_ns, leaves)
-
-    def wait_validated(self) -> None:
-        if self._page_check is None:
-            self.validate()
-        problem = self._page_check.result() if self._page_check is not None else None
+        problem = _undecodable_pages(str(self.path), stat.st_size, stat.st_mtime_ns, leaves)
         if problem is not None:
             raise DiffmixError(f"{self.path}: unreadable Parquet ({problem})")
 
@@ -331,23 +320,14 @@ class ParquetSource(Source):
         return normalize_commits(table, str(self.path), text_as_views=True)
 
 
-_PAGE_CHECKS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffmix-page-check")
-
-
 @functools.lru_cache(maxsize=32)
-def _page_check(path: str, size: int, mtime_ns: int, leaves: tuple[int, ...]) -> Future[str | None]:
-    """`_undecodable_pages` on a thread of its own, once per file version and process (`check_inputs`
-    runs twice per build). pyarrow's decode holds no GIL (0.1-0.5 s for the dev file), so the
-    command goes on starting its flow run beside it, and the flow waits for it before any task."""
-    return _PAGE_CHECKS.submit(_undecodable_pages, path, leaves)
-
-
-def _undecodable_pages(path: str, leaves: tuple[int, ...]) -> str | None:
+def _undecodable_pages(path: str, size: int, mtime_ns: int, leaves: tuple[int, ...]) -> str | None:
     """pyarrow's complaint about the first page of these leaf columns it cannot decode, or None.
 
-    Memory is bounded by a column chunk. Polars decodes some damaged pages without an error (a
-    zeroed dictionary bit width reads as valid, giving wrong values) or panics on them. Batches
-    of 256 rows keep the decode buffers small and reused: pyarrow's default (65,536 rows, a whole
+    One pass per file version and process (`check_inputs` runs twice per build); memory is
+    bounded by a column chunk. Polars decodes some damaged pages without an error (a zeroed
+    dictionary bit width reads as valid, giving wrong values) or panics on them. Batches of
+    256 rows keep the decode buffers small and reused: pyarrow's default (65,536 rows, a whole
     row group here) took 0.9 s for the dev file in a fresh process, mostly faulting in new
     memory, against 0.25 s.
     """

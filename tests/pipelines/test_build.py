@@ -15,7 +15,7 @@ from diffmix.pipelines.gitlog import repository_name
 from diffmix.pipelines.shards import open_dataset, shard_paths
 from diffmix.schemas.config import load_build_config
 from diffmix.schemas.manifest import InputEntry
-from tests.conftest import damage_first_page, git
+from tests.conftest import git
 
 ADDITION = "synthetic:addition?digits=2&n=40&test=4"
 
@@ -238,27 +238,6 @@ def test_the_same_file_through_a_link_is_one_input_given_twice(tmp_path: Path) -
         with pytest.raises(DiffmixError, match=r"^--input .*\.parquet is given more than once$"):
             check_inputs([str(tmp_path / "rows.parquet"), str(tmp_path / other)], tmp_path / "out", load_build_config(None))
     assert len(check_inputs([str(tmp_path / "rows.parquet")], tmp_path / "out", load_build_config(None))) == 1
-
-
-def test_a_damaged_page_is_found_by_check_inputs_or_after_it(tmp_path: Path) -> None:
-    """The pages are decoded in the background: `wait=False` returns before they are, and the
-    source's `wait_validated` then names the damage; `prepare_build` waits before claiming `.work`."""
-    import pyarrow.parquet as pq
-
-    from diffmix.pipelines.build import check_inputs
-
-    path = tmp_path / "damaged.parquet"
-    pq.write_table(pa.table({"commit": ["c"] * 40, "new_file": ["a.py"] * 40, "old_contents": ["1\n"] * 40, "new_contents": [f"{i}\n" for i in range(40)], "message": ["Fix it"] * 40}), path)
-    damage_first_page(path, "new_contents")
-    config = load_build_config(None)
-    with pytest.raises(DiffmixError, match=r"damaged\.parquet: unreadable Parquet \("):
-        check_inputs([str(path)], tmp_path / "out", config)
-    (source,) = check_inputs([str(path)], tmp_path / "out", config, wait=False)
-    with pytest.raises(DiffmixError, match=r"damaged\.parquet: unreadable Parquet \("):
-        source.wait_validated()
-    with pytest.raises(DiffmixError, match=r"damaged\.parquet: unreadable Parquet \("):
-        prepare_build([str(path)], tmp_path / "out", config)
-    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
