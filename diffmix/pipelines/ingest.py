@@ -132,16 +132,21 @@ def _conform_types(table: pa.Table) -> pa.Table:
 
 def _cast_or_null(column: pa.ChunkedArray, wanted: pa.DataType) -> pa.ChunkedArray:
     """A count or flag column as its type, each value that is not one null (`"n/a"`, 1.5, NaN, a
-    count past its type's range): that row's field is unknown, as a JSON line's is, not a failed build."""
-    try:
-        return column.cast(wanted)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass
+    count past its type's range): that row's field is unknown, not a failed build.
+
+    Text always takes the one rule below, never Arrow's cast first: that cast reads `"1"` as a
+    flag and `"0x10"` as 16 only while every value of the column parses, so a value's result
+    depended on its neighbours. Numbers and flags take Arrow's cast while every value fits."""
+    if not any(is_text(column.type) for is_text in _TEXT_TYPES):
+        try:
+            return column.cast(wanted)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
     series = pl.from_arrow(column)
     assert isinstance(series, pl.Series)
     if pa.types.is_boolean(wanted):
         text = series.cast(pl.String, strict=False).str.strip_chars().str.to_lowercase()
-        series = pl.select(pl.when(text == "true").then(True).when(text == "false").then(False)).to_series()
+        series = pl.select(pl.when(text.is_in(["true", "1"])).then(True).when(text.is_in(["false", "0"])).then(False)).to_series()
     else:
         number = series.cast(pl.Float64, strict=False)  # "12", 12.0 and 12 alike
         whole = pl.select(pl.when(number.round() == number).then(number)).to_series()  # NaN is not equal to itself
@@ -897,21 +902,22 @@ def _json_records_table(records: list[dict[str, Any]]) -> pa.Table:
     checks them); a value is conformed as `_conform_types` conforms a column of its type."""
     columns = {}
     for field in COMMIT_SCHEMA:
-        values = [_json_value(field.name, record.get(field.name), field.type) for record in records]
+        if pa.types.is_integer(field.type) or pa.types.is_boolean(field.type):
+            # As a Parquet column of text: "12", 12.0 and 12 alike, "true" a flag, anything else null.
+            raw = (_json_value(field.name, record.get(field.name)) for record in records)
+            text = pa.array([None if value is None else value.decode("utf-8", "replace") for value in raw], pa.large_string())
+            columns[field.name] = _cast_or_null(pa.chunked_array([text]), field.type)
+            continue
+        values = [_json_value(field.name, record.get(field.name)) for record in records]
         columns[field.name] = pa.array(values, pa.large_binary() if field.name in _TEXT_FIELDS else field.type)
     return pa.table(columns)
 
 
-def _json_value(name: str, value: Any, wanted: pa.DataType) -> Any:
-    """One JSON value for its column: text as UTF-8 bytes (a number or a flag as its text, a
-    `repos` list as its first entry), an integer in its column's range, a flag; else null."""
+def _json_value(name: str, value: Any) -> bytes | None:
+    """One JSON value as UTF-8 bytes for its column (a number or a flag as its text, a `repos`
+    list as its first entry); else null."""
     if name == "repos" and isinstance(value, list):
         value = value[0] if value else None
-    if pa.types.is_integer(wanted):
-        info = np.iinfo(wanted.to_pandas_dtype())
-        return value if isinstance(value, int) and not isinstance(value, bool) and info.min <= value <= info.max else None
-    if pa.types.is_boolean(wanted):
-        return value if isinstance(value, bool) else None
     if isinstance(value, bool):
         value = "true" if value else "false"
     elif isinstance(value, (int, float)):

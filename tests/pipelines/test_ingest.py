@@ -456,7 +456,11 @@ def test_parquet_binary_metadata_that_is_not_utf8_is_that_rows_problem(tmp_path:
         ("lines_added", pa.array([3.0, 1.5, float("nan"), float("inf"), None]), [3, None, None, None, None]),
         ("lines_added", pa.array([2**63, 5, 2**40, 0, 1], pa.uint64()), [None, 5, None, 0, 1]),
         ("lines_deleted", pa.array([-(2**40), -1, 2, 3, 4], pa.int64()), [None, -1, 2, 3, 4]),
-        ("is_binary", pa.array(["true", "maybe", "FALSE", None, "1"]), [True, False, False, False, False]),
+        ("is_binary", pa.array(["true", "maybe", "FALSE", None, "1"]), [True, False, False, False, True]),
+        # One rule per value, whatever its neighbours: Arrow's cast read "1" and "0x10" only while every value parsed.
+        ("is_binary", pa.array(["1", "0", "TRUE", None, "0"]), [True, False, True, False, False]),
+        ("lines_added", pa.array(["0x10", "12", "012", "-4", None]), [None, 12, 12, -4, None]),
+        ("lines_added", pa.array(["0x10", "12", "012", "-4", "n/a"]), [None, 12, 12, -4, None]),
     ],
 )
 def test_a_count_or_flag_that_is_not_one_is_unknown(tmp_path: Path, column: str, values: pa.Array, expected: list) -> None:
@@ -468,6 +472,30 @@ def test_a_count_or_flag_that_is_not_one_is_unknown(tmp_path: Path, column: str,
     source.validate()
     read = pa.concat_tables(source.read_slice(piece) for piece in source.slices(rows_per_partition=100))
     assert read.column(column).to_pylist() == expected
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "expected"),
+    [
+        ("lines_added", [3, "3", 7.0, "7.0", "1e3", None], [3, 3, 7, 7, 1000, None]),  # "12" was null in JSON, 12 in Parquet
+        ("lines_added", ["n/a", 1.5, " 4 ", True, [1], {"n": 1}], [None] * 6),
+        ("lines_added", [2**40, -(2**31), 2**31, -1, 0, 10**30], [None, -(2**31), None, -1, 0, None]),
+        ("is_binary", [True, "true", "TRUE", " false ", False, None], [True, True, True, False, False, False]),
+        ("is_binary", [1, 0, "yes", "maybe", [True], {}], [True, False, False, False, False, False]),
+    ],
+)
+def test_a_json_count_or_flag_is_read_as_parquet_reads_its_text(tmp_path: Path, column: str, values: list, expected: list) -> None:
+    """A count or flag from a JSON line is what the same value as text in a Parquet column gives."""
+    rows = [dict(COMMITPACK_ROWS[1], commit=f"c{i}", **{column: value}) for i, value in enumerate(values)]
+    jsonl = tmp_path / "v.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    parquet = tmp_path / "v.parquet"
+    as_text = [None if v is None or isinstance(v, (list, dict)) else json.dumps(v) if isinstance(v, bool) else str(v) for v in values]
+    pq.write_table(pa.Table.from_pylist([dict(COMMITPACK_ROWS[1], commit=f"c{i}") for i in range(len(values))]).append_column(column, pa.array(as_text, pa.string())), parquet)
+    from_json = [value for table in JsonlSource(str(jsonl)).iter_tables(BuildConfig()) for value in table.column(column).to_pylist()]
+    source = ParquetSource(str(parquet))
+    from_parquet = [value for piece in source.slices(rows_per_partition=100) for value in source.read_slice(piece).column(column).to_pylist()]
+    assert from_json == from_parquet == expected
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst"])
