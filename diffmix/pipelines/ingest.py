@@ -144,11 +144,13 @@ def _cast_or_null(column: pa.ChunkedArray, wanted: pa.DataType) -> pa.ChunkedArr
             pass
     series = pl.from_arrow(column)
     assert isinstance(series, pl.Series)
+    if series.dtype in (pl.String, pl.Binary):
+        series = series.cast(pl.String, strict=False).str.strip_chars()
     if pa.types.is_boolean(wanted):
-        text = series.cast(pl.String, strict=False).str.strip_chars().str.to_lowercase()
+        text = series.cast(pl.String, strict=False).str.to_lowercase()
         series = pl.select(pl.when(text.is_in(["true", "1"])).then(True).when(text.is_in(["false", "0"])).then(False)).to_series()
     else:
-        number = series.cast(pl.Float64, strict=False)  # "12", 12.0 and 12 alike
+        number = series.cast(pl.Float64, strict=False)  # " 12", "12", 12.0 and 12 alike
         whole = pl.select(pl.when(number.round() == number).then(number)).to_series()  # NaN is not equal to itself
         series = whole.cast(pl.from_arrow(pa.array([], wanted)).dtype, strict=False)  # out of range: null
     return pa.chunked_array([series.to_arrow().cast(wanted)])

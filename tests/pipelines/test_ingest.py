@@ -478,7 +478,7 @@ def test_a_count_or_flag_that_is_not_one_is_unknown(tmp_path: Path, column: str,
     ("column", "values", "expected"),
     [
         ("lines_added", [3, "3", 7.0, "7.0", "1e3", None], [3, 3, 7, 7, 1000, None]),  # "12" was null in JSON, 12 in Parquet
-        ("lines_added", ["n/a", 1.5, " 4 ", True, [1], {"n": 1}], [None] * 6),
+        ("lines_added", [" 4 ", "n/a", 1.5, True, [1], {"n": 1}], [4, *[None] * 5]),
         ("lines_added", [2**40, -(2**31), 2**31, -1, 0, 10**30], [None, -(2**31), None, -1, 0, None]),
         ("is_binary", [True, "true", "TRUE", " false ", False, None], [True, True, True, False, False, False]),
         ("is_binary", [1, 0, "yes", "maybe", [True], {}], [True, False, False, False, False, False]),
