@@ -113,7 +113,7 @@ def _conform_types(table: pa.Table) -> pa.Table:
             continue
         column, wanted = table.column(i), COMMIT_SCHEMA.field(name).type
         if pa.types.is_dictionary(column.type):
-            column = column.cast(column.type.value_type)
+            column = _dictionary_decoded(column)
         if pa.types.is_null(column.type):
             column = pa.chunked_array([pa.nulls(len(column), wanted)])
         if name == "repos" and (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
@@ -130,6 +130,16 @@ def _conform_types(table: pa.Table) -> pa.Table:
     return table
 
 
+def _dictionary_decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A dictionary-encoded column (a pandas Categorical; Polars gives it string views) as its
+    values. Arrow neither casts nor takes string views out of a dictionary, so they are made large
+    strings (binary views large binary) first."""
+    views = {pa.types.is_string_view: pa.large_string(), pa.types.is_binary_view: pa.large_binary()}
+    plain = next((wanted for is_view, wanted in views.items() if is_view(column.type.value_type)), column.type.value_type)
+    chunks = [pa.DictionaryArray.from_arrays(chunk.indices, chunk.dictionary.cast(plain)).dictionary_decode() for chunk in column.chunks]
+    return pa.chunked_array(chunks, plain)
+
+
 def _cast_or_null(column: pa.ChunkedArray, wanted: pa.DataType) -> pa.ChunkedArray:
     """A count or flag column as its type, each value that is not one null (`"n/a"`, 1.5, NaN, a
     count past its type's range): that row's field is unknown, not a failed build.
@@ -142,17 +152,22 @@ def _cast_or_null(column: pa.ChunkedArray, wanted: pa.DataType) -> pa.ChunkedArr
             return column.cast(wanted)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
-    series = pl.from_arrow(column)
-    assert isinstance(series, pl.Series)
-    if series.dtype in (pl.String, pl.Binary):
-        series = series.cast(pl.String, strict=False).str.strip_chars()
-    if pa.types.is_boolean(wanted):
-        text = series.cast(pl.String, strict=False).str.to_lowercase()
-        series = pl.select(pl.when(text.is_in(["true", "1"])).then(True).when(text.is_in(["false", "0"])).then(False)).to_series()
-    else:
-        number = series.cast(pl.Float64, strict=False)  # " 12", "12", 12.0 and 12 alike
-        whole = pl.select(pl.when(number.round() == number).then(number)).to_series()  # NaN is not equal to itself
-        series = whole.cast(pl.from_arrow(pa.array([], wanted)).dtype, strict=False)  # out of range: null
+    if any(is_binary(column.type) for is_binary in _BINARY_TYPES):  # bytes that are not UTF-8 are no count either
+        column = pa.chunked_array([pa.array([None if v is None else v.decode("utf-8", "replace") for v in column.to_pylist()], pa.large_string())])
+    try:
+        series = pl.from_arrow(column)
+        assert isinstance(series, pl.Series)
+        if series.dtype == pl.String:
+            series = series.str.strip_chars()
+        if pa.types.is_boolean(wanted):
+            text = series.cast(pl.String, strict=False).str.to_lowercase()
+            series = pl.select(pl.when(text.is_in(["true", "1"])).then(True).when(text.is_in(["false", "0"])).then(False)).to_series()
+        else:
+            number = series.cast(pl.Float64, strict=False)  # " 12", "12", 12.0 and 12 alike
+            whole = pl.select(pl.when(number.round() == number).then(number)).to_series()  # NaN is not equal to itself
+            series = whole.cast(pl.from_arrow(pa.array([], wanted)).dtype, strict=False)  # out of range: null
+    except (pl.exceptions.PolarsError, pl.exceptions.PanicException):  # a type Polars cannot read as one (a duration)
+        return pa.chunked_array([pa.nulls(len(column), wanted)])
     return pa.chunked_array([series.to_arrow().cast(wanted)])
 
 
@@ -520,7 +535,7 @@ class JsonlSource(StreamSource):
     def _record(self, number: int, line: bytes) -> dict[str, Any]:
         """The JSON object on a line, or one error naming the line."""
         try:  # surrogateescape: bytes that are not UTF-8 come back as they were (that row's problem)
-            record = json.loads(line.decode("utf-8", "surrogateescape"))
+            record = json.loads(line.decode("utf-8", "surrogateescape"), parse_int=_json_int)
         except (ValueError, RecursionError) as exc:
             raise DiffmixError(f"{self.path}: broken JSON line {number} ({_json_problem(exc)})") from None
         if not isinstance(record, dict):
@@ -664,7 +679,19 @@ class HuggingFaceSource(StreamSource):
             if not checked:
                 check_columns(list(batch), self.uri)
                 checked = True
-            yield normalize_commits(pa.Table.from_pydict(batch), self.uri)
+            yield normalize_commits(_table_of_values(batch), self.uri)
+
+
+def _table_of_values(batch: dict[str, list[Any]]) -> pa.Table:
+    """A batch of Python values as a table. A column Arrow cannot type (a uint64 past 2**63 after
+    smaller values, inferred as int64) is kept as the values' text, for the count and flag rule."""
+    columns = {}
+    for name, values in batch.items():
+        try:
+            columns[name] = pa.array(values)
+        except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError):
+            columns[name] = pa.array([None if value is None else str(value) for value in values], pa.large_string())
+    return pa.table(columns)
 
 
 class SyntheticSource(Source):
@@ -893,6 +920,12 @@ _JSON_PARSE = pa_json.ParseOptions(
 
 def _compressed(path: Path) -> bool:
     return path.name.lower().endswith(_COMPRESSED_SUFFIXES)
+
+
+def _json_int(digits: str) -> int | str:
+    """A JSON integer; one past Python's 4,300-digit limit on converting text stays its text (no
+    count, and a text field's value as written) instead of failing the line."""
+    return int(digits) if len(digits) <= 4000 else digits
 
 
 def _json_problem(exc: Exception) -> str:

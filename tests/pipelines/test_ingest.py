@@ -498,6 +498,46 @@ def test_a_json_count_or_flag_is_read_as_parquet_reads_its_text(tmp_path: Path, 
     assert from_json == from_parquet == expected
 
 
+@pytest.mark.parametrize(
+    ("column", "values", "expected"),
+    [
+        ("lang", pa.array(["Python", "Go"]).dictionary_encode(), ["Python", "Go"]),  # a pandas Categorical: Polars gives string views
+        ("lines_added", pa.array(["1", "2"]).dictionary_encode(), [1, 2]),
+        ("lines_added", pa.array([b"1", b"\xff"], pa.binary()), [1, None]),  # bytes that are not UTF-8 are no count
+        ("is_binary", pa.array([b"true", b"\xff"], pa.large_binary()), [True, False]),
+        ("is_binary", pa.array([1000, 0], pa.duration("ms")), [False, False]),  # Polars cannot read a duration as text
+    ],
+)
+def test_odd_column_types_are_read_not_crashed(tmp_path: Path, column: str, values: pa.Array, expected: list) -> None:
+    """Each of these was a traceback (a fuzzing review)."""
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.Table.from_pylist([dict(COMMITPACK_ROWS[1], commit=f"c{i}") for i in range(len(values))]).drop_columns([column] if column == "lang" else []).append_column(column, values), path)
+    source = ParquetSource(str(path))
+    source.validate()
+    read = pa.concat_tables(source.read_slice(piece) for piece in source.slices(rows_per_partition=100))
+    assert read.column(column).to_pylist() == expected
+
+
+def test_an_hf_count_past_int64_after_a_smaller_one_is_unknown(tmp_path: Path) -> None:
+    """datasets hands rows over as Python values: Arrow typed the column int64 from its first one."""
+    path = tmp_path / "u.parquet"
+    pq.write_table(pa.Table.from_pylist(COMMITPACK_ROWS[:2]).append_column("lines_added", pa.array([0, 2**64 - 1], pa.uint64())), path)
+    source = resolve_source(f"hf:{path}")
+    source.validate()
+    assert [v for table in source.iter_tables(BuildConfig()) for v in table.column("lines_added").to_pylist()] == [0, None]
+
+
+def test_a_json_integer_past_pythons_digit_limit_is_no_count_not_a_failed_build(tmp_path: Path) -> None:
+    path = tmp_path / "big.jsonl"
+    rows = [dict(COMMITPACK_ROWS[1], lines_added=3), dict(COMMITPACK_ROWS[1], commit="d")]
+    text = [json.dumps(row) for row in rows]
+    text[1] = text[1][:-1] + ', "lines_added": ' + "9" * 5000 + "}"
+    path.write_text("\n".join(text) + "\n")
+    source = JsonlSource(str(path))
+    source.validate()
+    assert [v for table in source.iter_tables(BuildConfig()) for v in table.column("lines_added").to_pylist()] == [3, None]
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst"])
 def test_jsonl_variants_equal_parquet(tmp_path: Path, suffix: str) -> None:
     lines = "".join(json.dumps(r) + "\n" for r in COMMITPACK_ROWS).encode()
