@@ -152,6 +152,12 @@ def _cast_or_null(column: pa.ChunkedArray, wanted: pa.DataType) -> pa.ChunkedArr
             return column.cast(wanted)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            try:  # another kind of number (a decimal256, which Polars cannot read): as its value
+                column = column.cast(pa.float64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # no number at all (a duration)
+                return pa.chunked_array([pa.nulls(len(column), wanted)])
+            return _cast_or_null(column, wanted)
     if any(is_binary(column.type) for is_binary in _BINARY_TYPES):  # bytes that are not UTF-8 are no count either
         column = pa.chunked_array([pa.array([None if v is None else v.decode("utf-8", "replace") for v in column.to_pylist()], pa.large_string())])
     try:

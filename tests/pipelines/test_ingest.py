@@ -506,6 +506,9 @@ def test_a_json_count_or_flag_is_read_as_parquet_reads_its_text(tmp_path: Path, 
         ("lines_added", pa.array([b"1", b"\xff"], pa.binary()), [1, None]),  # bytes that are not UTF-8 are no count
         ("is_binary", pa.array([b"true", b"\xff"], pa.large_binary()), [True, False]),
         ("is_binary", pa.array([1000, 0], pa.duration("ms")), [False, False]),  # Polars cannot read a duration as text
+        ("lines_added", pa.array([1000, 0], pa.duration("ms")), [None, None]),
+        ("is_binary", pa.array([1, 0], pa.int64()).cast(pa.decimal256(40, 0)), [True, False]),  # Polars panicked on it
+        ("lines_added", pa.array([15, 20], pa.int64()).cast(pa.decimal256(40, 0)).cast(pa.decimal256(40, 1)), [15, 20]),
     ],
 )
 def test_odd_column_types_are_read_not_crashed(tmp_path: Path, column: str, values: pa.Array, expected: list) -> None:
