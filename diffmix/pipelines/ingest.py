@@ -172,7 +172,7 @@ def _cast_or_null(column: pa.ChunkedArray, wanted: pa.DataType) -> pa.ChunkedArr
             number = series.cast(pl.Float64, strict=False)  # " 12", "12", 12.0 and 12 alike
             whole = pl.select(pl.when(number.round() == number).then(number)).to_series()  # NaN is not equal to itself
             series = whole.cast(pl.from_arrow(pa.array([], wanted)).dtype, strict=False)  # out of range: null
-    except (pl.exceptions.PolarsError, pl.exceptions.PanicException):  # a type Polars cannot read as one (a duration)
+    except (pl.exceptions.PolarsError, pl.exceptions.PanicException):  # what Polars cannot read as a count or flag is none
         return pa.chunked_array([pa.nulls(len(column), wanted)])
     return pa.chunked_array([series.to_arrow().cast(wanted)])
 
