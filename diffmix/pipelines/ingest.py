@@ -159,7 +159,7 @@ def _cast_or_null(column: pa.ChunkedArray, wanted: pa.DataType) -> pa.ChunkedArr
                 return pa.chunked_array([pa.nulls(len(column), wanted)])
             return _cast_or_null(column, wanted)
     if any(is_binary(column.type) for is_binary in _BINARY_TYPES):  # bytes that are not UTF-8 are no count either
-        column = pa.chunked_array([pa.array([None if v is None else v.decode("utf-8", "replace") for v in column.to_pylist()], pa.large_string())])
+        column = pa.chunked_array([_decode_each(column, replace=True)[0]])
     try:
         series = pl.from_arrow(column)
         assert isinstance(series, pl.Series)
@@ -945,8 +945,7 @@ def _json_records_table(records: list[dict[str, Any]]) -> pa.Table:
     for field in COMMIT_SCHEMA:
         if pa.types.is_integer(field.type) or pa.types.is_boolean(field.type):
             # As a Parquet column of text: "12", 12.0 and 12 alike, "true" a flag, anything else null.
-            raw = (_json_value(field.name, record.get(field.name)) for record in records)
-            text = pa.array([None if value is None else value.decode("utf-8", "replace") for value in raw], pa.large_string())
+            text = pa.array([_json_value(field.name, record.get(field.name)) for record in records], pa.large_binary())
             columns[field.name] = _cast_or_null(pa.chunked_array([text]), field.type)
             continue
         values = [_json_value(field.name, record.get(field.name)) for record in records]
