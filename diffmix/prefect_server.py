@@ -168,26 +168,32 @@ def reuse_serialized_settings() -> None:
     SettingsContext.serialize = serialize  # type: ignore[method-assign]
 
 
+SERVER_NICENESS = 10
+"""The temporary server's CPU priority (Unix niceness): its bookkeeping waits for a free core."""
+
+
 def _local_server() -> Any:
-    """Prefect's temporary server (`SubprocessASGIServer`), started in its own process group and,
-    on Linux, ended with its parent.
+    """Prefect's temporary server (`SubprocessASGIServer`), started in its own process group,
+    at a lower CPU priority and, on Linux, ended with its parent.
 
     In the terminal's group, a Ctrl-C reached the server too: it died before the flow
     could record its end, and the engine's retries printed a wall of connection errors.
     Now only diffmix gets it, and stops the server on the way out. The parent-death
     signal covers a SIGKILLed diffmix, which cannot stop its server itself.
+
+    The priority: while a build's workers keep every core busy, the server records the
+    task runs' events (0.25 CPU-s during the dev data's partitions on 2 workers) and took
+    that time from them. Nothing the workers or the flow wait for is in it (task-run
+    states reach the server as events; the flow gets its results from Dask), so the
+    server now records them when a core is free: 2 workers 0.3-0.4 s faster on the dev
+    data, 1 worker unchanged (BENCHMARKS.md, twenty-fifth round).
     """
     import subprocess
     import types
 
     import prefect.server.api.server as server_module
 
-    prctl = _parent_death_signal()
-
-    def detach() -> None:  # runs in the child between fork and exec: two system calls, nothing else
-        os.setpgid(0, 0)
-        if prctl is not None:
-            prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM: sent when the thread that started it (the main one) ends
+    detach = _detached(_parent_death_signal())
 
     class LocalServer(server_module.SubprocessASGIServer):
         def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
@@ -199,6 +205,18 @@ def _local_server() -> Any:
                 server_module.subprocess = subprocess
 
     return LocalServer()
+
+
+def _detached(prctl: Callable[[int, int], int] | None) -> Callable[[], None]:
+    """What the server's process runs between fork and exec: system calls only, nothing else."""
+
+    def detach() -> None:
+        os.setpgid(0, 0)
+        os.nice(SERVER_NICENESS)
+        if prctl is not None:
+            prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM: sent when the thread that started it (the main one) ends
+
+    return detach
 
 
 def _parent_death_signal() -> Callable[[int, int], int] | None:

@@ -3,7 +3,9 @@ and task runs that serialise and hydrate the settings once, not once per task.""
 
 from __future__ import annotations
 
+import os
 import ssl
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -87,6 +89,34 @@ def test_flow_runs_on_the_commands_own_server_send_no_heartbeats(monkeypatch: py
         with prefect_api() as url:
             assert url == URL and get_current_settings().flows.heartbeat_frequency is None
         assert get_current_settings().flows.heartbeat_frequency == default
+
+
+def test_the_commands_server_runs_in_its_own_group_at_a_lower_priority() -> None:
+    """Its own group: a Ctrl-C reaches diffmix, not the server. Lower priority: the workers get the cores first."""
+    probe = "import os; print(os.getpgid(0) == os.getpid(), os.nice(0))"
+    child = subprocess.run([sys.executable, "-c", probe], preexec_fn=prefect_server._detached(None), capture_output=True, text=True, check=True)
+    assert child.stdout.split() == ["True", str(min(19, os.nice(0) + prefect_server.SERVER_NICENESS))]
+
+
+_ORPHANED_SERVER = """
+import ctypes, os, subprocess, sys
+ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: the stand-in server, orphaned, becomes this process's child
+diffmix = (
+    "import subprocess, sys; from diffmix import prefect_server as p; "
+    "server = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], preexec_fn=p._detached(p._parent_death_signal())); "
+    "print(server.pid)"
+)
+pid = int(subprocess.run([sys.executable, "-c", diffmix], capture_output=True, text=True, check=True).stdout)
+_, status = os.waitpid(pid, 0)
+print(os.WTERMSIG(status) if os.WIFSIGNALED(status) else "exited")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_the_commands_server_ends_with_its_parent() -> None:
+    """A SIGKILLed diffmix cannot stop its server: the kernel sends the server SIGTERM when diffmix ends."""
+    reaper = subprocess.run([sys.executable, "-c", _ORPHANED_SERVER], capture_output=True, text=True, check=True, timeout=30)
+    assert reaper.stdout.strip() == "15"
 
 
 def hydrated_settings(serialized: dict[str, object]) -> SettingsContext:
