@@ -22,7 +22,8 @@ def prefect_api() -> Iterator[str | None]:
     to mark it crashed, and the flow engine waits up to a second for its heartbeat thread at
     the end of every flow run (the thread sleeps in 1 s steps: 0-1 s, 0.57 s of a 50-row build).
     On a configured server they are sent unless `DIFFMIX_FLOW_HEARTBEATS=0` (the benchmarks set
-    it: the wait is noise of up to a second in every timed run).
+    it: the wait is noise of up to a second in every timed run). The local server runs at a
+    lower CPU priority once it answers (`lower_priority`; `DIFFMIX_SERVER_NICE=0` keeps it).
     """
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
@@ -37,6 +38,10 @@ def prefect_api() -> Iterator[str | None]:
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url  # inherited by Dask worker processes
     try:
+        process = getattr(server, "server_process", None)  # Prefect's Popen; a Prefect without it keeps its priority
+        if process is not None and os.environ.get("DIFFMIX_SERVER_NICE") != "0":
+            _first_request(server.api_url)
+            lower_priority(process.pid)
         with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             yield server.api_url
     finally:
@@ -169,24 +174,53 @@ def reuse_serialized_settings() -> None:
 
 
 SERVER_NICENESS = 10
-"""The temporary server's CPU priority (Unix niceness): its bookkeeping waits for a free core."""
+"""How much lower the temporary server runs, once started, than the command (Unix niceness)."""
+
+
+def lower_priority(pid: int) -> None:
+    """Lower the running server's CPU priority by `SERVER_NICENESS`, so its bookkeeping waits for a free core.
+
+    While a build's workers keep every core busy, the server records the task runs' events
+    (0.25 CPU-s during the dev data's partitions on 2 workers) and took that time from them.
+    Nothing the workers or the flow wait for is in it (task-run states reach the server as
+    events; the flow gets its results from Dask): 2 workers 0.3-0.4 s faster on the dev data,
+    1 worker unchanged. The price is paid where other programs keep the cores busy: the
+    command's own requests wait longer (a 50-row build beside two CPU-bound programs: 26 s
+    against 22 s). `prefect_api` lowers it only after the server has started and answered its
+    first request: a server started at nice 10 there took 61 s to answer instead of 13 s, and
+    its first request 6 s. `DIFFMIX_SERVER_NICE=0` leaves it alone (BENCHMARKS.md, twenty-fifth
+    round). Linux's niceness belongs to each thread, and a new thread takes its creator's:
+    every thread there now is lowered, the main one first. A thread that ends meanwhile, or a
+    lowering the OS refuses, is left alone.
+    """
+    try:
+        threads = sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task"))
+    except (OSError, ValueError):
+        threads = []  # no /proc: the priority is the whole process's
+    for tid in [pid, *(t for t in threads if t != pid)]:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + SERVER_NICENESS))
+        except OSError:
+            pass
+
+
+def _first_request(api_url: str) -> None:
+    """The request every command makes first (the API's version), made while the server still runs at full priority."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        client.api_version()
 
 
 def _local_server() -> Any:
-    """Prefect's temporary server (`SubprocessASGIServer`), started in its own process group,
-    at a lower CPU priority and, on Linux, ended with its parent.
+    """Prefect's temporary server (`SubprocessASGIServer`), started in its own process group and,
+    on Linux, ended with its parent.
 
     In the terminal's group, a Ctrl-C reached the server too: it died before the flow
     could record its end, and the engine's retries printed a wall of connection errors.
     Now only diffmix gets it, and stops the server on the way out. The parent-death
     signal covers a SIGKILLed diffmix, which cannot stop its server itself.
-
-    The priority: while a build's workers keep every core busy, the server records the
-    task runs' events (0.25 CPU-s during the dev data's partitions on 2 workers) and took
-    that time from them. Nothing the workers or the flow wait for is in it (task-run
-    states reach the server as events; the flow gets its results from Dask), so the
-    server now records them when a core is free: 2 workers 0.3-0.4 s faster on the dev
-    data, 1 worker unchanged (BENCHMARKS.md, twenty-fifth round).
     """
     import subprocess
     import types
@@ -212,7 +246,6 @@ def _detached(prctl: Callable[[int, int], int] | None) -> Callable[[], None]:
 
     def detach() -> None:
         os.setpgid(0, 0)
-        os.nice(SERVER_NICENESS)
         if prctl is not None:
             prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM: sent when the thread that started it (the main one) ends
 

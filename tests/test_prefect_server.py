@@ -8,6 +8,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -91,11 +92,51 @@ def test_flow_runs_on_the_commands_own_server_send_no_heartbeats(monkeypatch: py
         assert get_current_settings().flows.heartbeat_frequency == default
 
 
-def test_the_commands_server_runs_in_its_own_group_at_a_lower_priority() -> None:
-    """Its own group: a Ctrl-C reaches diffmix, not the server. Lower priority: the workers get the cores first."""
-    probe = "import os; print(os.getpgid(0) == os.getpid(), os.nice(0))"
+def test_the_commands_server_runs_in_its_own_group() -> None:
+    """A Ctrl-C in the terminal reaches diffmix, not the server."""
+    probe = "import os; print(os.getpgid(0) == os.getpid())"
     child = subprocess.run([sys.executable, "-c", probe], preexec_fn=prefect_server._detached(None), capture_output=True, text=True, check=True)
-    assert child.stdout.split() == ["True", str(min(19, os.nice(0) + prefect_server.SERVER_NICENESS))]
+    assert child.stdout.split() == ["True"]
+
+
+def test_the_commands_own_server_is_lowered_once_it_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = _StandInServer()
+    server.server_process = types.SimpleNamespace(pid=4321)  # type: ignore[attr-defined]
+    calls: list[tuple[str, object]] = []
+    monkeypatch.setattr(prefect_server, "_local_server", lambda: server)
+    monkeypatch.setattr(prefect_server, "_first_request", lambda url: calls.append(("first request", url)))
+    monkeypatch.setattr(prefect_server, "lower_priority", lambda pid: calls.append(("lowered", pid)))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        with prefect_api():
+            assert calls == [("first request", URL), ("lowered", 4321)]
+        calls.clear()
+        monkeypatch.setenv("DIFFMIX_SERVER_NICE", "0")
+        with prefect_api():
+            assert calls == []
+
+
+_THREADED_SERVER = """
+import sys, threading
+threading.Thread(target=sys.stdin.read, daemon=True).start()
+print("up", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_the_running_server_is_lowered_thread_by_thread() -> None:
+    """Linux's niceness is per thread: each thread already running is lowered, and the threads it makes later follow."""
+    server = subprocess.Popen([sys.executable, "-c", _THREADED_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline() == "up\n"
+        threads = [int(t) for t in os.listdir(f"/proc/{server.pid}/task")] if sys.platform.startswith("linux") else [server.pid]
+        before = {tid: os.getpriority(os.PRIO_PROCESS, tid) for tid in threads}
+        prefect_server.lower_priority(server.pid)
+        assert {tid: os.getpriority(os.PRIO_PROCESS, tid) for tid in threads} == {tid: min(19, n + prefect_server.SERVER_NICENESS) for tid, n in before.items()}
+        assert len(threads) >= 2 or not sys.platform.startswith("linux")
+    finally:
+        server.kill()
+        server.wait()
 
 
 _ORPHANED_SERVER = """
