@@ -118,22 +118,34 @@ def test_the_commands_own_server_is_lowered_once_it_answers(monkeypatch: pytest.
 
 _THREADED_SERVER = """
 import sys, threading
-threading.Thread(target=sys.stdin.read, daemon=True).start()
-print("up", flush=True)
-sys.stdin.read()
+def new_thread():
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
+    print("up", flush=True)
+new_thread()
+for line in sys.stdin:
+    new_thread()
 """
 
 
 def test_the_running_server_is_lowered_thread_by_thread() -> None:
     """Linux's niceness is per thread: each thread already running is lowered, and the threads it makes later follow."""
+    linux = sys.platform.startswith("linux")
     server = subprocess.Popen([sys.executable, "-c", _THREADED_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def threads() -> set[int]:
+        return {int(t) for t in os.listdir(f"/proc/{server.pid}/task")} if linux else {server.pid}
+
     try:
-        assert server.stdout is not None and server.stdout.readline() == "up\n"
-        threads = [int(t) for t in os.listdir(f"/proc/{server.pid}/task")] if sys.platform.startswith("linux") else [server.pid]
-        before = {tid: os.getpriority(os.PRIO_PROCESS, tid) for tid in threads}
+        assert server.stdin is not None and server.stdout is not None and server.stdout.readline() == "up\n"
+        running = threads()
+        assert len(running) >= 2 or not linux
+        lowered = min(19, os.getpriority(os.PRIO_PROCESS, server.pid) + prefect_server.SERVER_NICENESS)
         prefect_server.lower_priority(server.pid)
-        assert {tid: os.getpriority(os.PRIO_PROCESS, tid) for tid in threads} == {tid: min(19, n + prefect_server.SERVER_NICENESS) for tid, n in before.items()}
-        assert len(threads) >= 2 or not sys.platform.startswith("linux")
+        assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in running} == {lowered}
+        server.stdin.write("one more thread\n")
+        server.stdin.flush()
+        assert server.stdout.readline() == "up\n"
+        assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in threads() - running} == ({lowered} if linux else set())
     finally:
         server.kill()
         server.wait()
