@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,11 @@ os.environ.setdefault("HF_UPDATE_DOWNLOAD_COUNTS", "0")
 os.environ.setdefault("HF_HOME", str(_SESSION_TMP / "hf"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+
+# A suite started in the background of a non-interactive shell (`cmd &`, `nohup`) inherits Ctrl-C
+# ignored, and Python keeps it so; the Ctrl-C tests need what a terminal gives, Python's own handler.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
