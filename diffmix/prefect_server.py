@@ -38,11 +38,11 @@ def prefect_api() -> Iterator[str | None]:
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url  # inherited by Dask worker processes
     try:
-        process = getattr(server, "server_process", None)  # Prefect's Popen; a Prefect without it keeps its priority
-        if process is not None and os.environ.get("DIFFMIX_SERVER_NICE") != "0":
-            _first_request(server.api_url)
-            lower_priority(process.pid)
         with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            process = getattr(server, "server_process", None)  # Prefect's Popen; a Prefect without it keeps its priority
+            if process is not None and os.environ.get("DIFFMIX_SERVER_NICE") != "0":
+                _first_request()
+                lower_priority(process.pid)
             yield server.api_url
     finally:
         _flush_run_logs()  # send buffered run logs while the server is still up
@@ -204,12 +204,11 @@ def lower_priority(pid: int) -> None:
             pass
 
 
-def _first_request(api_url: str) -> None:
+def _first_request() -> None:
     """The request every command makes first (the API's version), made while the server still runs at full priority."""
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client:
         client.api_version()
 
 

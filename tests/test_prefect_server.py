@@ -104,7 +104,7 @@ def test_the_commands_own_server_is_lowered_once_it_answers(monkeypatch: pytest.
     server.server_process = types.SimpleNamespace(pid=4321)  # type: ignore[attr-defined]
     calls: list[tuple[str, object]] = []
     monkeypatch.setattr(prefect_server, "_local_server", lambda: server)
-    monkeypatch.setattr(prefect_server, "_first_request", lambda url: calls.append(("first request", url)))
+    monkeypatch.setattr(prefect_server, "_first_request", lambda: calls.append(("first request", PREFECT_API_URL.value())))
     monkeypatch.setattr(prefect_server, "lower_priority", lambda pid: calls.append(("lowered", pid)))
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     with temporary_settings(updates={PREFECT_API_URL: None}):
