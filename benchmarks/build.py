@@ -222,11 +222,16 @@ PHASES = (("documents", "documents "), ("near-dedup", "near-dedup "), ("shards",
 
 def flow_phases(workers: int) -> list[list[object]]:
     """The latest flow run's timeline (seconds from its start): the span and summed run time of
-    each phase's tasks, and what lies between them (planning in the flow, Prefect's hand-offs)."""
+    each phase's tasks, and what lies between them (planning in the flow, Prefect's hand-offs).
+    Read once the benchmark's server has written the last task-run events it received (it
+    writes them in batches, `RECORDER_FLUSH_SECONDS` apart)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import FlowRunSort
 
+    from diffmix.prefect_server import RECORDER_FLUSH_SECONDS
+
+    time.sleep(RECORDER_FLUSH_SECONDS + 0.5)
     with get_client(sync_client=True) as client:
         run = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))

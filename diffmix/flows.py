@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,7 @@ from diffmix.memory import keep_freed_memory  # noqa: E402
 from diffmix.pipelines import build as corpus  # noqa: E402
 from diffmix.pipelines.ingest import resolve_source  # noqa: E402
 from diffmix.pipelines.io import output_lock, remove_stale_temporaries  # noqa: E402
-from diffmix.prefect_server import api_configured, prefect_api, reuse_task_settings, share_api_tls_context  # noqa: E402
+from diffmix.prefect_server import RECORDER_FLUSH_SECONDS, api_configured, prefect_api, reuse_task_settings, share_api_tls_context  # noqa: E402
 from diffmix.schemas.config import BuildConfig, load_build_config  # noqa: E402
 from diffmix.schemas.manifest import PIPELINE_STAGES  # noqa: E402
 
@@ -279,14 +280,23 @@ def _completed(futures: list[Any], poll: float = 0.2) -> Iterator[Any]:
 
 
 def _task_run_name(future: Any) -> str:
-    """A task run's name as Prefect shows it ("documents p-00003"), or its id if the server cannot say."""
-    from prefect.client.orchestration import get_client
+    """A task run's name as Prefect shows it ("documents p-00003"), or its id if the server cannot say.
 
-    try:
-        with get_client(sync_client=True) as client:
-            return client.read_task_run(future.task_run_id).name
-    except Exception:
-        return f"task run {future.task_run_id}"
+    The command's own server records task runs in batches (`LOCAL_SERVER_DEFAULTS`): one it
+    does not know yet is asked for again once the server has written what it has received."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    for pause in (0.0, RECORDER_FLUSH_SECONDS + 0.5):
+        time.sleep(pause)
+        try:
+            with get_client(sync_client=True) as client:
+                return client.read_task_run(future.task_run_id).name
+        except ObjectNotFound:
+            continue
+        except Exception:
+            break
+    return f"task run {future.task_run_id}"
 
 
 def _panics_as_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -212,9 +212,27 @@ def _first_request() -> None:
         client.api_version()
 
 
+RECORDER_FLUSH_SECONDS = 1.0
+"""How often the temporary server writes the task-run events it has received (`LOCAL_SERVER_DEFAULTS`)."""
+
+LOCAL_SERVER_DEFAULTS = {
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": str(RECORDER_FLUSH_SECONDS),
+}
+"""Settings of the temporary server, under the user's own (environment or profile).
+
+Prefect's task-run recorder writes each task-run event (three or more per task run) in a
+transaction of its own by default: a query, an upsert and a commit, about 10 ms of the
+server's CPU per event here, taken from the cores a build's workers run on (BENCHMARKS.md,
+twenty-sixth round: 32 ms per task run, 13 ms with these). It writes them in batches at
+least every `RECORDER_FLUSH_SECONDS` instead, and the rest when the server stops. Task runs
+reach the UI and API up to that much later; nothing in a build waits for them (results come
+from Dask), and a server the user runs keeps its own settings."""
+
+
 def _local_server() -> Any:
-    """Prefect's temporary server (`SubprocessASGIServer`), started in its own process group and,
-    on Linux, ended with its parent.
+    """Prefect's temporary server (`SubprocessASGIServer`) with `LOCAL_SERVER_DEFAULTS`, started in
+    its own process group and, on Linux, ended with its parent.
 
     In the terminal's group, a Ctrl-C reached the server too: it died before the flow
     could record its end, and the engine's retries printed a wall of connection errors.
@@ -228,9 +246,16 @@ def _local_server() -> Any:
 
     detach = _detached(_parent_death_signal())
 
+    def popen(*args: Any, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen[Any]:
+        return subprocess.Popen(*args, env={**LOCAL_SERVER_DEFAULTS, **(os.environ if env is None else env)}, preexec_fn=detach, **kwargs)
+
     class LocalServer(server_module.SubprocessASGIServer):
+        # Prefect hands out one server per port from a registry shared by every subclass: with
+        # no port asked for, a server already made in this process (a test harness's) would be
+        # handed back instead of this one.
+        _instances: dict[int | None, Any] = {}
+
         def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-            popen = functools.partial(subprocess.Popen, preexec_fn=detach)
             server_module.subprocess = types.SimpleNamespace(Popen=popen)  # type: ignore[assignment]
             try:
                 return super()._run_uvicorn_command()

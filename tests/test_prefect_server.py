@@ -172,6 +172,52 @@ def test_the_commands_server_ends_with_its_parent() -> None:
     assert reaper.stdout.strip() == "15"
 
 
+def test_the_commands_server_batches_task_run_events_under_the_users_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = prefect_server._local_server()  # before the stand-in Popen: finding libc's prctl may run ldconfig
+    assert type(server) is not SubprocessASGIServer  # ours, even where a test harness made Prefect's own for the same port
+    launched: list[dict[str, str]] = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *args, env, **kwargs: launched.append(env))
+    server._run_uvicorn_command()
+    assert launched[0]["PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"] == "200"
+    assert float(launched[0]["PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL"]) == prefect_server.RECORDER_FLUSH_SECONDS
+    monkeypatch.setenv("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "1")  # the user's own setting wins
+    server._run_uvicorn_command()
+    assert launched[1]["PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"] == "1"
+    assert launched[1]["PREFECT__SERVER_EPHEMERAL"] == "1"  # Prefect's own settings for it are still passed
+
+
+_FLOW_ON_ITS_OWN_SERVER = """
+import sys
+from prefect import flow, task
+from diffmix.prefect_server import prefect_api
+
+@task(task_run_name="step {i}")
+def step(i: int) -> int:
+    return i
+
+@flow
+def steps() -> list[int]:
+    return [f.result() for f in [step.submit(i) for i in range(12)]]
+
+with prefect_api() as url:
+    assert "127.0.0.1" in url
+    assert steps() == list(range(12))
+"""
+
+
+def test_every_task_run_is_recorded_by_the_time_the_commands_server_stops(tmp_path: Path) -> None:
+    """Batched task-run events (`LOCAL_SERVER_DEFAULTS`) are all written when the server stops, not lost with it."""
+    import sqlite3
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")} | {"PREFECT_HOME": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", _FLOW_ON_ITS_OWN_SERVER], env=env, check=True, timeout=300)
+    with sqlite3.connect(tmp_path / "prefect.db") as db:
+        runs = db.execute("SELECT name, state_type FROM task_run").fetchall()
+    assert sorted(runs) == sorted((f"step {i}", "COMPLETED") for i in range(12))
+
+
 def hydrated_settings(serialized: dict[str, object]) -> SettingsContext:
     """The settings context a task run enters for a serialised context, as the task engine hydrates it."""
     import prefect.task_engine as task_engine
