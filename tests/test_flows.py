@@ -727,7 +727,9 @@ def test_local_workers_start_with_diffmix_imported_and_a_share_of_the_cores() ->
     """Preloaded: no worker's first task waits for the imports. Polars, which would size its pool
     to the whole machine in each worker, gets the worker's share of the cores. glibc keeps freed
     blocks for reuse there (Dask's MALLOC_TRIM_THRESHOLD_ would make every 8 MB text a fresh
-    mapping, about 2,000 page faults each), and Prefect's API clients share one TLS context."""
+    mapping, about 2,000 page faults each), and Prefect's API clients share one TLS context.
+    Dask's statistical profiler is off; the rest of Dask's config is the flow's."""
+    import dask
     from distributed import Client, LocalCluster
 
     from diffmix.flows import dask_runner
@@ -750,7 +752,11 @@ def test_local_workers_start_with_diffmix_imported_and_a_share_of_the_cores() ->
         heartbeat_filters = client.run(lambda: [type(f).__name__ for f in __import__("logging").getLogger("distributed.worker").filters])
         cancel_filters = client.run(lambda: [type(f).__name__ for f in __import__("logging").getLogger("distributed.worker.state_machine").filters])
         ignore_ctrl_c = client.run(lambda: __import__("signal").getsignal(__import__("signal").SIGINT) == __import__("signal").SIG_IGN)
+        callbacks = client.run(lambda dask_worker: set(dask_worker.periodic_callbacks))
+        event_loops = client.run(lambda: dask.config.get("distributed.admin.event-loop"))
     assert list(loaded.values()) == [True, True]
+    assert all("heartbeat" in names and "profile" not in names for names in callbacks.values())  # no statistical profiler
+    assert set(event_loops.values()) == {dask.config.get("distributed.admin.event-loop")}  # the rest of Dask's config as the flow's
     assert all("_CancelledAtClose" in names for names in cancel_filters.values())
     assert list(ignore_ctrl_c.values()) == [True, True]  # the flow's process stops them
     assert list(shared_tls.values()) == [True, True]
@@ -758,6 +764,14 @@ def test_local_workers_start_with_diffmix_imported_and_a_share_of_the_cores() ->
     assert list(pools.values()) == [max(1, (os.cpu_count() or 1) // 2)] * 2
     if sys.platform.startswith("linux"):
         assert max(faults.values()) < 100
+
+
+def test_local_workers_profile_when_the_user_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffmix.flows import dask_runner, local_worker_config
+
+    assert dask_runner(1).cluster_kwargs["config"] == local_worker_config() == {"distributed.worker.profile.enabled": False}
+    monkeypatch.setenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "True")  # Dask's own variable: its value stands
+    assert local_worker_config() == {}
 
 
 @pytest.mark.parametrize(
