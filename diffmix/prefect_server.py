@@ -224,7 +224,7 @@ LOCAL_SERVER_DEFAULTS = {
 Prefect's task-run recorder writes each task-run event (three or more per task run) in a
 transaction of its own by default: a query, an upsert and a commit, about 10 ms of the
 server's CPU per event here, taken from the cores a build's workers run on (BENCHMARKS.md,
-twenty-sixth round: 32 ms per task run, 13 ms with these). It writes them in batches at
+twenty-sixth round: about 31 ms per task run, 13 ms with these). It writes them in batches at
 least every `RECORDER_FLUSH_SECONDS` instead, and the rest when the server stops. Task runs
 reach the UI and API up to that much later; nothing in a build waits for them (results come
 from Dask), and a server the user runs keeps its own settings."""

@@ -189,7 +189,6 @@ def test_the_commands_server_batches_task_run_events_under_the_users_settings(mo
 
 
 _FLOW_ON_ITS_OWN_SERVER = """
-import sys
 from prefect import flow, task
 from diffmix.prefect_server import prefect_api
 
@@ -208,10 +207,12 @@ with prefect_api() as url:
 
 
 def test_every_task_run_is_recorded_by_the_time_the_commands_server_stops(tmp_path: Path) -> None:
-    """Batched task-run events (`LOCAL_SERVER_DEFAULTS`) are all written when the server stops, not lost with it."""
+    """Batched task-run events (`LOCAL_SERVER_DEFAULTS`) are all written when the server stops, not lost with it
+    (here the periodic writes are a minute apart: only the stop can write them)."""
     import sqlite3
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")} | {"PREFECT_HOME": str(tmp_path)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env |= {"PREFECT_HOME": str(tmp_path), "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "60"}
     subprocess.run([sys.executable, "-c", _FLOW_ON_ITS_OWN_SERVER], env=env, check=True, timeout=300)
     with sqlite3.connect(tmp_path / "prefect.db") as db:
         runs = db.execute("SELECT name, state_type FROM task_run").fetchall()
