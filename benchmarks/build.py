@@ -224,14 +224,14 @@ def flow_phases(workers: int) -> list[list[object]]:
     """The latest flow run's timeline (seconds from its start): the span and summed run time of
     each phase's tasks, and what lies between them (planning in the flow, Prefect's hand-offs).
     Read once the benchmark's server has written the last task-run events it received (it
-    writes them in batches, `RECORDER_FLUSH_SECONDS` apart)."""
+    writes them in batches, `RECORDER_WRITTEN_WITHIN_SECONDS`)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import FlowRunSort
 
-    from diffmix.prefect_server import RECORDER_FLUSH_SECONDS
+    from diffmix.prefect_server import RECORDER_WRITTEN_WITHIN_SECONDS
 
-    time.sleep(RECORDER_FLUSH_SECONDS + 0.5)
+    time.sleep(RECORDER_WRITTEN_WITHIN_SECONDS)
     with get_client(sync_client=True) as client:
         run = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))

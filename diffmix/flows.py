@@ -50,7 +50,7 @@ from diffmix.memory import keep_freed_memory  # noqa: E402
 from diffmix.pipelines import build as corpus  # noqa: E402
 from diffmix.pipelines.ingest import resolve_source  # noqa: E402
 from diffmix.pipelines.io import output_lock, remove_stale_temporaries  # noqa: E402
-from diffmix.prefect_server import RECORDER_FLUSH_SECONDS, api_configured, prefect_api, reuse_task_settings, share_api_tls_context  # noqa: E402
+from diffmix.prefect_server import RECORDER_WRITTEN_WITHIN_SECONDS, api_configured, prefect_api, reuse_task_settings, share_api_tls_context  # noqa: E402
 from diffmix.schemas.config import BuildConfig, load_build_config  # noqa: E402
 from diffmix.schemas.manifest import PIPELINE_STAGES  # noqa: E402
 
@@ -302,7 +302,7 @@ def _task_run_name(future: Any) -> str:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    for pause in (0.0, RECORDER_FLUSH_SECONDS + 0.5):
+    for pause in (0.0, RECORDER_WRITTEN_WITHIN_SECONDS):
         time.sleep(pause)
         try:
             with get_client(sync_client=True) as client:

@@ -215,6 +215,9 @@ def _first_request() -> None:
 RECORDER_FLUSH_SECONDS = 1.0
 """How often the temporary server writes the task-run events it has received (`LOCAL_SERVER_DEFAULTS`)."""
 
+RECORDER_WRITTEN_WITHIN_SECONDS = RECORDER_FLUSH_SECONDS + 0.5
+"""How long after it reaches the temporary server a task-run event can be read back (a flush and its write)."""
+
 LOCAL_SERVER_DEFAULTS = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": str(RECORDER_FLUSH_SECONDS),
