@@ -221,20 +221,48 @@ RECORDER_WRITTEN_WITHIN_SECONDS = RECORDER_FLUSH_SECONDS + 0.5
 LOCAL_SERVER_DEFAULTS = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": str(RECORDER_FLUSH_SECONDS),
+    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false",
+    "PREFECT_SERVER_EVENTS_STREAM_OUT_ENABLED": "false",
 }
-"""Settings of the temporary server, under the user's own (environment or profile).
+"""Settings of the temporary server, where the user's own Prefect settings leave them unset
+(`local_server_settings`).
 
-Prefect's task-run recorder writes each task-run event (three or more per task run) in a
-transaction of its own by default: a query, an upsert and a commit, about 10 ms of the
-server's CPU per event here, taken from the cores a build's workers run on (BENCHMARKS.md,
-twenty-sixth round: about 31 ms per task run, 13 ms with these). It writes them in batches at
-least every `RECORDER_FLUSH_SECONDS` instead, and the rest when the server stops. Task runs
-reach the UI and API up to that much later; nothing in a build waits for them (results come
-from Dask), and a server the user runs keeps its own settings."""
+Every event a build sends (three or more per task run) went through five consumers on that
+server, each taking the CPU from the cores the build's workers run on (BENCHMARKS.md,
+twenty-sixth and twenty-seventh rounds):
+
+* Prefect's task-run recorder writes each task-run event in a transaction of its own by
+  default: a query, an upsert and a commit, about 10 ms of the server's CPU per event here
+  (about 31 ms per task run, 13 ms with batches). It writes them in batches at least every
+  `RECORDER_FLUSH_SECONDS` instead, and the rest when the server stops. Task runs reach the
+  UI and API up to that much later; nothing in a build waits for them (results come from Dask).
+* The event persister (the events feed), the triggers and their actions (automations), and
+  the event stream to subscribed clients are off: a server that stops with its command has
+  no one to show its events to or to act for, and they cost about 8 ms of its CPU per task
+  run (0.50-0.61 against 0.73-1.28 CPU-s for a build of 50 one-row partitions). Flow runs,
+  task runs, logs and artifacts are written as before.
+
+A server the user runs keeps its own settings."""
+
+
+def local_server_settings() -> dict[str, str]:
+    """`LOCAL_SERVER_DEFAULTS` less the settings the user has set, wherever Prefect reads them
+    from (environment, `.env`, `prefect.toml`, the active profile): the server would take an
+    environment variable over all of those."""
+    import prefect.settings
+
+    current = prefect.settings.get_current_settings()
+
+    def set_by_user(name: str) -> bool:
+        *parents, field = getattr(prefect.settings, name).accessor.split(".")
+        return field in functools.reduce(getattr, parents, current).model_fields_set
+
+    return {name: value for name, value in LOCAL_SERVER_DEFAULTS.items() if not set_by_user(name)}
 
 
 def _local_server() -> Any:
-    """Prefect's temporary server (`SubprocessASGIServer`) with `LOCAL_SERVER_DEFAULTS`, started in
+    """Prefect's temporary server (`SubprocessASGIServer`) with `local_server_settings`, started in
     its own process group and, on Linux, ended with its parent.
 
     In the terminal's group, a Ctrl-C reached the server too: it died before the flow
@@ -248,9 +276,10 @@ def _local_server() -> Any:
     import prefect.server.api.server as server_module
 
     detach = _detached(_parent_death_signal())
+    defaults = local_server_settings()
 
     def popen(*args: Any, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen[Any]:
-        return subprocess.Popen(*args, env={**LOCAL_SERVER_DEFAULTS, **(os.environ if env is None else env)}, preexec_fn=detach, **kwargs)
+        return subprocess.Popen(*args, env={**defaults, **(os.environ if env is None else env)}, preexec_fn=detach, **kwargs)
 
     class LocalServer(server_module.SubprocessASGIServer):
         # Prefect hands out one server per port from a registry shared by every subclass: with

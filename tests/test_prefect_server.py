@@ -175,6 +175,8 @@ def test_the_commands_server_ends_with_its_parent() -> None:
 def test_the_commands_server_batches_task_run_events_under_the_users_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from prefect.server.api.server import SubprocessASGIServer
 
+    for name in prefect_server.LOCAL_SERVER_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
     server = prefect_server._local_server()  # before the stand-in Popen: finding libc's prctl may run ldconfig
     assert type(server) is not SubprocessASGIServer  # ours, even where a test harness made Prefect's own for the same port
     launched: list[dict[str, str]] = []
@@ -182,10 +184,46 @@ def test_the_commands_server_batches_task_run_events_under_the_users_settings(mo
     server._run_uvicorn_command()
     assert launched[0]["PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"] == "200"
     assert float(launched[0]["PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL"]) == prefect_server.RECORDER_FLUSH_SECONDS
+    for service in ("TRIGGERS", "EVENT_PERSISTER"):
+        assert launched[0][f"PREFECT_SERVER_SERVICES_{service}_ENABLED"] == "false"
+    assert launched[0]["PREFECT_SERVER_EVENTS_STREAM_OUT_ENABLED"] == "false"
     monkeypatch.setenv("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "1")  # the user's own setting wins
     server._run_uvicorn_command()
     assert launched[1]["PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"] == "1"
     assert launched[1]["PREFECT__SERVER_EPHEMERAL"] == "1"  # Prefect's own settings for it are still passed
+
+
+@pytest.mark.parametrize(
+    ("where", "name"),
+    [
+        ("environment", "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED"),
+        ("profile", "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED"),
+        ("prefect.toml", "PREFECT_SERVER_EVENTS_STREAM_OUT_ENABLED"),
+        ("profile", "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL"),
+    ],
+)
+def test_the_commands_server_leaves_alone_what_the_user_set(where: str, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A default would reach the server as an environment variable, which Prefect takes over a
+    profile or a `prefect.toml`: it is left out wherever the user set that setting."""
+    import prefect.settings
+
+    for default in prefect_server.LOCAL_SERVER_DEFAULTS:
+        monkeypatch.delenv(default, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PREFECT_PROFILES_PATH", str(tmp_path / "profiles.toml"))
+    monkeypatch.delenv("PREFECT_PROFILE", raising=False)
+    value = "5.0" if name.endswith("INTERVAL") else "true"
+    if where == "environment":
+        monkeypatch.setenv(name, value)
+    elif where == "profile":
+        (tmp_path / "profiles.toml").write_text(f'active = "mine"\n[profiles.mine]\n{name} = "{value}"\n')
+    else:
+        *table, field = getattr(prefect.settings, name).accessor.split(".")
+        (tmp_path / "prefect.toml").write_text(f"[{'.'.join(table)}]\n{field} = {value}\n")
+    monkeypatch.setattr(prefect.settings, "get_current_settings", prefect.settings.Settings)  # read afresh, as the server will
+    left = prefect_server.local_server_settings()
+    assert name not in left
+    assert set(left) == set(prefect_server.LOCAL_SERVER_DEFAULTS) - {name}
 
 
 _FLOW_ON_ITS_OWN_SERVER = """
