@@ -228,20 +228,21 @@ LOCAL_SERVER_DEFAULTS = {
 """Settings of the temporary server, where the user's own Prefect settings leave them unset
 (`local_server_settings`).
 
-Every event a build sends (three or more per task run) went through five consumers on that
-server, each taking the CPU from the cores the build's workers run on (BENCHMARKS.md,
-twenty-sixth and twenty-seventh rounds):
+Every event a build sends (three or more per task run) went to four services on that server,
+whose CPU is taken from the cores the build's workers run on (BENCHMARKS.md, twenty-sixth and
+twenty-seventh rounds):
 
 * Prefect's task-run recorder writes each task-run event in a transaction of its own by
   default: a query, an upsert and a commit, about 10 ms of the server's CPU per event here
   (about 31 ms per task run, 13 ms with batches). It writes them in batches at least every
   `RECORDER_FLUSH_SECONDS` instead, and the rest when the server stops. Task runs reach the
   UI and API up to that much later; nothing in a build waits for them (results come from Dask).
-* The event persister (the events feed), the triggers and their actions (automations), and
-  the event stream to subscribed clients are off: a server that stops with its command has
-  no one to show its events to or to act for, and they cost about 8 ms of its CPU per task
-  run (0.50-0.61 against 0.73-1.28 CPU-s for a build of 50 one-row partitions). Flow runs,
-  task runs, logs and artifacts are written as before.
+* The event persister (the events feed), the triggers and their actions (automations, which
+  also read the database every few seconds), and the event stream to subscribed clients are
+  off: a server that stops with its command has no one to show its events to or to act for,
+  and they cost about 8 ms of its CPU per task run (0.50-0.61 against 0.73-1.28 CPU-s for a
+  build of 50 one-row partitions). Flow runs, task runs, logs and artifacts are written as
+  before.
 
 A server the user runs keeps its own settings."""
 
