@@ -99,10 +99,15 @@ def local_worker_config() -> dict[str, Any]:
     Dask's statistical profiler (for its dashboard's profile page) walks each running task's
     stack on the worker's event loop every 10 ms, holding the GIL: 0.37-0.42 CPU-s of a
     2-worker build's documents phase on the dev data went to it, against 0.14-0.24 s without
-    (BENCHMARKS.md, twenty-sixth round). It is off unless `DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED`
-    is set (Dask reads that variable as it does its others). A dotted key: the Nanny merges this
-    over the flow's config one level deep, and a nested `distributed` would replace all of Dask's."""
-    if "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED" in os.environ:
+    (BENCHMARKS.md, twenty-sixth round). It is off unless the user's Dask config sets it (a YAML
+    file in Dask's config paths or `DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED`: what
+    `dask.config.collect` reads, without the packages' defaults), which this would override. A
+    dotted key: the Nanny merges this over the flow's config one level deep, and a nested
+    `distributed` would replace all of Dask's."""
+    import dask.config
+
+    users = dask.config.collect(paths=dask.config.paths)
+    if dask.config.get("distributed.worker.profile.enabled", default=None, config=users) is not None:
         return {}
     return {"distributed.worker.profile.enabled": False}
 

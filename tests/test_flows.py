@@ -766,11 +766,19 @@ def test_local_workers_start_with_diffmix_imported_and_a_share_of_the_cores() ->
         assert max(faults.values()) < 100
 
 
-def test_local_workers_profile_when_the_user_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("where", ["environment", "yaml"])
+def test_local_workers_profile_when_the_user_asks(where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dask.config
+
     from diffmix.flows import dask_runner, local_worker_config
 
+    monkeypatch.setattr(dask.config, "paths", [str(tmp_path)])
+    monkeypatch.delenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", raising=False)
     assert dask_runner(1).cluster_kwargs["config"] == local_worker_config() == {"distributed.worker.profile.enabled": False}
-    monkeypatch.setenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "True")  # Dask's own variable: its value stands
+    if where == "environment":  # Dask's own variable: its value stands
+        monkeypatch.setenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "True")
+    else:  # and so does a config file of the user's
+        (tmp_path / "mine.yaml").write_text("distributed:\n  worker:\n    profile:\n      enabled: true\n")
     assert local_worker_config() == {}
 
 
