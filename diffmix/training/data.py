@@ -226,8 +226,10 @@ class MixtureBatches(Dataset):
         # Rows whose first token lies in [start, stop): counted as consumed by this batch.
         first = int(np.searchsorted(d.offsets[:-1], start, side="left"))
         end = int(np.searchsorted(d.offsets[:-1], stop, side="left"))
-        last = max(end, first + 1) - 1
-        _, inside, _, mask = self._pack_labels(k)
+        _, inside, label_row, mask = self._pack_labels(k)
+        # The phase of the row holding the batch's last label: a batch inside one long document
+        # starts no row, and the row after it may not exist or be of the next phase.
+        last = int(label_row[inside[:, 1:]][-1])
         return BatchInfo(epoch * d.rows + first, epoch * d.rows + end, int(inside[:, :-1].sum()), int(mask.sum()), int(d.phase[last]))
 
     # --- this rank's slice -------------------------------------------------------

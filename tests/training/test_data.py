@@ -106,6 +106,20 @@ def test_pack_batches_cut_the_stream_into_windows() -> None:
     assert batches.global_batch(2)["x"].tolist() == batch["x"].tolist() and batches.info(2).first_row == 3
 
 
+def test_pack_batch_inside_one_document_has_that_documents_phase() -> None:
+    # rows of 5, 30, 5 and 3 tokens with EOS (offsets 0, 5, 35, 40, 43), phases 0, 1, 2, 2
+    data = _tokens([[2, 3, 4, 5], list(range(2, 31)), [2, 3, 4, 5], [6, 7]], [1] * 4, phases=[0, 1, 2, 2])
+    batches = MixtureBatches(data, batch_size=1, block_size=8, batching="pack")
+    assert batches.steps_per_pass == 6
+    infos = [batches.info(k) for k in range(7)]
+    # batches 1-3 lie inside row 1 and start no row; batch 4's last label is row 3's first token
+    assert [i.phase for i in infos] == [1, 1, 1, 1, 2, 2, 1]
+    assert [(i.first_row, i.stop_row) for i in infos[:6]] == [(0, 2), (2, 2), (2, 2), (2, 2), (2, 3), (3, 4)]
+    # the pass's last batch starts inside the last row: no row past the mixture is read
+    last = MixtureBatches(_tokens([[2, 3], list(range(2, 20))], [1, 1], phases=[0, 3]), 1, 8, "pack")
+    assert [last.info(k).phase for k in range(last.steps_per_pass)] == [3, 3, 3]
+
+
 @pytest.mark.parametrize("batching", ["pad", "pack"])
 def test_rank_slices_add_up_to_the_global_batch(batching: str) -> None:
     data = _tokens(ROWS * 4, STARTS * 4)
