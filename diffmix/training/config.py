@@ -155,7 +155,12 @@ class TrainConfig(StrictModel):
 
     def digest(self) -> str:
         """Hash of what determines the run's numbers (a resumed run must match it)."""
-        return sha256_json(self.model_dump(mode="json", exclude=_EXECUTION_FIELDS))
+        fields = self.model_dump(mode="json", exclude=_EXECUTION_FIELDS)
+        if self.batching == "pack" and "steps" not in self.model_fields_set:
+            # one pass over the mixture's tokens, counted once they are loaded (`steps_for_pack`):
+            # not the default's number, or a rerun given that number would take this run as its own
+            fields["steps"] = None
+        return sha256_json(fields)
 
 
 _EXECUTION_FIELDS = {

@@ -66,6 +66,9 @@ def test_digest_covers_the_numbers_not_the_execution() -> None:
     assert base.digest() == load_train_config(None, device="cpu", threads=1, progress=False, stop_after=5).digest()
     assert base.digest() != load_train_config(None, lr=2e-3).digest()
     assert base.digest() != load_train_config(None, steps=10).digest()
+    # pack mode's default is one pass over the tokens, whatever the default number of steps
+    default_steps = base.steps
+    assert load_train_config(None, batching="pack").digest() != load_train_config(None, batching="pack", steps=default_steps).digest()
 
 
 @pytest.mark.parametrize(("item", "expected"), [("lr=3e-4", ("lr", 3e-4)), ("model.n_layer=2", ("model.n_layer", 2)), ("name=abc", ("name", "abc"))])

@@ -16,6 +16,7 @@ import torch
 
 from diffmix.errors import DiffmixError
 from diffmix.training import train
+from diffmix.training.config import TrainConfig
 from diffmix.training.loop import CHECKPOINT, load_checkpoint
 from tests.training.mixtures import COPY_URI, mix, synthetic_corpus, tiny_config
 
@@ -308,6 +309,9 @@ def test_default_steps_are_one_pass_and_the_loss_is_the_masked_mean(tmp_path: Pa
         assert rows["examples"].to_list() == [16, 32, 40] and summary["steps"] == 3
     else:  # as many windows of the block as one pass over the tokens takes
         assert summary["steps"] == rows.height and rows["examples"][-1] == 40 and rows["examples"][-2] < 40
+        # the default's number of steps given explicitly is another run, not this finished one
+        with pytest.raises(DiffmixError, match="holds a run of a different config"):
+            train(mixture, tmp_path / "run", config.model_copy(update={"steps": TrainConfig().steps}))
     # one source: the step's loss (weighted over the loss mask) is that source's mean loss
     assert rows["loss"].to_list() == pytest.approx(rows["loss/copy"].to_list(), rel=1e-5)
     assert "passes over the mixture" not in capsys.readouterr().err
