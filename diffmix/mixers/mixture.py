@@ -48,6 +48,7 @@ from diffmix.mixers.recipe import (
     plan_schedule,
     resolved_config,
     where_expression,
+    where_mask,
 )
 from diffmix.pipelines.io import (
     atomic_open,
@@ -149,11 +150,9 @@ def _open_source(recipe: Recipe, j: int, spec: SourceSpec, origin: str) -> _Sour
         raise DiffmixError(f"{context}: {path} lacks the document columns {', '.join(missing)}")
     # Each selection rule in turn; a row is counted against the first it fails (reasons `other_split`, `where`).
     rules: list[tuple[str, pl.Expr]] = []
-    needed: list[str] = []
     if spec.split is not None:
         if "split" in columns:
             rules.append(("other_split", pl.col("split") == spec.split))
-            needed.append("split")
         elif "split" in spec.model_fields_set:
             raise DiffmixError(f"{context}.split: {path} has no split column (got {spec.split!r}; use split: null)")
     if spec.where is not None:
@@ -165,20 +164,16 @@ def _open_source(recipe: Recipe, j: int, spec: SourceSpec, origin: str) -> _Sour
                 f"(columns: {', '.join(columns)}; got {spec.where!r})"
             )
         rules.append(("where", expression))
-        needed += [c for c in expression.meta.root_names() if c not in needed]
     keep = np.ones(table.num_rows, dtype=bool)
     dropped: dict[str, int] = {}
-    if rules:
-        frame = pl.from_arrow(table.select(needed)) if needed else pl.DataFrame()
+    for reason, rule in rules:
         try:
-            masks = frame.select([rule.fill_null(False).alias(reason) for reason, rule in rules])
+            passes = where_mask(table, rule)
         except Exception as exc:  # a type error in the clause, found by Polars at run time
             first = str(exc).strip().splitlines()[0]
             raise DiffmixError(f"{context}.where: cannot evaluate ({first}; got {spec.where!r})") from None
-        for reason in masks.columns:
-            passes = np.broadcast_to(masks[reason].to_numpy(), keep.shape)  # a literal clause is one value
-            dropped[reason] = int(np.count_nonzero(keep & ~passes))
-            keep &= passes
+        dropped[reason] = int(np.count_nonzero(keep & ~passes))
+        keep &= passes
     selected = np.flatnonzero(keep).astype(np.int64)
     if selected.size == 0:
         raise DiffmixError(f"{context}: empty source: no rows with split {spec.split!r} and where {spec.where!r} in {path}")

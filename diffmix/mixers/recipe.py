@@ -51,6 +51,7 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -156,6 +157,14 @@ def where_expression(clause: str) -> pl.Expr:
         return pl.sql_expr(clause)
     except Exception as exc:  # polars raises several SQL error types
         raise ValueError(f"not a valid SQL WHERE clause: {first_line(exc)} (got {clause!r})") from None
+
+
+def where_mask(table: pa.Table, expression: pl.Expr) -> np.ndarray:
+    """One bool per row of `table`: whether `expression` selects it (a null is not selected)."""
+    roots = expression.meta.root_names()
+    frame = pl.from_arrow(table.select(roots)) if roots else pl.DataFrame()
+    selected = frame.select(expression.fill_null(False)).to_series().to_numpy()
+    return np.broadcast_to(selected, (table.num_rows,))  # a literal clause is one value
 
 
 class Budget(_Strict):

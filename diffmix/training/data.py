@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from diffmix.errors import DiffmixError
 from diffmix.mixers.mixture import MixtureReader
+from diffmix.mixers.recipe import where_expression, where_mask
 from diffmix.pipelines.shards import load_table
 from diffmix.pipelines.tokenize import EOS, char_tokenizer, train_bpe
 from diffmix.training.config import TokenizerConfig
@@ -312,6 +313,7 @@ class SourceRef:
 
     name: str
     path: str
+    where: str | None = None  # the recipe's row selection: the probes take the held-out rows it selects
 
 
 def open_mixture(data_dir: str | os.PathLike[str]) -> tuple[pa.Table, list[SourceRef], dict[str, Any]]:
@@ -319,15 +321,21 @@ def open_mixture(data_dir: str | os.PathLike[str]) -> tuple[pa.Table, list[Sourc
     reader = MixtureReader(data_dir)
     wanted = [c for c in (*READ_COLUMNS, *READ_TOKEN_COLUMNS) if c in reader.columns]
     table = reader.rows(0, len(reader), columns=wanted)
-    sources = [SourceRef(s.name, str(s.path)) for s in reader.sources]
+    sources = [SourceRef(s.name, str(s.path), s.where) for s in reader.sources]
     return table, sources, reader.manifest.to_json_dict()
 
 
 def source_documents(source: SourceRef) -> pa.Table | None:
-    """A source's documents with their `split` (None when the source has no directory)."""
+    """A source's documents with their `split`, those its recipe's `where` selects (None when
+    the source has no directory): a source of Python files is probed on Python files."""
     if not source.path:
         return None
-    return load_table(source.path, columns=["text", "format", "target_start", "split"])
+    columns = ["text", "format", "target_start", "split"]
+    if source.where is None:
+        return load_table(source.path, columns=columns)
+    expression = where_expression(source.where)  # the mixture evaluated it on these very shards
+    table = load_table(source.path, columns=list(dict.fromkeys([*columns, *expression.meta.root_names()])))
+    return table.filter(where_mask(table, expression)).select(columns)
 
 
 # --- tokenizer for a mixture without pre-tokenised ids ---------------------------------

@@ -216,7 +216,8 @@ def load_tokens(data_dir: Path, config: TrainConfig, run: Path, rank: int, world
 
 
 def load_probe_sets(sources: list[SourceRef], tokenizer: Tokenizer, config: TrainConfig) -> list[ProbeSet]:
-    """Each source's held-out documents (its first split found among `config.probes.splits`)."""
+    """Each source's held-out documents (its first split found among `config.probes.splits`, the
+    rows its recipe's `where` selects)."""
     probes = []
     for source in sources:
         docs = source_documents(source)
@@ -227,7 +228,8 @@ def load_probe_sets(sources: list[SourceRef], tokenizer: Tokenizer, config: Trai
             if held.num_rows:
                 break
         else:
-            print(f"warning: {source.path}: no {'/'.join(config.probes.splits)} documents; source {source.name!r} is not probed", file=sys.stderr)
+            selected = f" where {source.where}" if source.where is not None else ""
+            print(f"warning: {source.path}: no {'/'.join(config.probes.splits)} documents{selected}; source {source.name!r} is not probed", file=sys.stderr)
             continue
         probes.append(build_probe_set(source.name, held, tokenizer, config.probes, config.model.block_size, config.seed))
     return probes

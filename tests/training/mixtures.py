@@ -30,15 +30,19 @@ def mix(
     max_repetition: float = 1,
     shard_bytes: int = 8 << 10,
     index_only: bool = False,
+    where: dict[str, str] | None = None,
 ) -> Path:
-    """`diffmix mix` of the sources' train splits under a constant schedule."""
+    """`diffmix mix` of the sources' train splits (those rows `where` selects, per source) under a constant schedule."""
     recipe = parse_recipe(
         {
             "name": out.name,
             "seed": 0,
             "global_batch_size": global_batch_size,
             "budget": {"samples": samples},
-            "sources": [{"name": name, "path": str(path), "max_repetition": max_repetition} for name, path in sources.items()],
+            "sources": [
+                {"name": name, "path": str(path), "max_repetition": max_repetition, **({"where": where[name]} if where and name in where else {})}
+                for name, path in sources.items()
+            ],
             "schedule": {"type": "constant", "weights": weights},
         },
         base_dir=out.parent,

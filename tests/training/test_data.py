@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pytest
 import torch
 
 from diffmix.errors import DiffmixError
+from diffmix.pipelines.shards import load_table
 from diffmix.training.data import (
     MixtureBatches,
     MixtureTokens,
     make_loader,
+    open_mixture,
+    source_documents,
     stream_stats,
 )
+from tests.training.mixtures import COPY_URI, mix, synthetic_corpus
 
 EOS = 1
 
@@ -137,6 +144,19 @@ def test_rank_slices_add_up_to_the_global_batch(batching: str) -> None:
 def test_batch_size_must_divide_over_ranks() -> None:
     with pytest.raises(DiffmixError, match="not divisible"):
         MixtureBatches(_tokens(ROWS, STARTS), batch_size=3, block_size=4, world_size=2)
+
+
+def test_a_sources_probes_are_the_held_out_rows_its_where_selects(tmp_path: Path) -> None:
+    corpus = synthetic_corpus(COPY_URI.replace("n=1000", "n=100"), tmp_path / "copy")
+    short = "length(text) < 28"
+    mixture = mix(tmp_path / "mix", {"short": corpus, "all": corpus}, samples=40, max_repetition=2, where={"short": short})
+    _, sources, _ = open_mixture(mixture)
+    assert [(s.name, s.where) for s in sources] == [("short", short), ("all", None)]
+    every = pl.from_arrow(load_table(corpus, columns=["text", "split"]))
+    docs = {s.name: pl.from_arrow(source_documents(s)) for s in sources}
+    assert docs["all"].height == every.height
+    assert docs["short"]["text"].to_list() == every.filter(pl.col("text").str.len_chars() < 28)["text"].to_list()
+    assert docs["short"].filter(pl.col("split") == "test").height > 0 and docs["short"].columns == docs["all"].columns
 
 
 def test_stream_stats_wrap_into_epochs() -> None:
