@@ -400,17 +400,20 @@ def output_lock(directory: str | os.PathLike[str]) -> Iterator[None]:
     """Hold `directory` for one diffmix run: a second run into it fails at once, in one line
     (two runs used to interleave their files and both report success).
 
-    An flock on the directory itself (created if missing, removed again if left empty): the
-    kernel releases it when the process ends, so a killed run never leaves a stale lock.
-    Where the directory cannot be made (a file is in the way), nothing is held: the run's
-    own checks name that problem.
+    An flock on the directory itself (created if missing with its missing parents, each removed
+    again if left empty): the kernel releases it when the process ends, so a killed run never
+    leaves a stale lock. Where the directory cannot be made (a file is in the way), nothing is
+    held: the run's own checks name that problem.
     """
     path = Path(directory)
-    created = False
+    created: list[Path] = []  # the folders this call makes, deepest first
     try:
-        if not path.exists():
+        missing = path
+        while not missing.exists() and missing != missing.parent:
+            created.append(missing)
+            missing = missing.parent
+        if created:
             path.mkdir(parents=True)
-            created = True
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         yield
@@ -423,9 +426,9 @@ def output_lock(directory: str | os.PathLike[str]) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
-        if created:
-            with contextlib.suppress(OSError):
-                path.rmdir()  # only when empty: nothing left behind by a run that wrote nothing
+        with contextlib.suppress(OSError):
+            for folder in created:
+                folder.rmdir()  # only when empty: nothing left behind by a run that wrote nothing
 
 
 _TEMPORARY = re.compile(r"^\..+\.tmp-[0-9]+$")

@@ -354,6 +354,14 @@ def test_an_out_dir_holding_something_else_is_left_alone(built, source_dirs, tmp
         assert (folder / name).read_text() == content
 
 
+def test_a_failed_mixture_leaves_no_folder_it_made(source_dirs, tmp_path: Path) -> None:
+    data = recipe(source_dirs, {"type": "constant", "weights": "uniform"})
+    data["sources"][0]["path"] = str(tmp_path / "gone")
+    with pytest.raises(DiffmixError, match="gone"):
+        build_mixture(write(tmp_path / "r.yaml", data), tmp_path / "outs" / "x" / "y")
+    assert not (tmp_path / "outs").exists()
+
+
 def test_a_mixture_being_written_is_not_written_twice(source_dirs, tmp_path: Path) -> None:
     """Two `diffmix mix` into one --out used to interleave shards and manifest and both succeed."""
     path = write(tmp_path / "r.yaml", recipe(source_dirs, STAGES))

@@ -149,7 +149,10 @@ def test_one_run_at_a_time_holds_an_output(tmp_path: Path) -> None:
 def test_an_output_lock_leaves_no_empty_directory_and_ignores_a_file_in_the_way(tmp_path: Path) -> None:
     with output_lock(tmp_path / "new" / "out"):
         pass
-    assert not (tmp_path / "new" / "out").exists()
+    assert list(tmp_path.iterdir()) == []  # nor the parent it made
+    with output_lock(tmp_path / "new" / "out"):
+        (tmp_path / "new" / "kept").mkdir()  # another's work in a parent it made: the parent stays
+    assert [p.name for p in tmp_path.rglob("*")] == ["new", "kept"]
     (tmp_path / "afile").write_text("x")
     with output_lock(tmp_path / "afile"), output_lock(tmp_path / "afile" / "sub"):
         pass  # nothing to hold: the run's own checks name the problem
