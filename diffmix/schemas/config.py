@@ -329,8 +329,9 @@ def first_error(exc: ValidationError) -> str:
     message already shows is not repeated)."""
     err = exc.errors()[0]
     message = err["msg"].removeprefix("Value error, ")
-    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in err["loc"]).lstrip(".") or "config"
-    if not message.startswith(where.split(".")[0].split("[")[0]):
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in err["loc"]).lstrip(".")
+    # a check of the whole file (no location) names its own fields: "schedule.weights: ..."
+    if where and not message.startswith(where.split(".")[0].split("[")[0]):
         message = f"{where}: {message}"
     if "(got " not in message and err["type"] != "missing":
         value = _SHORT.repr(err.get("input"))  # bounded: a YAML alias bomb expands to billions of items

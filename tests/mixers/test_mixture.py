@@ -290,7 +290,7 @@ def _stages(*starts: float) -> dict[str, Any]:
 BAD_INPUTS = [
     ({"weights": {"code": -1, "arith": 1}}, r"schedule.weights: weight of 'code' must be .* \(got -1\)"),
     ({"weights": {"code": 0, "arith": 0}}, r"schedule.weights: all weights are zero"),
-    ({"weights": {"code": 1, "python": 1}}, r"not a source of this recipe \(got 'python'"),
+    ({"weights": {"code": 1, "python": 1}}, r"recipe.yaml: schedule.weights: not a source of this recipe \(got 'python'"),
     ({"sources": _no_manifest}, r"sources\[2\] \(copy\): .*bare: no manifest.json"),
     ({"sources": _broken_hash}, r"sources\[1\] \(arith\): .*part-00000-of-\d+\.arrow: sha256 does not match"),
     ({"where": "lang = 'Cobol'"}, r"sources\[0\] \(code\): empty source"),
