@@ -295,6 +295,29 @@ def test_shipped_recipes_are_valid_and_read_buildable_sources() -> None:
         assert {recipe.source_path(s) for s in recipe.sources} <= buildable, path.name
 
 
+def test_the_recipes_training_configs_exist_and_hold_their_documents(tmp_path: Path) -> None:
+    """Each `--config` a recipe's header names loads, and the edit recipes' context holds every
+    synthetic edit document (the default 256 held none of the held-out ones)."""
+    import importlib.util
+    import re
+
+    from diffmix.pipelines.shards import load_table
+    from diffmix.training.config import load_train_config
+
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    named = {m for path in root.glob("*.yaml") for m in re.findall(r"--config (\S+\.yaml)", path.read_text())}
+    assert named == {"recipes/configs/train-arith.yaml", "recipes/configs/train-edits.yaml"}
+    configs = {name: load_train_config(root.parent / name) for name in named}
+    spec = importlib.util.spec_from_file_location("build_sources", root / "build_sources.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for fmt in ("openelm", "udiff_nolines", "scratch_lines"):  # the edit sources, fewer rows
+        uri = module.EDIT.format(fmt).replace("n=4000", "n=1000")
+        texts = load_table(synthetic_corpus(uri, tmp_path / fmt), columns=["text"]).column("text")
+        longest = max(len(t) for t in texts.to_pylist())
+        assert longest + 1 <= configs["recipes/configs/train-edits.yaml"].model.block_size, fmt  # characters + EOS
+
+
 def test_the_report_states_steps_and_batch_as_the_runs_resolved_them(tmp_path: Path) -> None:
     """A mixture's plan sets steps and batch size unless given: the report quotes the runs, not the defaults."""
     rows = []
