@@ -655,7 +655,10 @@ class HuggingFaceSource(StreamSource):
                     builder = _datasets_builder(self.name)
                     if builder is None:
                         raise DiffmixError(f"{self.uri}: not a data file datasets reads (.parquet, .jsonl, .json, .csv, .arrow)")
-                    return datasets.load_dataset(builder, data_files={self.split: self.name}, split=self.split, streaming=True)
+                    # CSV has no null: an empty cell is empty text (an added file's old contents), and a
+                    # file reading "NA" or "null" is that text; counts and flags come as text, read as JSON's are
+                    options = {"keep_default_na": False} if builder == "csv" else {}
+                    return datasets.load_dataset(builder, data_files={self.split: self.name}, split=self.split, streaming=True, **options)
                 if not self._saved_to_disk():
                     return datasets.load_dataset(self.name, split=self.split, streaming=True)
                 saved = datasets.load_from_disk(self.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import os
@@ -766,6 +767,21 @@ def test_hf_one_local_data_file(tmp_path: Path, name: str) -> None:
         return
     rows = pa.concat_tables(source.iter_tables(BuildConfig())).to_pylist()
     assert [r["commit"] for r in rows] == [r["commit"] for r in COMMITPACK_ROWS]
+
+
+def test_hf_one_local_csv_file_keeps_empty_and_null_looking_texts(tmp_path: Path) -> None:
+    """CSV cannot tell an empty cell from a missing one: an added file's empty old contents came
+    back null (rejected as null_contents), and so did a file whose text is "NA" or "null"."""
+    path = tmp_path / "rows.csv"
+    header = ["commit", "old_file", "new_file", "old_contents", "new_contents", "message", "lines_added", "is_binary"]
+    rows = [["a" * 40, "x.py", "x.py", "", "NA", "add x", "", ""], ["b" * 40, "y.py", "y.py", "null", "None\n", "edit y", "3", "False"]]
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    source = resolve_source(f"hf:{path}:train")
+    source.validate()
+    got = pa.concat_tables(source.iter_tables(BuildConfig())).to_pylist()
+    assert [(r["old_contents"], r["new_contents"]) for r in got] == [("", "NA"), ("null", "None\n")]
+    assert [(r["lines_added"], r["is_binary"]) for r in got] == [(None, False), (3, False)]  # an unknown flag reads false
 
 
 def test_a_local_hf_dataset_is_identified_by_its_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
