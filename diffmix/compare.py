@@ -57,10 +57,10 @@ def recipe_key(recipe: Recipe) -> str:
 
 
 def plan_comparison(
-    recipe_paths: list[str], out: str | Path, seeds: int, baseline: str | None = None, train_digest: str = ""
+    recipe_paths: list[str], out: str | Path, seeds: int, baseline: str | None = None, train_digest: str = "", first_seed: int = 0
 ) -> tuple[list[Recipe], list[RunSpec]]:
     """Load every recipe (failing in one line on the first bad one, or on a `baseline` that
-    is none of them) and lay out the runs.
+    is none of them) and lay out the runs: seeds `first_seed` (the training config's) onwards.
 
     A run's directory is named by its recipe's key and the training config's digest
     (`train_digest`), as a mixture's is by its recipe's key: a rerun after an edit to a
@@ -86,7 +86,7 @@ def plan_comparison(
     for path, recipe in zip(recipe_paths, recipes):
         key = recipe_key(recipe)
         mixture = root / "mixtures" / f"{recipe.name}-{key[:12]}"
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             run_key = sha256_json({"recipe": key, "train": train_digest})[:12]
             runs.append(RunSpec(recipe.name, str(path), key, seed, str(mixture), str(root / "runs" / f"{recipe.name}-{run_key}-s{seed}")))
     return recipes, runs

@@ -660,7 +660,7 @@ def compare_recipes(
 
     recipes, out = [_absolute(r) for r in recipes], _absolute(out)
     base_config = load_train_config(train_config, steps=steps, **(train_overrides or {}))
-    recipe_list, runs = compare.plan_comparison(recipes, out, seeds, baseline, base_config.digest())
+    recipe_list, runs = compare.plan_comparison(recipes, out, seeds, baseline, base_config.digest(), first_seed=base_config.seed)
     fresh = not Path(out).exists()
     with output_lock(out):  # one comparison at a time writes into `out`
         return _compare_recipes(recipe_list, runs, Path(out), fresh, base_config, baseline, title)
@@ -674,8 +674,9 @@ def _compare_recipes(
     by_name = {r.name: r for r in recipe_list}
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(root)  # a killed comparison's half-written files (nothing runs yet)
-    workers = max(1, min(len(runs), _parallel_runs()))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    # A run's threads follow the machine, never how many runs this comparison has: torch's sums
+    # differ between 1 and 2 threads, and a rerun with other recipes reuses the finished runs.
+    threads = base_config.threads if "threads" in base_config.model_fields_set else max(1, (os.cpu_count() or 1) // _parallel_runs())
 
     # Mixtures first (seconds each). Runs are then submitted without a Dask dependency, so
     # they queue on the scheduler and start, in order, on whichever worker is free (a

@@ -6,6 +6,7 @@ import base64
 import html.parser
 import json
 import math
+import os
 from pathlib import Path
 
 import polars as pl
@@ -178,6 +179,9 @@ def test_compare_flow_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     (new_run,) = set((out / "runs").glob("alpha-*-s0")) - {alpha}
     assert pl.read_parquet(out / "comparison.parquet")["run_dir"].to_list() == [str(new_run)]
     assert json.loads((new_run / "summary.json").read_text())["steps"] == 20
+    # a run's threads follow the machine, not how many runs its comparison had (6 then 1)
+    threads = {json.loads((run / "config.json").read_text())["config"]["threads"] for run in (out / "runs").iterdir()}
+    assert threads == {max(1, (os.cpu_count() or 1) // flows._parallel_runs())}
 
 
 def test_plan_comparison_rejects_duplicate_names(tmp_path: Path) -> None:
@@ -186,6 +190,14 @@ def test_plan_comparison_rejects_duplicate_names(tmp_path: Path) -> None:
     b = _recipe(tmp_path / "b.yaml", "same", source)
     with pytest.raises(DiffmixError, match="recipe names must differ"):
         compare.plan_comparison([str(a), str(b)], tmp_path / "out", 1)
+
+
+def test_plan_comparison_seeds_start_at_the_training_configs(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path / "a.yaml", "alpha", tmp_path / "missing")
+    _, runs = compare.plan_comparison([str(recipe)], tmp_path / "out", 2, train_digest="d", first_seed=7)
+    assert [(r.seed, Path(r.run_dir).name.rsplit("-", 1)[1]) for r in runs] == [(7, "s7"), (8, "s8")]
+    _, default = compare.plan_comparison([str(recipe)], tmp_path / "out", 2, train_digest="d")
+    assert [r.seed for r in default] == [0, 1]
 
 
 def test_compare_refuses_bad_out_and_steps_before_anything_is_written(tmp_path: Path) -> None:
