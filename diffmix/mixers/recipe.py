@@ -259,6 +259,13 @@ class Recipe(_Strict):
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _origin: str = PrivateAttr(default="recipe")
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):  # it names a comparison's folders and table rows
+            raise ValueError(f"must be letters, digits, '_', '.', '-' (got {value!r})")
+        return value
+
     @model_validator(mode="after")
     def _names(self) -> Recipe:
         names = [s.name for s in self.sources]

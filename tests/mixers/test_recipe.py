@@ -83,6 +83,8 @@ STAGES = {"type": "stages", "stages": [{"start": 0, "weights": "uniform"}, {"sta
         ({"sources__0__where": "lang = = 'Python'"}, "sources[0].where", "lang = = 'Python'"),
         ({"sources__0__wher": "x"}, "sources[0].wher", "'x'"),
         ({"sources": []}, "sources", "[]"),
+        ({"name": "../../escaped"}, "name", "'../../escaped'"),  # it names a comparison's folders
+        ({"name": "a|b"}, "name", "'a|b'"),
     ],
 )
 def test_bad_recipes_fail_with_one_line_naming_field_and_value(changes, field, value, tmp_path: Path) -> None:
