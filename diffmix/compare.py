@@ -242,7 +242,12 @@ def skill_table(frame: pl.DataFrame, skill: str, baseline: str) -> pl.DataFrame:
             if censored and values:  # the runs that did reach tau are shown, never averaged with the censored
                 text += f"; reached: {', '.join(f'{v:,.0f}' for v in values)}"
             if early and not censored:  # held tau at the first eval: no measurement, only an upper bound
-                text = f"≤{max(values):,.0f} (at the first eval)"
+                flags = _left_censored_runs(runs, col)
+                if all(flags):
+                    text = f"≤{max(values):,.0f} (at the first eval)"
+                else:  # each run's own value, the bounds marked: no mean of bounds and measurements
+                    each = [f"{'≤' if flag else ''}{v:,.0f}" for v, flag in zip(_axis(runs, col, axis), flags) if v is not None]
+                    text = f"{', '.join(each)} (≤: at the first eval)"
             row[f"{axis}_to_tau"] = text
         aulc_column = f"{col}/aulc_common" if f"{col}/aulc_common" in runs.columns else f"{col}/aulc"
         for metric, column in (("aulc", aulc_column), ("final", f"{col}/final")):
@@ -277,8 +282,13 @@ def _speedup_text(base_rows: pl.DataFrame, runs: pl.DataFrame, col: str, axis: s
 
 def _left_censored(runs: pl.DataFrame, col: str) -> bool:
     """Some run already held tau at its first eval (its steps to tau are an upper bound)."""
+    return any(_left_censored_runs(runs, col))
+
+
+def _left_censored_runs(runs: pl.DataFrame, col: str) -> list[bool]:
+    """Per run: it already held tau at its first eval."""
     name = f"{col}/left_censored"
-    return name in runs.columns and any(bool(v) for v in runs[name].to_list())
+    return [bool(v) for v in runs[name].to_list()] if name in runs.columns else [False] * runs.height
 
 
 def _axis(runs: pl.DataFrame, col: str, axis: str) -> list[float | None]:

@@ -78,6 +78,10 @@ def test_skill_table_bounds_not_measured_and_first_eval() -> None:
     early = [_row("base", 0, 400.0, 0.9), {**_row("fast", 0, 20.0, 1.0), "skill/s/exact_match/left_censored": True}]
     table = {r["recipe"]: r for r in compare.skill_table(compare.comparison_frame(early), "s/exact_match", "base").to_dicts()}
     assert table["fast"]["steps_to_tau"] == "≤20 (at the first eval)" and table["fast"]["speedup_steps"] == "n/a (reached by the first eval)"
+    # one seed of three held it at the first eval: each run's value, that one marked as a bound
+    mixed = [_row("base", 0, 400.0, 0.9), _row("fast", 0, 38.0, 1.0), {**_row("fast", 1, 20.0, 1.0), "skill/s/exact_match/left_censored": True}, _row("fast", 2, 38.0, 1.0)]
+    table = {r["recipe"]: r for r in compare.skill_table(compare.comparison_frame(mixed), "s/exact_match", "base").to_dicts()}
+    assert table["fast"]["steps_to_tau"] == "38, ≤20, 38 (≤: at the first eval)"
 
 
 def test_skill_table_single_seed_has_no_spread() -> None:
