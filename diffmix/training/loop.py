@@ -231,7 +231,14 @@ def load_probe_sets(sources: list[SourceRef], tokenizer: Tokenizer, config: Trai
             selected = f" where {source.where}" if source.where is not None else ""
             print(f"warning: {source.path}: no {'/'.join(config.probes.splits)} documents{selected}; source {source.name!r} is not probed", file=sys.stderr)
             continue
-        probes.append(build_probe_set(source.name, held, tokenizer, config.probes, config.model.block_size, config.seed))
+        probe_set = build_probe_set(source.name, held, tokenizer, config.probes, config.model.block_size, config.seed)
+        if not len(probe_set) and probe_set.skipped_too_long:
+            print(
+                f"warning: source {source.name!r} is not probed: none of its {probe_set.skipped_too_long:,} held-out documents "
+                f"fits model.block_size {config.model.block_size}; raise it",
+                file=sys.stderr,
+            )
+        probes.append(probe_set)
     return probes
 
 

@@ -278,12 +278,14 @@ def test_a_context_that_no_target_reaches_is_one_clear_error(copy_mixture: Path,
     assert train(copy_mixture, tmp_path / "packed", tiny_config(steps=5, batching="pack", **{"model.block_size": 2}))["complete"]
 
 
-def test_a_source_whose_test_documents_exceed_the_context_still_trains(copy_mixture: Path, tmp_path: Path) -> None:
+def test_a_source_whose_test_documents_exceed_the_context_still_trains(copy_mixture: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     # A context shorter than every copy document: no probe fits, the run (packed rows: it has a loss) still finishes.
     summary = train(copy_mixture, tmp_path / "run", tiny_config(steps=20, batching="pack", **{"model.block_size": 8}))
     (probe_set,) = summary["probe_sets"].values()
     assert probe_set["documents"] == 0 and probe_set["skipped_too_long"] > 0
     assert summary["complete"] and summary["steps"] == 20
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "is not probed" in line]  # said, not only in summary.json
+    assert f"none of its {probe_set['skipped_too_long']:,} held-out documents fits model.block_size 8" in line
 
 
 def test_an_evaluation_over_budget_is_one_warning_line(copy_mixture: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
