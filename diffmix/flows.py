@@ -789,6 +789,47 @@ def run_compare_recipes(
 SCHEDULABLE = {"build_corpus": build_corpus, "build_mixture": build_mixture, "compare_recipes": compare_recipes}
 
 
+def _typed_parameters(fn: Any, parameters: dict[str, Any]) -> dict[str, Any]:
+    """`parameters` checked against `fn`'s annotations, as the flow run will check them (Prefect's
+    own check logs its error before raising: a second line)."""
+    import inspect
+    import typing
+
+    import pydantic
+
+    from diffmix.schemas.config import first_error
+
+    hints = typing.get_type_hints(fn)
+    fields = {
+        name: (hints.get(name, Any), ... if p.default is inspect.Parameter.empty else p.default)
+        for name, p in inspect.signature(fn).parameters.items()
+    }
+    try:
+        model = pydantic.create_model(f"{fn.__name__}_parameters", **fields).model_validate(parameters)
+    except pydantic.ValidationError as exc:
+        raise DiffmixError(first_error(exc)) from None
+    return {name: getattr(model, name) for name in parameters}
+
+
+def _check_parameter_values(flow_name: str, parameters: dict[str, Any]) -> None:
+    """What the flow would refuse before any work, refused when `serve` starts instead of when
+    the schedule fires: a bad build config, a recipe that does not load, a training override
+    or baseline the comparison does not have."""
+    if flow_name == "build_corpus":
+        load_build_config(parameters.get("config_path"), **(parameters.get("config_overrides") or {}))
+    elif flow_name == "build_mixture":
+        from diffmix.mixers.recipe import load_recipe
+
+        load_recipe(_absolute(parameters["recipe"]))
+    elif flow_name == "compare_recipes":
+        from diffmix import compare
+        from diffmix.training import load_train_config
+
+        config = load_train_config(parameters.get("train_config"), steps=parameters.get("steps"), **(parameters.get("train_overrides") or {}))
+        recipes, out = [_absolute(r) for r in parameters["recipes"]], _absolute(parameters["out"])
+        compare.plan_comparison(recipes, out, parameters.get("seeds", 1), parameters.get("baseline"), config.digest(), first_seed=config.seed)
+
+
 def deployments_from_config(path: str) -> list[Any]:
     """Deployments (with cron schedules and parameters) of the flows a serve config names.
 
@@ -806,11 +847,16 @@ def deployments_from_config(path: str) -> list[Any]:
     deployments = []
     for index, d in enumerate(config.deployments):
         flow_fn = SCHEDULABLE[d.flow]
+        where = f"{path}: deployments[{index}] ({d.name}): parameters"
         try:
             inspect.signature(flow_fn.fn).bind(**d.parameters)
         except TypeError as exc:
             names = ", ".join(inspect.signature(flow_fn.fn).parameters)
-            raise DiffmixError(f"{path}: deployments[{index}] ({d.name}): parameters: {exc} ({d.flow} takes: {names})") from None
+            raise DiffmixError(f"{where}: {exc} ({d.flow} takes: {names})") from None
+        try:
+            _check_parameter_values(d.flow, _typed_parameters(flow_fn.fn, d.parameters))
+        except DiffmixError as exc:
+            raise DiffmixError(f"{where}: {exc}") from None
         deployments.append(
             flow_fn.to_deployment(
                 name=d.name, cron=d.cron, parameters=d.parameters, description=d.description, tags=["diffmix", d.flow],

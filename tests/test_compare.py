@@ -232,13 +232,14 @@ def test_deployments_register_with_schedules(tmp_path: Path) -> None:
     from diffmix.flows import deployments_from_config
 
     config = tmp_path / "serve.yaml"
+    recipe = str(_recipe(tmp_path / "r.yaml", "alpha", tmp_path / "corpus"))  # the recipe loads; its source comes later
     config.write_text(
         yaml.safe_dump(
             {
                 "deployments": [
                     {"flow": "build_corpus", "name": "nightly-corpus", "cron": "0 3 * * *", "parameters": {"inputs": ["/data/repo"], "out": "/data/corpus"}},
-                    {"flow": "build_mixture", "name": "nightly-mix", "cron": "30 3 * * *", "parameters": {"recipe": "r.yaml", "out": "/data/mix"}},
-                    {"flow": "compare_recipes", "name": "weekly-compare", "cron": "0 5 * * 1", "parameters": {"recipes": ["r.yaml"], "out": "/data/cmp"}},
+                    {"flow": "build_mixture", "name": "nightly-mix", "cron": "30 3 * * *", "parameters": {"recipe": recipe, "out": "/data/mix"}},
+                    {"flow": "compare_recipes", "name": "weekly-compare", "cron": "0 5 * * 1", "parameters": {"recipes": [recipe], "out": "/data/cmp"}},
                 ]
             }
         )
@@ -287,6 +288,37 @@ def test_deployment_parameters_are_checked_when_served(tmp_path: Path, parameter
     path.write_text(yaml.safe_dump({"deployments": [{"flow": "build_corpus", "name": "nightly", "cron": "0 3 * * *", "parameters": parameters}]}))
     with pytest.raises(DiffmixError, match=r"deployments\[0\] \(nightly\): parameters: " + message):
         deployments_from_config(str(path))
+
+
+@pytest.mark.parametrize(
+    ("flow", "parameters", "message"),
+    [
+        ("compare_recipes", {"seeds": "three"}, r"seeds.*three"),
+        ("compare_recipes", {"seeds": 0}, r"--seeds must be at least 1, got 0"),
+        ("compare_recipes", {"recipes": "RECIPE"}, r"recipes"),
+        ("compare_recipes", {"recipes": ["missing.yaml"]}, r"missing.yaml"),
+        ("compare_recipes", {"baseline": "nope"}, r"--baseline 'nope' is not one of the recipes \(alpha\)"),
+        ("compare_recipes", {"train_overrides": {"stepz": 3}}, r"stepz"),
+        ("build_mixture", {"recipe": "missing.yaml"}, r"missing.yaml"),
+        ("build_corpus", {"config_overrides": {"fromat": "openelm"}}, r"fromat"),
+    ],
+)
+def test_deployment_parameter_values_are_checked_when_served(tmp_path: Path, flow: str, parameters: dict, message: str) -> None:
+    """What `diffmix compare` / `mix` / `build` refuse up front, serve refuses at start, not when the schedule fires."""
+    from diffmix.flows import deployments_from_config
+
+    recipe = str(_recipe(tmp_path / "r.yaml", "alpha", tmp_path / "corpus"))
+    base = {
+        "compare_recipes": {"recipes": [recipe], "out": str(tmp_path / "cmp")},
+        "build_mixture": {"recipe": recipe, "out": str(tmp_path / "mix")},
+        "build_corpus": {"inputs": [str(tmp_path)], "out": str(tmp_path / "corpus")},
+    }[flow]
+    values = {**base, **{k: (recipe if v == "RECIPE" else v) for k, v in parameters.items()}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"deployments": [{"flow": flow, "name": "job", "cron": "0 3 * * *", "parameters": values}]}))
+    with pytest.raises(DiffmixError, match=r"deployments\[0\] \(job\): parameters: .*" + message) as err:
+        deployments_from_config(str(path))
+    assert "\n" not in str(err.value)
 
 
 def test_mean_spread_of_one_value() -> None:
