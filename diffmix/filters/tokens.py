@@ -37,6 +37,7 @@ from typing import ClassVar
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from pydantic import Field
 from tokenizers import Tokenizer, pre_tokenizers
 
 from diffmix import _line_stats
@@ -149,7 +150,7 @@ class TokenBudget(Filter):
     score_settings: ClassVar[tuple[str, ...]] = ("tokenizer",)
     lazy: ClassVar[bool] = True
 
-    max_tokens: int | None = 2048
+    max_tokens: int | None = Field(2048, ge=1)
     tokenizer: str | None = None  # a tokenizer.json; None: the packaged byte-level BPE
 
     def checks(self) -> list[Check]:

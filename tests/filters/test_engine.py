@@ -74,6 +74,7 @@ def test_rule_counts_chain() -> None:
         ("filters:\n  caps: {whitespace_only: 2}\n", "filters.caps.whitespace_only"),
         ("partition_rows: true\n", "partition_rows: expected a number (got True)"),
         ("filters:\n  rules:\n    - message: {min_subject_words: true}\n", "message.min_subject_words: expected a number"),
+        ("filters:\n  rules:\n    - token_budget: {max_tokens: -5}\n", "token_budget.max_tokens"),  # was a traceback
     ],
 )
 def test_bad_config_is_one_line(tmp_path: Path, yaml_text: str, message: str) -> None:
