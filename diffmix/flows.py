@@ -655,15 +655,23 @@ def compare_recipes(
     Runs go in parallel on the flow's task runner; a finished run is not redone
     (its summary is reused) and a failed one is reported without losing the others.
     """
-    from diffmix import compare
-    from diffmix.training import load_train_config
-
-    recipes, out = [_absolute(r) for r in recipes], _absolute(out)
-    base_config = load_train_config(train_config, steps=steps, **(train_overrides or {}))
-    recipe_list, runs = compare.plan_comparison(recipes, out, seeds, baseline, base_config.digest(), first_seed=base_config.seed)
+    out = _absolute(out)
+    recipe_list, runs, base_config = _plan_compare(recipes, out, seeds, steps, train_config, train_overrides, baseline)
     fresh = not Path(out).exists()
     with output_lock(out):  # one comparison at a time writes into `out`
         return _compare_recipes(recipe_list, runs, Path(out), fresh, base_config, baseline, title)
+
+
+def _plan_compare(
+    recipes: list[str], out: str, seeds: int, steps: int | None, train_config: str | None, train_overrides: dict[str, Any] | None, baseline: str | None
+) -> tuple[list[Recipe], list[RunSpec], TrainConfig]:
+    """The comparison's recipes, runs and training config, each checked (one line on the first bad one)."""
+    from diffmix import compare
+    from diffmix.training import load_train_config
+
+    config = load_train_config(train_config, steps=steps, **(train_overrides or {}))
+    recipe_list, runs = compare.plan_comparison([_absolute(r) for r in recipes], _absolute(out), seeds, baseline, config.digest(), first_seed=config.seed)
+    return recipe_list, runs, config
 
 
 def _compare_recipes(
@@ -822,12 +830,8 @@ def _check_parameter_values(flow_name: str, parameters: dict[str, Any]) -> None:
 
         load_recipe(_absolute(parameters["recipe"]))
     elif flow_name == "compare_recipes":
-        from diffmix import compare
-        from diffmix.training import load_train_config
-
-        config = load_train_config(parameters.get("train_config"), steps=parameters.get("steps"), **(parameters.get("train_overrides") or {}))
-        recipes, out = [_absolute(r) for r in parameters["recipes"]], _absolute(parameters["out"])
-        compare.plan_comparison(recipes, out, parameters.get("seeds", 1), parameters.get("baseline"), config.digest(), first_seed=config.seed)
+        get = parameters.get
+        _plan_compare(get("recipes"), get("out"), get("seeds", 1), get("steps"), get("train_config"), get("train_overrides"), get("baseline"))
 
 
 def deployments_from_config(path: str) -> list[Any]:

@@ -137,8 +137,7 @@ class SourceSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME_PATTERN.match(value):
-            raise ValueError(f"must be letters, digits, '_', '.', '-' (got {value!r})")
+        _checked_name(value)
         if value in RESERVED_NAMES:
             raise ValueError(f"{value!r} is reserved for a weights helper (got {value!r})")
         return value
@@ -149,6 +148,13 @@ class SourceSpec(_Strict):
         if value is not None:
             where_expression(value)
         return value
+
+
+def _checked_name(value: str) -> str:
+    """A source's or recipe's name: letters, digits, '_', '.', '-', starting with a letter or digit."""
+    if not NAME_PATTERN.match(value):
+        raise ValueError(f"must be letters, digits, '_', '.', '-' (got {value!r})")
+    return value
 
 
 def where_expression(clause: str) -> pl.Expr:
@@ -262,9 +268,7 @@ class Recipe(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME_PATTERN.match(value):  # it names a comparison's folders and table rows
-            raise ValueError(f"must be letters, digits, '_', '.', '-' (got {value!r})")
-        return value
+        return _checked_name(value)  # it names a comparison's folders and table rows
 
     @model_validator(mode="after")
     def _names(self) -> Recipe:
